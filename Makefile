@@ -1,0 +1,30 @@
+# Two commands do all the set-up: `make run` (the main job) and `make test` (the tests).
+# Both create a local .venv on first use (pinned dependencies from pyproject.toml) and reuse it.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test venv clean-runs
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (nifi)" >/dev/null
+	touch $(STAMP)
+
+# The main job: every notebook in order on the embedded default (papermill), executed copies in
+# runs/notebooks/, figures in figures/, and a run report in runs/report.md (+ runs/report.json).
+run: $(STAMP)
+	$(PY) -m nifi_lib.cli run-notebooks --profile embedded --out runs/notebooks
+
+# The tests: pytest on tests/, then nbval on every notebook with its smoke parameters.
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+	$(PY) -m nifi_lib.cli run-notebooks --profile smoke --prepare-only --out runs/nbval
+	$(PY) -m pytest -q --nbval-lax -p no:cacheprovider runs/nbval
+
+clean-runs:
+	rm -rf runs

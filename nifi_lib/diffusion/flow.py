@@ -1,0 +1,113 @@
+"""Rectified-flow maths of the SD3 backbone (paper Sec. 3, Eq. 2, Eq. 3) as pure functions.
+
+Conventions (SD3 / diffusers ``FlowMatchEulerDiscreteScheduler``):
+    x_t = (1 - sigma_t) x + sigma_t eps               (Eq. 2)
+and the network predicts the velocity ``v = eps - x``. The paper writes that prediction as
+``eps_theta``; the denoised estimate used by Eq. 4 and Eq. 7 is ``x_t - sigma_t v``.
+Sigmas in the scheduler *decrease* along its timestep list (t = 1000 -> sigma = 1).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+
+def forward_noise(x: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """Eq. 2: ``x_t = (1 - sigma) x + sigma eps``. ``sigma`` is a scalar or broadcastable per-sample tensor."""
+    sigma = _as_batch(sigma, x)
+    return (1.0 - sigma) * x + sigma * eps
+
+
+def euler_step(x_t: torch.Tensor, v: torch.Tensor, sigma_t, sigma_next) -> torch.Tensor:
+    """Eq. 3: one Euler step of the flow ODE, ``x_next = x_t - (sigma_t - sigma_next) v``.
+
+    Written in the scheduler's order (``sigma_next < sigma_t`` when denoising). It is exactly
+    ``FlowMatchEulerDiscreteScheduler.step``: ``x + (sigma_next - sigma_t) * v``; the paper prints the
+    same update as ``x_{t-1} = x_t - (sigma_{t-1} - sigma_t) eps`` with its own index order.
+    """
+    sigma_t = _as_batch(sigma_t, x_t)
+    sigma_next = _as_batch(sigma_next, x_t)
+    return x_t - (sigma_t - sigma_next) * v
+
+
+def denoised_estimate(x_t: torch.Tensor, v: torch.Tensor, sigma) -> torch.Tensor:
+    """The score-model's clean estimate ``x_t - sigma_t v`` (the s(.) of Eq. 4 and the one step of Eq. 7)."""
+    return x_t - _as_batch(sigma, x_t) * v
+
+
+def classifier_free_guidance(v_uncond: torch.Tensor, v_cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """CFG: ``v_uncond + scale (v_cond - v_uncond)`` (scale 7.5 for s_real and s_restore, Sec. 4.1)."""
+    return v_uncond + scale * (v_cond - v_uncond)
+
+
+def one_step_restore(x_t0: torch.Tensor, v: torch.Tensor, sigma_t0, sigma_end=0.0) -> torch.Tensor:
+    """Eq. 7: ``x^ = x~_t0 - sigma_t0 eps_{theta,phi-}(x~_t0, t0)``.
+
+    With ``sigma_end = 0`` this is the paper's formula. The authors' inference code runs the scheduler's
+    Euler step from t0 to the timestep nearest 0 instead, whose sigma is about 0.003 (not 0), i.e.
+    ``x^ = x~_t0 - (sigma_t0 - sigma_end) v``; :class:`~nifi_lib.restoration.restorer.Restorer` passes
+    that ``sigma_end`` to match their outputs.
+    """
+    return euler_step(x_t0, v, sigma_t0, sigma_end)
+
+
+def make_scheduler(num_train_timesteps: int = 1000, shift: float = 3.0) -> FlowMatchEulerDiscreteScheduler:
+    """The SD3 flow-matching scheduler (shift 3.0 for SD3-medium)."""
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
+
+
+def nearest_schedule_index(scheduler: FlowMatchEulerDiscreteScheduler, timestep: float) -> int:
+    """Index of the scheduler's *initial* 1000-step table entry whose timestep is nearest ``timestep``."""
+    ts = _initial_timesteps(scheduler)
+    return int(np.argmin(np.abs(ts - float(timestep))))
+
+
+def sigma_at(scheduler: FlowMatchEulerDiscreteScheduler, timestep: float) -> float:
+    """Sigma looked up as the authors do: the sigma whose timestep is nearest ``timestep``.
+
+    For SD3 (shift 3.0) ``sigma_at(s, 199) ~= 0.198`` and ``sigma_at(s, 0) ~= 0.003``.
+    """
+    sig = _initial_sigmas(scheduler)
+    return float(sig[nearest_schedule_index(scheduler, timestep)])
+
+
+def timestep_of_index(scheduler: FlowMatchEulerDiscreteScheduler, index: int) -> float:
+    """Timestep value of entry ``index`` of the initial schedule (index 0 is t = 1000, sigma = 1)."""
+    return float(_initial_timesteps(scheduler)[index])
+
+
+def sigma_of_index(scheduler: FlowMatchEulerDiscreteScheduler, index: int) -> float:
+    return float(_initial_sigmas(scheduler)[index])
+
+
+def sample_timestep_indices(n: int, low: int, high: int, generator: torch.Generator | None = None,
+                            device=None) -> torch.Tensor:
+    """Indices drawn uniformly from ``[low, high]`` of the shifted table (TSD-SR: 50..950)."""
+    return torch.randint(low, high + 1, (n,), generator=generator, device=device)
+
+
+def schedule_tables(scheduler: FlowMatchEulerDiscreteScheduler) -> tuple[torch.Tensor, torch.Tensor]:
+    """(timesteps, sigmas) of the initial schedule as float32 tensors, sigmas descending."""
+    return (torch.tensor(_initial_timesteps(scheduler), dtype=torch.float32),
+            torch.tensor(_initial_sigmas(scheduler), dtype=torch.float32))
+
+
+def _initial_timesteps(scheduler) -> np.ndarray:
+    # ``scheduler.timesteps`` is overwritten by set_timesteps(); rebuild the initial table from the config.
+    fresh = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
+    return fresh.timesteps.detach().cpu().numpy().astype(np.float64)
+
+
+def _initial_sigmas(scheduler) -> np.ndarray:
+    fresh = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
+    return fresh.sigmas[: len(fresh.timesteps)].detach().cpu().numpy().astype(np.float64)
+
+
+def _as_batch(sigma, like: torch.Tensor) -> torch.Tensor:
+    if not torch.is_tensor(sigma):
+        return torch.tensor(float(sigma), dtype=like.dtype, device=like.device)
+    sigma = sigma.to(device=like.device, dtype=like.dtype)
+    if sigma.ndim == 1 and like.ndim > 1:
+        sigma = sigma.view(-1, *([1] * (like.ndim - 1)))
+    return sigma

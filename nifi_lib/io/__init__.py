@@ -1,0 +1,1 @@
+"""File formats shared by every stage: images, atomic writes, safe checkpoint loading."""

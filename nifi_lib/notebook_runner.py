@@ -1,0 +1,131 @@
+"""Run the notebook series headless with papermill (``make run``) or prepare it for nbval (``make test``).
+
+Parameters per notebook live in ``configs/notebooks/<stem>.yaml`` with one section per profile
+(``embedded`` for the main job, ``smoke`` for the tests, ``paper`` for the paper setting). The run
+report (``runs/report.md`` and ``runs/report.json``) lists which notebooks ran, how long they took and
+the key numbers they recorded with :func:`nifi_lib.report.record_numbers`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .errors import NifiError
+from .io.atomic import atomic_write_json, atomic_write_text
+from .paths import CONFIGS_DIR, NOTEBOOKS_DIR, REPO_ROOT, repo_path
+from .report import NUMBERS_DIR
+
+PROFILES = ("embedded", "smoke", "paper")
+
+
+class NotebookRunError(NifiError):
+    pass
+
+
+def list_notebooks(folder: Path = NOTEBOOKS_DIR, only: list[str] | None = None) -> list[Path]:
+    nbs = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        nbs = [p for p in nbs if any(p.stem.startswith(o) for o in only)]
+    return nbs
+
+
+def notebook_parameters(stem: str, profile: str, params_dir: Path = CONFIGS_DIR / "notebooks") -> dict:
+    """Parameters of notebook ``stem`` for ``profile`` (missing file or section: the notebook's defaults)."""
+    if profile not in PROFILES:
+        raise NotebookRunError(f"unknown profile '{profile}' (use one of {', '.join(PROFILES)})")
+    path = params_dir / f"{stem}.yaml"
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or any(k not in PROFILES for k in data):
+        raise NotebookRunError(f"{path}: top-level keys must be profiles ({', '.join(PROFILES)})")
+    section = data.get(profile) or {}
+    if not isinstance(section, dict):
+        raise NotebookRunError(f"{path}: section '{profile}' must be a mapping of parameter: value")
+    return section
+
+
+def run_notebooks(profile: str, out_dir: Path, prepare_only: bool = False, only: list[str] | None = None,
+                  kernel: str = "python3", report: bool = True) -> list[dict]:
+    """Execute (or only parameterise) every notebook in order; return one record per notebook."""
+    import papermill as pm
+
+    out_dir = repo_path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notebooks = list_notebooks(only=only)
+    if not notebooks:
+        raise NotebookRunError(f"no notebooks found in {NOTEBOOKS_DIR}")
+    records = []
+    for nb in notebooks:
+        params = notebook_parameters(nb.stem, profile)
+        target = out_dir / nb.name
+        t0 = time.perf_counter()
+        status, error = "ok", None
+        print(f"[{profile}] {'preparing' if prepare_only else 'running'} {nb.name} {params or ''}", flush=True)
+        try:
+            pm.execute_notebook(str(nb), str(target), parameters=params, kernel_name=kernel,
+                                prepare_only=prepare_only, cwd=str(REPO_ROOT), progress_bar=False,
+                                log_output=False)
+        except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
+            status, error = "failed", f"{e.__class__.__name__}: {str(e)[:2000]}"
+        seconds = time.perf_counter() - t0
+        numbers_file = NUMBERS_DIR / f"{nb.stem}.json"
+        numbers = json.loads(numbers_file.read_text()) if numbers_file.is_file() and not prepare_only else {}
+        records.append({"notebook": nb.name, "status": status, "seconds": round(seconds, 1),
+                        "parameters": params, "output": str(target.relative_to(REPO_ROOT)) if target.is_relative_to(REPO_ROOT) else str(target),
+                        "numbers": numbers, "error": error})
+        print(f"    {status} in {seconds:.1f}s", flush=True)
+        if status != "ok":
+            print(error, file=sys.stderr)
+            break
+    if report and not prepare_only:
+        write_report(records, profile, out_dir.parent)
+    failed = [r for r in records if r["status"] != "ok"]
+    if failed:
+        raise NotebookRunError(f"{failed[0]['notebook']} failed; executed copy in {failed[0]['output']}")
+    return records
+
+
+def write_report(records: list[dict], profile: str, folder: Path) -> Path:
+    """runs/report.json and a short runs/report.md: which notebooks ran, how long, key numbers."""
+    total = sum(r["seconds"] for r in records)
+    atomic_write_json(folder / "report.json", {"profile": profile, "total_seconds": round(total, 1),
+                                               "notebooks": records})
+    lines = [f"# NiFi run report ({profile} profile)", "", f"Total: {total:.0f} s", "",
+             "| notebook | status | seconds |", "|---|---|---|"]
+    lines += [f"| {r['notebook']} | {r['status']} | {r['seconds']:.1f} |" for r in records]
+    for r in records:
+        if r["numbers"]:
+            lines += ["", f"## {r['notebook']}", ""]
+            lines += [f"- {k}: {_fmt(v)}" for k, v in r["numbers"].items()]
+    path = folder / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    print(f"report: {path}")
+    return path
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
+    return str(v)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    run_notebooks(args.profile, Path(args.out), prepare_only=args.prepare_only, only=args.only)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run-notebooks", help="execute the notebook series with papermill (make run)")
+    p.add_argument("--profile", default="embedded", choices=PROFILES)
+    p.add_argument("--out", default="runs/notebooks", help="folder for the executed copies")
+    p.add_argument("--prepare-only", action="store_true", help="only inject parameters (for nbval)")
+    p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 00 03")
+    p.set_defaults(func=_cmd)

@@ -1,0 +1,1 @@
+"""Figures and interactive comparisons (one style for the whole notebook series)."""

@@ -1,0 +1,45 @@
+"""One figure style for the series, defined once; every figure is also written to figures/<name>.png."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+from ..paths import FIGURES_DIR
+
+STYLE = {
+    "figure.dpi": 100,
+    "savefig.dpi": 150,
+    "savefig.bbox": "tight",
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "image.cmap": "viridis",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+DIFF_CMAP = "magma"          # difference maps
+METHOD_COLORS = {            # one colour per method across all plots
+    "none": "#7f7f7f", "bm3d": "#8c564b", "ffdnet": "#e377c2", "img2img": "#bcbd22",
+    "nifi": "#d62728", "nifi_wo_t0": "#ff9896", "precomputed": "#17becf", "uncompressed": "#1f77b4",
+}
+PANEL_INCH = 2.4             # width of one image panel in grids
+
+
+def apply_style() -> None:
+    """Apply the series' matplotlib style (call once at the top of a notebook)."""
+    matplotlib.rcParams.update(STYLE)
+
+
+def save_figure(fig, name: str, folder: str | Path | None = None) -> Path:
+    """Write ``fig`` to ``figures/<name>.png`` (stable name so batch reruns refresh it); return the path."""
+    from ..io.atomic import atomic_path
+
+    folder = Path(folder) if folder is not None else FIGURES_DIR
+    path = folder / f"{name}.png"
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    return path
