@@ -1,0 +1,232 @@
+"""Artifact Restoration (paper Sec. 3, Eq. 7): project the degraded latent to t0 and take one step.
+
+The procedure matches the authors' inference code step by step (PAPER.md):
+1. image in [-1, 1], reflect-padded to a multiple of the VAE factor (8 for SD3);
+2. latents = a sample of the encoder's latent distribution x scaling factor (no shift factor);
+3. latents reflect-padded to a multiple of the patch size (2);
+4. sigma_t0 = the scheduler sigma whose timestep is nearest t0 in the initial 1000-step table
+   (SD3, shift 3: t0 = 199 -> 0.198); x~_t0 = sigma * noise + (1 - sigma) * latents (Eq. 2), the latent
+   sample drawn first and the noise second from one generator seeded with ``seed``;
+5. one Euler step x^ = x~_t0 - (sigma_t0 - sigma_end) v with v = eps_{theta,phi-}(x~_t0, t0) (timestep
+   value t0 passed to the transformer, the fixed prompt embedding, no CFG), sigma_end being the sigma
+   nearest timestep 0 (about 0.003) -- Eq. 7 with the authors' end point;
+6. decode x^ / scaling factor, crop back to the input size, clamp to [-1, 1].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..diffusion.backbone import DTYPES, Backbone
+from ..diffusion.flow import forward_noise, one_step_restore, sigma_at
+from .lora import RESTORER, active_adapter, adapter_names
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad the bottom/right of an NCHW tensor to a multiple of ``multiple``; return the pad."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if (ph < h and pw < w) else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (ph, pw)
+
+
+def encode_latents(vae, images: torch.Tensor, scaling_factor: float, generator: torch.Generator | None = None,
+                   sample: bool = True) -> torch.Tensor:
+    """E(I): a sample of the encoder's latent distribution times the scaling factor (no shift, as the
+    authors' code). ``images`` in [-1, 1], already padded."""
+    dist = vae.encode(images).latent_dist
+    z = dist.sample(generator=generator) if sample else dist.mode()
+    return z * scaling_factor
+
+
+def decode_latents(vae, latents: torch.Tensor, scaling_factor: float) -> torch.Tensor:
+    """D(x): decoded image in (roughly) [-1, 1]."""
+    return vae.decode(latents / scaling_factor).sample
+
+
+def transformer_velocity(transformer, x_t: torch.Tensor, timestep: torch.Tensor | float,
+                         prompt_embeds: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """v = eps_theta(x_t, t) for a batch (the SD3 transformer's output)."""
+    n = x_t.shape[0]
+    if not torch.is_tensor(timestep) or timestep.ndim == 0:
+        timestep = torch.full((n,), float(timestep), device=x_t.device, dtype=x_t.dtype)
+    return transformer(hidden_states=x_t, encoder_hidden_states=prompt_embeds, pooled_projections=pooled,
+                       timestep=timestep.to(x_t.dtype), return_dict=False)[0]
+
+
+@dataclass
+class RestoreSchedule:
+    """Where Eq. 7 starts and ends on the scheduler's table."""
+
+    t0: float
+    sigma_t0: float
+    sigma_end: float
+    add_noise: bool = True
+
+
+class Restorer:
+    """One-step restorer ``I^ = D(x^)`` with ``x^`` from Eq. 7, on a frozen backbone with phi-.
+
+    ``adapter=None`` runs the frozen base alone (the "w/o phi-" reference and Img2Img's denoiser).
+    """
+
+    def __init__(self, backbone: Backbone, t0: int = 199, adapter: str | None = RESTORER,
+                 tile_size: int | None = None, tile_overlap: int = 32):
+        self.backbone = backbone
+        self.t0 = t0
+        self.adapter = adapter if adapter is None or adapter in adapter_names(backbone.transformer) else None
+        if adapter is not None and self.adapter is None:
+            raise ValueError(f"backbone has no adapter '{adapter}'; load a checkpoint first or pass adapter=None")
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.backbone.transformer.parameters()).dtype
+
+    def schedule(self, t0: float | None = None, add_noise: bool = True) -> RestoreSchedule:
+        t0 = self.t0 if t0 is None else t0
+        s = self.backbone.scheduler
+        return RestoreSchedule(t0=float(t0), sigma_t0=sigma_at(s, t0), sigma_end=sigma_at(s, 0), add_noise=add_noise)
+
+    @torch.no_grad()
+    def restore(self, images: torch.Tensor, t0: float | None = None, seed: int | None = None,
+                generator: torch.Generator | None = None, add_noise: bool = True) -> torch.Tensor:
+        """Restore a batch ``(N, 3, H, W)`` in [-1, 1]; returns the same shape in [-1, 1].
+
+        ``seed`` seeds one generator used first for the latent sample and then for the noise, so the
+        result is reproducible. Frames larger than ``tile_size`` are processed in overlapping tiles.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}")
+        if generator is None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(0 if seed is None else int(seed))
+        h, w = images.shape[-2:]
+        if self.tile_size and max(h, w) > self.tile_size:
+            return self._restore_tiled(images, t0, generator, add_noise)
+        return self._restore_batch(images, self.schedule(t0, add_noise), generator)
+
+    def _restore_batch(self, images: torch.Tensor, sched: RestoreSchedule, generator: torch.Generator) -> torch.Tensor:
+        bb = self.backbone
+        x = images.to(device=self.device, dtype=self.dtype)
+        h, w = x.shape[-2:]
+        x, _ = pad_to_multiple(x, bb.vae_scale_factor)
+        with active_adapter(bb.vae, self.adapter):
+            latents = encode_latents(bb.vae, x, bb.scaling_factor, generator=generator)
+        latents, _ = pad_to_multiple(latents, bb.patch_size)
+        if sched.add_noise:
+            noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+            x_t0 = forward_noise(latents, noise, sched.sigma_t0)                       # Eq. 2
+        else:  # the "w/o t0" ablation: the un-noised latent fed at t0 (TSD-SR's input at t = T)
+            x_t0 = latents
+        pe, pp = bb.prompt_batch(x_t0.shape[0], device=self.device, dtype=self.dtype)
+        with active_adapter(bb.transformer, self.adapter):
+            v = transformer_velocity(bb.transformer, x_t0, sched.t0, pe, pp)
+        x_hat = one_step_restore(x_t0, v, sched.sigma_t0, sched.sigma_end)           # Eq. 7
+        out = decode_latents(bb.vae, x_hat, bb.scaling_factor)
+        return out[..., :h, :w].clamp(-1, 1).float()
+
+    def _restore_tiled(self, images, t0, generator, add_noise) -> torch.Tensor:
+        """Overlapping tiles blended with linear ramps; each tile follows the exact procedure."""
+        n, _, h, w = images.shape
+        ts, ov = int(self.tile_size), int(self.tile_overlap)
+        stride = max(ts - ov, 1)
+        ys = _tile_starts(h, ts, stride)
+        xs = _tile_starts(w, ts, stride)
+        out = torch.zeros(n, 3, h, w, dtype=torch.float32)
+        weight = torch.zeros(1, 1, h, w, dtype=torch.float32)
+        sched = self.schedule(t0, add_noise)
+        for y in ys:
+            for x in xs:
+                tile = images[..., y:y + ts, x:x + ts]
+                res = self._restore_batch(tile, sched, generator).cpu()
+                wy = _ramp(tile.shape[-2], ov if y > 0 else 0, ov if y + ts < h else 0)
+                wx = _ramp(tile.shape[-1], ov if x > 0 else 0, ov if x + ts < w else 0)
+                wt = (wy[:, None] * wx[None, :])[None, None]
+                out[..., y:y + ts, x:x + ts] += res * wt
+                weight[..., y:y + ts, x:x + ts] += wt
+        return (out / weight.clamp_min(1e-8)).to(images.device)
+
+    @torch.no_grad()
+    def img2img(self, images: torch.Tensor, t0: float | None = None, steps: int = 10, seed: int | None = 0) -> torch.Tensor:
+        """Training-free Img2Img baseline (Sec. 4.2): the frozen base denoises x~_t0 with ``steps`` Euler
+        steps (Eq. 3) from t0 to the end of the schedule; no adapters, the fixed prompt, no CFG."""
+        bb = self.backbone
+        g = torch.Generator(device=self.device)
+        g.manual_seed(0 if seed is None else int(seed))
+        sched = self.schedule(t0)
+        x = images.to(device=self.device, dtype=self.dtype)
+        h, w = x.shape[-2:]
+        x, _ = pad_to_multiple(x, bb.vae_scale_factor)
+        with active_adapter(bb.vae, None):
+            latents = encode_latents(bb.vae, x, bb.scaling_factor, generator=g)
+        latents, _ = pad_to_multiple(latents, bb.patch_size)
+        noise = torch.randn(latents.shape, generator=g, device=latents.device, dtype=latents.dtype)
+        z = forward_noise(latents, noise, sched.sigma_t0)
+        sigmas = torch.linspace(sched.sigma_t0, sched.sigma_end, steps + 1).tolist()
+        pe, pp = bb.prompt_batch(z.shape[0], device=self.device, dtype=self.dtype)
+        with active_adapter(bb.transformer, None):
+            for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+                t = s * bb.scheduler.config.num_train_timesteps
+                v = transformer_velocity(bb.transformer, z, t, pe, pp)
+                z = z - (s - s_next) * v                                                  # Eq. 3
+        return decode_latents(bb.vae, z, bb.scaling_factor)[..., :h, :w].clamp(-1, 1).float()
+
+    @classmethod
+    def from_pretrained(cls, base_model: str, ckpt: str | None = None, embeddings: str | None = None,
+                        device: str = "cpu", dtype: str = "fp32", t0: int = 199, kind: str | None = None,
+                        tile_size: int | None = None) -> "Restorer":
+        """Backbone + phi- from a checkpoint (the authors' ``.ckpt``, our ``.safetensors`` adapters, or a
+        training checkpoint ``latest.pt``/``best.pt``). Without ``ckpt``: the frozen base alone."""
+        from ..diffusion.backbone import load_backbone
+        from .io import load_restorer_weights
+
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype '{dtype}'")
+        bb = load_backbone(base_model, kind=kind, embeddings=embeddings, device=device, dtype=dtype)
+        adapter = None
+        if ckpt:
+            load_restorer_weights(ckpt, bb)
+            bb.to(device=device, dtype=DTYPES[dtype])
+            adapter = RESTORER
+        return cls(bb, t0=t0, adapter=adapter, tile_size=tile_size)
+
+
+def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, stride))
+    starts.append(size - tile)
+    return sorted(set(starts))
+
+
+def _ramp(n: int, left: int, right: int) -> torch.Tensor:
+    r = torch.ones(n)
+    if left:
+        r[:left] = torch.linspace(0, 1, left + 2)[1:-1]
+    if right:
+        r[-right:] = torch.linspace(1, 0, right + 2)[1:-1]
+    return r
+
+
+def to_model_range(images01: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1]."""
+    return images01 * 2.0 - 1.0
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1]."""
+    return ((images + 1.0) / 2.0).clamp(0, 1)
+
+
+__all__ = ["Restorer", "encode_latents", "decode_latents", "transformer_velocity", "pad_to_multiple",
+           "to_model_range", "to_unit_range"]

@@ -1,0 +1,33 @@
+"""Small builders shared by tests (tiny SD3-shaped backbones, random LoRA checkpoints)."""
+from __future__ import annotations
+
+import torch
+
+from nifi_lib.diffusion.backbone import build_tiny_backbone
+
+# SD3-like VAE: factor 8 (four blocks), its scaling and shift factors (the shift must NOT be applied).
+SD3_LIKE_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4, sample_size=32,
+    scaling_factor=1.5305, shift_factor=0.0609,
+)
+TINY_TRANSFORMER = dict(
+    sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+    num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=8,
+    pos_embed_max_size=32,
+)
+
+
+def tiny_backbone(seed: int = 0):
+    bb = build_tiny_backbone(seed=seed, vae_config=SD3_LIKE_VAE, transformer_config=TINY_TRANSFORMER)
+    return bb.freeze()
+
+
+def randomize_lora(model, adapter: str, seed: int, scale: float = 0.05) -> None:
+    """Give an adapter non-zero A and B (peft initialises B to zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n and f".{adapter}." in n + ".":
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
