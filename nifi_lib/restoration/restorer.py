@@ -181,6 +181,31 @@ class Restorer:
                 z = z - (s - s_next) * v                                                  # Eq. 3
         return decode_latents(bb.vae, z, bb.scaling_factor)[..., :h, :w].clamp(-1, 1).float()
 
+    @torch.no_grad()
+    def trace(self, images: torch.Tensor, t0: float | None = None, seed: int = 0) -> dict[str, torch.Tensor | float]:
+        """Every intermediate of Eq. 7 for one batch (for notebooks): the latent x~, its projection x~_t0
+        (Eq. 2) decoded, the one-step estimate x^ and the restored image, images in [-1, 1]."""
+        bb = self.backbone
+        sched = self.schedule(t0)
+        g = torch.Generator(device=self.device)
+        g.manual_seed(int(seed))
+        x = images.to(device=self.device, dtype=self.dtype)
+        h, w = x.shape[-2:]
+        x, _ = pad_to_multiple(x, bb.vae_scale_factor)
+        with active_adapter(bb.vae, self.adapter):
+            latents = encode_latents(bb.vae, x, bb.scaling_factor, generator=g)
+        latents, _ = pad_to_multiple(latents, bb.patch_size)
+        noise = torch.randn(latents.shape, generator=g, device=latents.device, dtype=latents.dtype)
+        x_t0 = forward_noise(latents, noise, sched.sigma_t0)
+        pe, pp = bb.prompt_batch(x_t0.shape[0], device=self.device, dtype=self.dtype)
+        with active_adapter(bb.transformer, self.adapter):
+            v = transformer_velocity(bb.transformer, x_t0, sched.t0, pe, pp)
+        x_hat = one_step_restore(x_t0, v, sched.sigma_t0, sched.sigma_end)
+        dec = lambda z: decode_latents(bb.vae, z, bb.scaling_factor)[..., :h, :w].clamp(-1, 1).float()  # noqa: E731
+        return {"t0": sched.t0, "sigma_t0": sched.sigma_t0, "sigma_end": sched.sigma_end,
+                "latents": latents.float(), "x_t0": x_t0.float(), "x_hat": x_hat.float(),
+                "reconstruction": dec(latents), "projected": dec(x_t0), "restored": dec(x_hat)}
+
     @classmethod
     def from_pretrained(cls, base_model: str, ckpt: str | None = None, embeddings: str | None = None,
                         device: str = "cpu", dtype: str = "fp32", t0: int = 199, kind: str | None = None,

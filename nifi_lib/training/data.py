@@ -1,0 +1,119 @@
+"""Training/evaluation pairs in the seed's layout: ``<root>/<scene>/rate_<label>/<split>/{clean,degraded}/*.png``.
+
+A benchmark root may add one level (``<root>/<dataset>/<scene>/rate_...``); both are found.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import NifiError
+from ..io.images import IMAGE_EXTS, load_image
+
+
+class PairError(NifiError, ValueError):
+    """Pairs are missing, unmatched or of different sizes."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    dataset: str
+    scene: str
+    rate: str
+    name: str
+    clean: Path
+    degraded: Path
+
+
+def _images(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS and p.is_file()}
+
+
+def find_pairs(root: str | Path, split: str, check_sizes: bool = True) -> list[Pair]:
+    """Every (clean, degraded) pair of ``split`` under ``root``; unmatched names or sizes -> PairError."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PairError(f"{root}: pair folder not found (make it with `nifi pairs` or `nifi prepare-benchmark`)")
+    pairs: list[Pair] = []
+    split_dirs = sorted(p for p in root.glob(f"**/rate_*/{split}") if p.is_dir())
+    if not split_dirs:
+        raise PairError(f"{root}: no '<scene>/rate_<label>/{split}/' folders found")
+    for sd in split_dirs:
+        rate_dir = sd.parent
+        scene_dir = rate_dir.parent
+        rel = scene_dir.relative_to(root).parts
+        dataset = rel[0] if len(rel) > 1 else root.name
+        scene = scene_dir.name
+        clean_d, deg_d = sd / "clean", sd / "degraded"
+        for d in (clean_d, deg_d):
+            if not d.is_dir():
+                raise PairError(f"{d}: missing folder")
+        clean, deg = _images(clean_d), _images(deg_d)
+        only_c, only_d = sorted(set(clean) - set(deg)), sorted(set(deg) - set(clean))
+        if only_c or only_d:
+            raise PairError(f"{sd}: unmatched pairs: clean without degraded {only_c[:5]}, "
+                            f"degraded without clean {only_d[:5]}")
+        if not clean:
+            raise PairError(f"{sd}: empty split (no images)")
+        for name in clean:
+            if check_sizes:
+                from PIL import Image
+
+                with Image.open(clean[name]) as a, Image.open(deg[name]) as b:
+                    if a.size != b.size:
+                        raise PairError(f"{deg[name]}: size {b.size} differs from its clean view "
+                                        f"{clean[name]} {a.size}")
+            pairs.append(Pair(dataset, scene, rate_dir.name[len("rate_"):], name, clean[name], deg[name]))
+    return pairs
+
+
+class PairSampler:
+    """Draws batch elements as the paper does: a random scene, then a random view (and rate) of it."""
+
+    def __init__(self, pairs: list[Pair], resolution: int | None = None, cache: bool = True):
+        if not pairs:
+            raise PairError("no training pairs")
+        self.pairs = pairs
+        self.by_scene: dict[tuple[str, str], list[int]] = {}
+        for i, p in enumerate(pairs):
+            self.by_scene.setdefault((p.dataset, p.scene), []).append(i)
+        self.scenes = sorted(self.by_scene)
+        self.resolution = resolution
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
+
+    def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        p = self.pairs[i]
+        item = (load_image(p.clean), load_image(p.degraded))
+        if item[0].shape != item[1].shape:
+            raise PairError(f"{p.degraded}: size {tuple(item[1].shape)} differs from {p.clean} {tuple(item[0].shape)}")
+        if self._cache is not None:
+            self._cache[i] = item
+        return item
+
+    def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """``n`` elements: (clean, degraded) in [0, 1] cropped to ``resolution`` (same crop for both)."""
+        cleans, degs, idx = [], [], []
+        for _ in range(n):
+            scene = self.scenes[int(torch.randint(len(self.scenes), (1,), generator=g))]
+            members = self.by_scene[scene]
+            i = members[int(torch.randint(len(members), (1,), generator=g))]
+            c, d = self.load(i)
+            if self.resolution is not None:
+                c, d = random_crop(c, d, self.resolution, g)
+            cleans.append(c)
+            degs.append(d)
+            idx.append(i)
+        return torch.stack(cleans), torch.stack(degs), idx
+
+
+def random_crop(a: torch.Tensor, b: torch.Tensor, size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    h, w = a.shape[-2:]
+    if h < size or w < size:
+        raise PairError(f"training resolution {size} is larger than an image of {h}x{w}")
+    y = int(torch.randint(h - size + 1, (1,), generator=g))
+    x = int(torch.randint(w - size + 1, (1,), generator=g))
+    return a[:, y:y + size, x:x + size], b[:, y:y + size, x:x + size]
