@@ -312,6 +312,8 @@ def build_perceptual(cfg: Config, device) -> tuple[object, str, dict]:
     """LPIPS with real weights; if unavailable, the configured weight-free fallback or a clear error."""
     from ..evaluation import metrics
 
+    if cfg.loss_weights.lpips == 0:
+        return None, "none (loss_weights.lpips = 0)", {}
     try:
         fn = metrics.lpips_loss_module(net=cfg.eval.lpips_net, device=device)
         return fn, f"lpips-{cfg.eval.lpips_net}", {}
