@@ -69,13 +69,13 @@ ARCHIVES: tuple[Archive, ...] = (
     # "<scene>/sparse/0/..." and "<scene>/poses_bounds.npy" (plus two disclaimer .txt files at the top).
     Archive(
         filename="360_v2.zip",
-        url="http://storage.googleapis.com/gresearch/refraw360/360_v2.zip",
+        url="https://storage.googleapis.com/gresearch/refraw360/360_v2.zip",
         placements=tuple(ScenePlacement(f"{s}/", "mipnerf360", s)
                          for s in ("bicycle", "bonsai", "counter", "garden", "kitchen", "room", "stump")),
     ),
     Archive(
         filename="360_extra_scenes.zip",
-        url="http://storage.googleapis.com/gresearch/refraw360/360_extra_scenes.zip",
+        url="https://storage.googleapis.com/gresearch/refraw360/360_extra_scenes.zip",
         placements=(ScenePlacement("flowers/", "mipnerf360", "flowers"),
                     ScenePlacement("treehill/", "mipnerf360", "treehill")),
     ),
@@ -118,10 +118,11 @@ def select_scenes(dataset: str, scenes: list[str] | None = None) -> list[str]:
     return list(dict.fromkeys(scenes))
 
 
-def plan(datasets: list[str], scenes: dict[str, list[str]]) -> list[tuple[Archive, list[ScenePlacement]]]:
+def plan(datasets: list[str], scenes: dict[str, list[str]],
+         archives: "tuple[Archive, ...] | list[Archive] | None" = None) -> list[tuple[Archive, list[ScenePlacement]]]:
     """For each archive needed: the placements (dataset, scene) wanted from it; archives not needed are left out."""
     out = []
-    for a in ARCHIVES:
+    for a in (ARCHIVES if archives is None else archives):
         wanted = [p for p in a.placements if p.dataset in datasets and p.scene in scenes.get(p.dataset, ())]
         if wanted:
             out.append((a, wanted))
