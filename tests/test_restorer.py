@@ -163,3 +163,11 @@ def test_adapter_safetensors_round_trip(tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     img = torch.rand(1, 3, 32, 32) * 2 - 1
     assert torch.equal(Restorer(bb).restore(img, seed=3), Restorer(bb2).restore(img, seed=3))
+
+
+def test_nifi_verify_eq7_check_passes():
+    from nifi_lib.restoration.reference import check_eq7
+
+    r = check_eq7()
+    assert r.passed, r.detail
+    assert r.equation == "Eq. 7"

@@ -45,8 +45,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import print_table, run_checks
+    from ..restoration.reference import check_eq7
+    from .verify import print_table, register_check, run_checks
 
+    register_check(check_eq7)
     results = run_checks()
     print_table(results)
     return 0 if all(r.passed for r in results) else 1
