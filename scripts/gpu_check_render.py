@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         n, k = args.n, (args.sh_degree + 1) ** 2 - 1
         scene = GaussianModel(
-            means=torch.rand(n, 3, generator=gen) * 2 - 1, log_scales=torch.log(torch.rand(n, 3, generator=gen) * 0.04 + 0.005),
+            means=torch.rand(n, 3, generator=gen) * 2 - 1,
+            log_scales=torch.log(torch.rand(n, 3, generator=gen) * 0.04 + 0.005),
             quats=torch.randn(n, 4, generator=gen), opacity_logits=torch.randn(n, generator=gen),
             sh_dc=torch.randn(n, 3, generator=gen) * 0.6, sh_rest=torch.randn(n, k, 3, generator=gen) * 0.1)
         centre, radius = torch.zeros(3), 4.0
