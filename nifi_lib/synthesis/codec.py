@@ -8,15 +8,22 @@ Layout (all integers little-endian)::
     8       4           N, number of Gaussians (uint32)
     12      1           SH degree d (uint8)
     13      2           C, number of channels (uint16) = 14 + 3 * ((d + 1)^2 - 1)
-    15      4 * C       lo per channel (float32)
+    15      1           r, resolution of the frequency tables (uint8, steps per doubling of a count)
+    16      1           w, bin width of the frequency tables (uint8, codes per table entry)
+    17      ceil(C/8)   predictor bitmask: bit c (LSB first) set = channel c is coded as differences to the
+                        previous primitive mod 256 (``entropy.predict``), else directly
+    ..      4 * C       lo per channel (float32)
     ..      4 * C       hi per channel (float32)
     ..      4           T, byte length of the frequency tables (uint32)
-    ..      T           frequency tables: zlib(delta(log2 count table)), C x 256 (``entropy.pack_table``)
+    ..      T           frequency tables: zlib(delta(log2 count table)), C x (256 / w) (``entropy.pack_table``)
     ..      4           P, byte length of the payload (uint32)
     ..      P           range-coded payload (uint32 words, ``entropy.encode_codes``)
     ..      4           CRC-32 of every byte before it (uint32)
 
-Channel order and the exact dequantization rule are in :mod:`nifi_lib.synthesis.quantize`. The rate of
+Channel order and the exact dequantization rule are in :mod:`nifi_lib.synthesis.quantize`. The codec keeps
+the order of the primitives; the pipeline stores every level in Morton order of its quantized means
+(``quantize.morton_order``; rendering does not depend on the order), which makes the per-channel
+difference predictor pay off. The rate of
 a level is the size of its file on disk. A decoder restores the 8-bit codes exactly, so
 ``decode_level(path)`` equals ``dequantize(quantize(model))`` bit for bit.
 """
@@ -37,7 +44,7 @@ from .quantize import QuantizedScene, dequantize, quantize, sh_rest_coeffs
 
 MAGIC = b"NIFIGS"
 VERSION = 1
-_HEAD = struct.Struct("<6sHIBH")
+_HEAD = struct.Struct("<6sHIBHBB")
 MAX_SH_DEGREE = 4
 
 
@@ -77,11 +84,13 @@ def encode_quantized(q: QuantizedScene) -> bytes:
     c = q.num_channels
     if c != 14 + 3 * sh_rest_coeffs(q.sh_degree):
         raise BitstreamError(f"{c} channels do not match SH degree {q.sh_degree}")
-    table, words = entropy.encode_codes(q.codes)
+    delta = entropy.choose_predictors(q.codes)
+    width, resolution, table, words = entropy.encode_codes(entropy.predict(q.codes, delta))
     tables = entropy.pack_table(table)
     payload = words.astype("<u4").tobytes()
     body = b"".join([
-        _HEAD.pack(MAGIC, VERSION, q.num_gaussians, q.sh_degree, c),
+        _HEAD.pack(MAGIC, VERSION, q.num_gaussians, q.sh_degree, c, resolution, width),
+        np.packbits(delta.astype(np.uint8), bitorder="little").tobytes(),
         q.lo.astype("<f4").tobytes(), q.hi.astype("<f4").tobytes(),
         struct.pack("<I", len(tables)), tables,
         struct.pack("<I", len(payload)), payload,
@@ -96,7 +105,7 @@ def decode_quantized(data: bytes, source: str = "<bytes>") -> QuantizedScene:
 
     if len(data) < _HEAD.size + 4:
         raise fail(f"truncated: {len(data)} bytes is shorter than the {_HEAD.size + 4}-byte minimum")
-    magic, version, n, degree, c = _HEAD.unpack_from(data, 0)
+    magic, version, n, degree, c, resolution, width = _HEAD.unpack_from(data, 0)
     if magic != MAGIC:
         raise fail(f"not a .nifigs bitstream (magic {magic!r}, expected {MAGIC!r})")
     if version != VERSION:
@@ -117,6 +126,8 @@ def decode_quantized(data: bytes, source: str = "<bytes>") -> QuantizedScene:
         pos += k
         return out
 
+    nmask = (c + 7) // 8
+    delta = np.unpackbits(np.frombuffer(take(nmask, "predictor bitmask"), dtype=np.uint8), bitorder="little")[:c]
     lo = np.frombuffer(take(4 * c, "min side info"), dtype="<f4").astype(np.float32)
     hi = np.frombuffer(take(4 * c, "max side info"), dtype="<f4").astype(np.float32)
     if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (hi >= lo).all()):
@@ -130,8 +141,11 @@ def decode_quantized(data: bytes, source: str = "<bytes>") -> QuantizedScene:
     if pos != end:
         raise fail(f"{end - pos} unexpected bytes after the payload")
     try:
-        table = entropy.unpack_table(tables, c)
-        codes = entropy.decode_codes(np.frombuffer(payload, dtype="<u4").astype(np.uint32), table, n)
+        if width not in entropy.BIN_WIDTHS or resolution not in entropy.TABLE_RESOLUTIONS:
+            raise entropy.EntropyCodingError(f"unknown table layout (bin width {width}, resolution {resolution})")
+        table = entropy.unpack_table(tables, c, width)
+        res = entropy.decode_codes(np.frombuffer(payload, dtype="<u4").astype(np.uint32), table, n, width, resolution)
+        codes = entropy.unpredict(res, delta.astype(bool))
     except entropy.EntropyCodingError as e:
         raise fail(str(e)) from e
     return QuantizedScene(codes=codes, lo=lo, hi=hi, sh_degree=int(degree))
@@ -154,8 +168,9 @@ def write_quantized(q: QuantizedScene, path: str | Path) -> CodecStats:
     data = encode_quantized(q)
     atomic_write_bytes(path, data)
     on_disk = path.stat().st_size
-    head = _HEAD.size + 8 * q.num_channels + 4 + 4 + 4  # fixed fields + side info + two lengths + CRC
-    (tlen,) = struct.unpack_from("<I", data, _HEAD.size + 8 * q.num_channels)
+    side = _HEAD.size + (q.num_channels + 7) // 8 + 8 * q.num_channels  # fixed fields, bitmask, min/max
+    head = side + 4 + 4 + 4  # + two lengths + CRC
+    (tlen,) = struct.unpack_from("<I", data, side)
     base = baseline_sizes(q)
     return CodecStats(num_gaussians=q.num_gaussians, num_channels=q.num_channels, bytes=on_disk,
                       header_bytes=head, table_bytes=tlen, payload_bytes=on_disk - head - tlen,
