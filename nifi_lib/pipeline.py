@@ -25,7 +25,8 @@ def ensure_embedded_pairs(run_dir: str | Path = "runs/embedded", scenes: list[st
                           c_min: int = 128, finetune_iterations: int = 300, splits=("train", "test"),
                           progress: bool = False) -> Path:
     """Artifact synthesis for the embedded scenes: ``<run_dir>/artifacts/<scene>`` (pruned, coded levels)
-    and ``<run_dir>/pairs/<scene>/rate_<label>/<split>/{clean,degraded}`` (Sec. 3). Returns the pairs root."""
+    and ``<run_dir>/pairs/embedded/<scene>/rate_<label>/<split>/{clean,degraded}`` (Sec. 3; the benchmark
+    layout with "embedded" as the dataset). Returns the pairs root ``<run_dir>/pairs``."""
     from .synthesis.pipeline import SynthesisSettings, codec_pairs, synthesize_scene
 
     run_dir = repo_path(run_dir)
@@ -35,7 +36,8 @@ def ensure_embedded_pairs(run_dir: str | Path = "runs/embedded", scenes: list[st
         art = run_dir / "artifacts" / scene.name
         synthesize_scene(scene, art, settings, progress=progress, log=lambda *_: None)
         for split in splits:
-            codec_pairs(art, split, pairs_root / scene.name, progress=progress, log=lambda *_: None, device="cpu")
+            codec_pairs(art, split, pairs_root / "embedded" / scene.name, progress=progress, log=lambda *_: None,
+                        device="cpu")
     return pairs_root
 
 
@@ -54,3 +56,29 @@ def ensure_trained(run_dir: str | Path = "runs/embedded", cfg: Config | None = N
         pairs = ensure_embedded_pairs(run_dir, **pairs_kw)
         train(cfg or embedded_config(), pairs, out, progress=progress)
     return out / "best.pt"
+
+
+def before_after_examples(ckpt: str | Path, pairs_root: str | Path, backbone: str = "data/embedded/backbone",
+                          per_rate: int = 2, split: str = "test", seed: int = 0, t0: int = 199) -> list[dict]:
+    """For a few held-out views per rate: degraded, frozen base at t0 (no phi-), NiFi, clean ([0, 1])."""
+    import torch
+
+    from .io.images import load_image
+    from .restoration.restorer import Restorer, to_model_range, to_unit_range
+    from .training.data import find_pairs
+
+    pairs = find_pairs(repo_path(pairs_root), split)
+    nifi = Restorer.from_pretrained(str(repo_path(backbone)), ckpt=str(repo_path(ckpt)), t0=t0)
+    base = Restorer.from_pretrained(str(repo_path(backbone)), ckpt=None, t0=t0)
+    rows = []
+    for rate in sorted({p.rate for p in pairs}):
+        chosen = [p for p in pairs if p.rate == rate]
+        step = max(len(chosen) // per_rate, 1)
+        for p in chosen[::step][:per_rate]:
+            deg = load_image(p.degraded)
+            x = to_model_range(deg)[None]
+            with torch.no_grad():
+                rows.append({"label": f"{p.scene} / rate {rate} / {p.name}", "rate": rate, "degraded": deg,
+                             "base": to_unit_range(base.restore(x, seed=seed))[0],
+                             "nifi": to_unit_range(nifi.restore(x, seed=seed))[0], "clean": load_image(p.clean)})
+    return rows

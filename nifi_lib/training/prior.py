@@ -49,30 +49,31 @@ class PriorConfig:
     seed: int = 0
 
 
-def collect_images(folders: list[str | Path], resolution: int) -> torch.Tensor:
-    """Every image of ``folders`` as a ``(N, 3, R, R)`` tensor in [0, 1] (center-cropped, resized)."""
+def collect_images(sources: list[str | Path], resolution: int) -> torch.Tensor:
+    """Every image of ``sources`` (image files or folders of images) as ``(N, 3, R, R)`` in [0, 1]
+    (center-cropped, resized)."""
     imgs = []
-    for folder in folders:
-        for f in list_images(folder):
-            img = load_image(f)
-            h, w = img.shape[-2:]
-            s = min(h, w)
-            img = img[:, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-            if s != resolution:
-                img = F.interpolate(img[None], size=(resolution, resolution), mode="bilinear",
-                                    antialias=True, align_corners=False)[0]
-            imgs.append(img)
+    files = []
+    for src in sources:
+        files += list_images(src) if Path(src).is_dir() else [Path(src)]
+    for f in files:
+        img = load_image(f)
+        h, w = img.shape[-2:]
+        s = min(h, w)
+        img = img[:, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        if s != resolution:
+            img = F.interpolate(img[None], size=(resolution, resolution), mode="bilinear",
+                                antialias=True, align_corners=False)[0]
+        imgs.append(img)
     if not imgs:
-        raise PriorError(f"no training images found in {[str(f) for f in folders]}")
+        raise PriorError(f"no training images found in {[str(f) for f in sources]}")
     return torch.stack(imgs)
 
 
 def augment(batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and 90-degree rotations (the images are square)."""
+    """Random horizontal flips (scenes have a floor, so no rotations)."""
     flip = torch.rand(batch.shape[0], generator=g) < 0.5
-    batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
-    k = int(torch.randint(0, 4, (1,), generator=g))
-    return torch.rot90(batch, k, dims=(-2, -1))
+    return torch.where(flip[:, None, None, None], batch.flip(-1), batch)
 
 
 def train_vae(bb: Backbone, images: torch.Tensor, cfg: PriorConfig, progress: bool = True) -> list[dict]:
@@ -149,12 +150,12 @@ def train_flow_transformer(bb: Backbone, images: torch.Tensor, cfg: PriorConfig,
     return history
 
 
-def train_prior(image_folders: list[str | Path], out_dir: str | Path, cfg: PriorConfig | None = None,
+def train_prior(image_sources: list[str | Path], out_dir: str | Path, cfg: PriorConfig | None = None,
                 progress: bool = True) -> Backbone:
     """Train both stages and save the backbone (diffusers layout + prompt embeddings + log) to ``out_dir``."""
     cfg = cfg or PriorConfig()
     torch.manual_seed(cfg.seed)
-    images = collect_images(image_folders, cfg.resolution)
+    images = collect_images(image_sources, cfg.resolution)
     bb = build_tiny_backbone(seed=cfg.seed, shift=cfg.shift)
     t0 = time.time()
     vae_hist = train_vae(bb, images, cfg, progress)
@@ -162,12 +163,12 @@ def train_prior(image_folders: list[str | Path], out_dir: str | Path, cfg: Prior
     tr_hist = train_flow_transformer(bb, images, cfg, progress)
     t2 = time.time()
     info = {"config": asdict(cfg), "num_images": int(images.shape[0]),
-            "image_folders": [str(f) for f in image_folders], "vae_seconds": round(t1 - t0, 1),
+            "num_sources": len(image_sources), "vae_seconds": round(t1 - t0, 1),
             "transformer_seconds": round(t2 - t1, 1), "scaling_factor": bb.scaling_factor,
             "final_vae_psnr": vae_hist[-1]["psnr"], "final_flow_loss": tr_hist[-1]["loss"]}
     bb.info = info
     out_dir = Path(out_dir)
-    bb.save_pretrained(out_dir, info=info)
+    bb.save_pretrained(out_dir, info=info, storage_dtype=torch.float16)  # < 5 MB in git
     atomic_write_json(out_dir / "prior_log.json", {"vae": vae_hist, "transformer": tr_hist, "info": info})
     return bb.freeze()
 

@@ -1,0 +1,74 @@
+"""Figures for the training notebook (05): loss curves and before/after grids per rate."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from .restoration_plots import to_display
+from .style import PANEL_INCH
+
+
+def read_train_log(path: str | Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
+
+
+def _smooth(y: np.ndarray, k: int) -> np.ndarray:
+    if len(y) < k or k < 2:
+        return y
+    pad = np.concatenate([np.full(k - 1, y[0]), y])
+    return np.convolve(pad, np.ones(k) / k, mode="valid")
+
+
+def plot_training_log(log: dict[str, np.ndarray], validation: list[dict] | None = None, metric: str = "lpips"):
+    """Eq. 6 terms, the critic's Eq. 8 loss, gradient norms, and the validation metric."""
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3))
+    s = log["step"]
+    k = max(len(s) // 20, 1)
+    for key, label in (("loss_kl", "L_KL (Eq. 4/5 surrogate)"), ("loss_l2", "l2(x, x^)"), ("loss_lpips", "LPIPS(D(x^), I)")):
+        if key in log and np.isfinite(log[key]).any():
+            axes[0].plot(s, _smooth(log[key], k), label=label)
+    axes[0].set(title="phi- loss terms (Eq. 6)", xlabel="step")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(s, _smooth(log["loss_critic"], k), color="#9467bd")
+    axes[1].set(title="critic phi+ loss (Eq. 8)", xlabel="step")
+    axes[2].plot(s, log["grad_norm_minus"], label="phi-", alpha=0.7)
+    axes[2].plot(s, log["grad_norm_plus"], label="phi+", alpha=0.7)
+    axes[2].set(title="gradient norms (before clipping)", xlabel="step", yscale="log")
+    axes[2].legend(fontsize=7)
+    if validation:
+        axes[3].plot([v["step"] for v in validation], [v[metric] for v in validation], marker="o")
+    axes[3].set(title=f"validation {metric} (held-out views)", xlabel="step")
+    fig.tight_layout()
+    return fig
+
+
+def before_after_grid(rows: list[dict], columns: tuple[str, ...] = ("degraded", "base", "nifi", "clean"),
+                      titles: dict[str, str] | None = None):
+    """One row per example (dicts of column -> image (3, H, W)), one column per method."""
+    titles = titles or {}
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(len(columns) * PANEL_INCH * 0.75,
+                                                               len(rows) * PANEL_INCH * 0.8), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, col in enumerate(columns):
+            ax = axes[r, c]
+            ax.imshow(to_display(row[col]), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles.get(col, col), fontsize=8)
+            if c == 0 and "label" in row:
+                ax.set_ylabel(row["label"], fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def stack01(images: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([i.float().clamp(0, 1) for i in images])
