@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "nifi_lib.training.cli",        # prior train, train, verify
     "nifi_lib.restoration.cli",     # restore, ckpt import/export
     "nifi_lib.evaluation.cli",      # weights, eval, benchmark
+    "nifi_lib.bench.cli",           # bench (GPU performance)
     "nifi_lib.notebook_runner",     # run-notebooks
 ]
 
@@ -45,12 +46,38 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except NifiError as e:
+        _close_progress_bars()
         print(f"nifi {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the environment, not a bug: disk full, permissions, a vanished file...
+        _close_progress_bars()
+        print(f"nifi {args.command}: error: {_os_error_message(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print(f"nifi {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+def _close_progress_bars() -> None:
+    """Close the tqdm bars an exception left open, so that the error starts on its own line."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+
+def _os_error_message(e: OSError) -> str:
+    """``<file>: <reason>`` for an OSError (its file name first, as the project's own errors)."""
+    reason = e.strerror or str(e) or e.__class__.__name__
+    files = [f for f in (e.filename, e.filename2) if f]
+    return f"{' -> '.join(map(str, files))}: {reason}" if files else f"{e.__class__.__name__}: {reason}"
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class DiffusionConfig:
     shift: float = 3.0
     t_min_index: int = 50
     t_max_index: int = 950
+    add_noise: bool = True      # False: the "w/o t0" ablation (un-noised latent fed at t0, TSD-SR style)
 
 
 @dataclass
@@ -61,6 +62,7 @@ class TrainConfig:
     best_metric: str = "lpips"
     mixed_precision: str = "bf16"
     gradient_checkpointing: bool = False
+    compile: bool = False
     nan_policy: str = "skip"
     num_workers: int = 2
 
@@ -235,9 +237,14 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
     if not path.exists() and not path.is_absolute() and (CONFIG_DIR / path).exists():
         path = CONFIG_DIR / path
     data = _read_yaml(path)
-    if overrides:
-        data = _merge(data, overrides)
-    return config_from_dict(data, source=str(path))
+    if not overrides:
+        return config_from_dict(data, source=str(path))
+    try:
+        return config_from_dict(_merge(data, overrides), source=str(path))
+    except ConfigError as e:  # say where a bad value may come from: the file or the command line
+        given = ", ".join(f"{sec}.{k}={v!r}" for sec, kv in overrides.items()
+                          for k, v in (kv.items() if isinstance(kv, dict) else [("", kv)]))
+        raise ConfigError(f"{e} (overrides applied to the file: {given})") from None
 
 
 def parse_override(expr: str) -> dict:

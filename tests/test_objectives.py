@@ -332,3 +332,16 @@ def test_run_checks_reports_a_raising_check():
     finally:
         verify._REGISTRY.remove(broken)
     assert len(results) == 1 and not results[0].passed and "boom" in results[0].detail
+
+
+def test_mean_reduction_gradient_is_g_over_numel():
+    """The trainer's reduction (DMD/TSD-SR's mse 'mean'): d loss / d x^ = c * g / numel."""
+    from nifi_lib.training.objectives import distribution_matching_loss
+
+    g = torch.Generator().manual_seed(3)
+    x_hat = torch.randn(3, 4, 5, 5, generator=g, requires_grad=True)
+    grad = torch.randn(3, 4, 5, 5, generator=g)
+    loss = distribution_matching_loss(x_hat, grad, "none", reduction="mean")
+    loss.backward()
+    assert torch.allclose(x_hat.grad, grad / x_hat.numel(), atol=1e-8)
+    assert loss.item() == pytest.approx(0.5 * float((grad ** 2).mean()), rel=1e-5)

@@ -26,13 +26,13 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
 
 # Tiny configs of the same classes as SD3 (diffusers' style of building small models for tests).
 TINY_VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=4,
+    in_channels=3, out_channels=3, latent_channels=16,
     down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
     block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16,
     sample_size=64, scaling_factor=1.0, shift_factor=None, use_quant_conv=True, use_post_quant_conv=True,
 )
 TINY_TRANSFORMER_CONFIG = dict(
-    sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=4,
+    sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=4,
     attention_head_dim=32, num_attention_heads=4, joint_attention_dim=64,
     caption_projection_dim=128, pooled_projection_dim=32, pos_embed_max_size=48,
 )
@@ -55,6 +55,11 @@ class Backbone:
     kind: str = "sd3"
     source: str = ""
     info: dict = field(default_factory=dict)
+    # device copies of the prompt embeddings, keyed by (null, n, device, dtype): no host-to-device copy
+    # (and so no stream synchronisation) per call; see :meth:`prompt_batch`
+    _prompt_cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # which fast paths :func:`optimize_backbone` has applied (compile, channels_last, ...)
+    fast_paths: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -89,25 +94,168 @@ class Backbone:
         return self
 
     def prompt_batch(self, n: int, device=None, dtype=None, null: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` copies of the (null) prompt embedding on ``device`` in ``dtype``, contiguous.
+
+        The result is cached per (prompt, n, device, dtype): the embeddings live on the CPU and a blocking
+        host-to-device copy would synchronise the CUDA stream at every call (several times per training
+        step). Callers must not modify the returned tensors in place. The cache follows the prompt objects
+        and their in-place versions, so replacing or editing ``prompt`` invalidates it.
+        """
         p = self.null_prompt if null else self.prompt
         if p is None:
             raise BackboneError(f"backbone '{self.source}' has no {'null ' if null else ''}prompt embedding; "
                                 "pass --embeddings FILE.npz")
+        if p.prompt_embeds.requires_grad or p.pooled_prompt_embeds.requires_grad:   # trained embeddings: no cache
+            pe, pp = p.expand(n)
+            return pe.to(device=device, dtype=dtype), pp.to(device=device, dtype=dtype)
+        key = (null, int(n), str(torch.device(device)) if device is not None else None, dtype)
+        version = (id(p), p.prompt_embeds._version, p.pooled_prompt_embeds._version)
+        hit = self._prompt_cache.get(key)
+        if hit is not None and hit[0] == version and hit[1] is p:
+            return hit[2], hit[3]
         pe, pp = p.expand(n)
-        return pe.to(device=device, dtype=dtype), pp.to(device=device, dtype=dtype)
+        pe = pe.to(device=device, dtype=dtype).contiguous()
+        pp = pp.to(device=device, dtype=dtype).contiguous()
+        if len(self._prompt_cache) > 32:
+            self._prompt_cache.clear()
+        self._prompt_cache[key] = (version, p, pe, pp)
+        return pe, pp
 
-    def save_pretrained(self, folder: str | Path, info: dict | None = None) -> None:
-        """Save in the diffusers layout (vae/, transformer/, scheduler/) plus embeddings and a marker."""
+    def save_pretrained(self, folder: str | Path, info: dict | None = None,
+                        storage_dtype: torch.dtype | None = None) -> None:
+        """Save in the diffusers layout (vae/, transformer/, scheduler/) plus embeddings and a marker.
+
+        ``storage_dtype`` (e.g. ``torch.float16``) stores the transformer weights in that precision to keep the
+        shipped files small; :func:`load_backbone` casts to the requested dtype on load."""
+        import copy
+
         from .prompts import save_embeddings_npz
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.vae.save_pretrained(folder / "vae", safe_serialization=True)
-        self.transformer.save_pretrained(folder / "transformer", safe_serialization=True)
+        tr = self.transformer if storage_dtype is None else copy.deepcopy(self.transformer).to(storage_dtype)
+        tr.save_pretrained(folder / "transformer", safe_serialization=True)
         self.scheduler.save_pretrained(folder / "scheduler")
         if self.prompt is not None:
             save_embeddings_npz(folder / "prompt_embeds.npz", self.prompt, self.null_prompt)
         (folder / MARKER).write_text(json.dumps({"kind": self.kind, **(info or self.info)}, indent=2) + "\n")
+
+
+def _raise_recompile_limits(limit: int = 64) -> None:
+    """Each adapter state (off / phi- / phi+), grad mode, autocast state and input shape is one compiled
+    variant of a block; the default limit (8 per code object) would silently fall back to eager."""
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name) and getattr(cfg, name) < limit:
+            setattr(cfg, name, limit)
+    if hasattr(cfg, "accumulated_recompile_limit") and cfg.accumulated_recompile_limit < 8 * limit:
+        cfg.accumulated_recompile_limit = 8 * limit
+
+
+class ChannelsLastGroupNorm(torch.nn.GroupNorm):
+    """``nn.GroupNorm`` computed from per-channel sums (two passes: mean, then centred variance; float32),
+    for NHWC activations. The function is GroupNorm's; the reductions run over the pixels of each channel
+    (contiguous across channels in NHWC), which inductor turns into coalesced kernels, where its
+    GroupNorm lowering reads an NHWC tensor group by group (4 of every 128 channels per load at SD3's
+    top VAE level: ~10x under bandwidth, seen on an H100). Other inputs (NCHW, 3-D) use ``nn.GroupNorm``.
+    Under CUDA autocast it returns float32, as ``F.group_norm`` does there."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
+            return super().forward(x)
+        n, c, h, w = x.shape
+        g = self.num_groups
+        k = c // g
+        xf = x.float()
+        count = float(h * w * k)
+        mean = xf.sum(dim=(2, 3)).view(n, g, k).sum(-1) / count                       # (n, g)
+        d = xf - mean.repeat_interleave(k, dim=1)[:, :, None, None]
+        var = (d * d).sum(dim=(2, 3)).view(n, g, k).sum(-1) / count
+        y = d * torch.rsqrt(var + self.eps).repeat_interleave(k, dim=1)[:, :, None, None]
+        if self.affine:
+            y = y * self.weight.float()[None, :, None, None] + self.bias.float()[None, :, None, None]
+        # CUDA autocast runs group_norm in float32 and returns float32; elsewhere the input dtype
+        return y if (x.device.type == "cuda" and torch.is_autocast_enabled("cuda")) else y.to(x.dtype)
+
+
+def set_channels_last_group_norm(module: torch.nn.Module, enabled: bool = True) -> int:
+    """Switch every ``nn.GroupNorm`` of ``module`` to :class:`ChannelsLastGroupNorm` (or back), in place
+    (same parameters and state-dict keys). Returns how many were switched."""
+    count = 0
+    for m in module.modules():
+        if enabled and type(m) is torch.nn.GroupNorm:
+            m.__class__ = ChannelsLastGroupNorm
+            count += 1
+        elif not enabled and type(m) is ChannelsLastGroupNorm:
+            m.__class__ = torch.nn.GroupNorm
+            count += 1
+    return count
+
+
+def optimize_backbone(bb: "Backbone", *, compile: bool = False, channels_last: bool | None = None,
+                      cudnn_benchmark: bool | None = None, compile_transformer: bool = True, compile_vae: bool = True,
+                      compile_mode: str | None = None, dynamic: bool | None = None,
+                      cuda_graphs: bool = False) -> "Backbone":
+    """Switch on the fast paths of the backbone in place; the computed function does not change.
+
+    - ``channels_last`` (default: on when compiling): the VAE's 4-D weights (LoRA convs included) in NHWC
+      order; :func:`~nifi_lib.restoration.restorer.encode_latents`/``decode_latents`` then feed NHWC
+      inputs, so cuDNN runs its NHWC (tensor-core friendly) kernels without layout transposes; the VAE's
+      group norms become :class:`ChannelsLastGroupNorm` (same function, NHWC-friendly reductions).
+    - ``cuda_graphs`` (with ``compile``, inference only): inductor's CUDA graphs (``mode=
+      "reduce-overhead"``): each compiled region replays as one graph, removing the per-kernel launch
+      cost that otherwise bounds a batch-1 restore by the host. Callers mark each new step with
+      ``torch.compiler.cudagraph_mark_step_begin()`` (:class:`Restorer` does).
+    - ``cudnn_benchmark`` (default: on for CUDA whenever anything is switched on): cuDNN times its
+      convolution algorithms once per shape and keeps the fastest (a process-wide flag).
+    - ``compile``: ``torch.compile`` (inductor) of each ``JointTransformerBlock`` ("regional"
+      compilation: one block's code serves all 24, much shorter compile time than the whole model) and
+      of the VAE encoder and decoder. Graphs are specialised per adapter state, grad mode and shape; the
+      recompile limit is raised so that no variant silently falls back to eager. ``dynamic`` applies to
+      the transformer blocks (default: PyTorch's automatic dynamic shapes); the VAE is always compiled
+      with static shapes (one graph per frame size): inductor fails on the channels_last convolutions'
+      symbolic strides otherwise ("cannot determine truth value of Relational", torch 2.14).
+
+    Attention already runs through PyTorch's fused ``scaled_dot_product_attention`` in diffusers'
+    processors (flash attention for SD3's 64-wide heads in bf16). Calling this again only adds what
+    was not applied yet.
+    """
+    device = bb.device
+    if channels_last is None:
+        channels_last = bool(compile)
+    if cudnn_benchmark is None:
+        cudnn_benchmark = device.type == "cuda" and (compile or channels_last)
+    done = bb.fast_paths
+    if cudnn_benchmark and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        done["cudnn_benchmark"] = True
+    if channels_last and not done.get("channels_last"):
+        bb.vae.to(memory_format=torch.channels_last)
+        set_channels_last_group_norm(bb.vae, True)
+        done["channels_last"] = True
+    if compile:
+        _raise_recompile_limits()
+        if cuda_graphs and compile_mode is None and device.type == "cuda":
+            compile_mode = "reduce-overhead"
+        kw = {"mode": compile_mode} if compile_mode is not None else {}
+        if compile_mode is not None and "reduce-overhead" in compile_mode and not done.get("compile_transformer"):
+            done["cuda_graphs"] = True
+        if compile_transformer and not done.get("compile_transformer"):
+            for block in bb.transformer.transformer_blocks:
+                block.compile(**kw, **({"dynamic": dynamic} if dynamic is not None else {}))
+            done["compile_transformer"] = True
+        if compile_vae and not done.get("compile_vae"):
+            bb.vae.encoder.compile(**kw, dynamic=False)
+            bb.vae.decoder.compile(**kw, dynamic=False)
+            done["compile_vae"] = True
+    return bb
+
+
+def vae_channels_last(vae) -> bool:
+    """Whether :func:`optimize_backbone` put this VAE's weights in channels_last order."""
+    w = vae.decoder.conv_in.weight
+    return w.ndim == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
 
 
 def build_tiny_backbone(seed: int = 0, vae_config: dict | None = None,

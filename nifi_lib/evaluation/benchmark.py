@@ -12,6 +12,10 @@ HAC++ lambda: ``rate_0.1``, ``rate_0.5``, ``rate_1.0``). Output (``benchmark_met
   beside Table 1's NiFi and HAC++ numbers (and the same method's row where Table 1 has one), with deltas
   ``ours - paper``; datasets or rates that Table 1 does not have get ``in_table1: false`` and a note;
 - ``records[]``: one per image and method; ``config``.
+
+Restored frames: ``save_restored`` (CLI ``--save_outputs DIR``) keeps every method's output as
+``DIR/<method>/<dataset>/<scene>/rate_<label>/<split>/<name>.png`` (atomic PNG writes) plus ``DIR/outputs.json``;
+:class:`nifi_lib.evaluation.outputs.RunIndex` reads them back (notebook 08).
 """
 from __future__ import annotations
 
@@ -168,6 +172,11 @@ def run_benchmark(data_root: str | Path, split: str = "test", out: str | Path | 
             method_instances[m.name] = m
     records = evaluate_items(items, method_instances, metric_names, device=device, save_dir=save_restored,
                              progress=progress, desc="benchmark")
+    if save_restored is not None:
+        from .outputs import write_outputs_manifest
+
+        write_outputs_manifest(save_restored, data_root, split, "benchmark",
+                               {n: m.info() for n, m in method_instances.items()}, len(items))
     summary = summarize(records, metric_names)
     result = {
         "summary": summary,

@@ -30,6 +30,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
                    ckpt=args.ckpt, base_model=args.base_model, device=args.device, metric_names=args.metrics,
                    limit=args.limit, save_restored=repo_path(args.save_restored) if args.save_restored else None,
                    **_method_options(args))
+    if args.save_restored:
+        from .outputs import write_outputs_manifest
+
+        write_outputs_manifest(repo_path(args.save_restored), repo_path(args.data_root), args.split, "eval",
+                               {res["config"]["method"]["name"]: res["config"]["method"]},
+                               res["metrics"]["aggregate"]["n_images"])
+        print(f"restored frames: {repo_path(args.save_restored)}/{res['config']['method']['name']}/")
     agg = res["metrics"]["aggregate"]
     print(f"{args.method}: {agg['n_images']} images; {_summary_line(agg)}")
     print(repo_path(args.out))
@@ -46,6 +53,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                         **_method_options(args))
     for m, agg in res["summary"]["aggregate"].items():
         print(f"{m}: {agg['n_images']} images; {_summary_line(agg)}")
+    if args.save_restored:
+        print(f"restored frames: {repo_path(args.save_restored)}/<method>/<dataset>/<scene>/rate_<label>/"
+              f"{args.split}/")
     print(repo_path(args.out))
     return 0
 
@@ -125,7 +135,10 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", nargs="+", default=["lpips", "dists", "psnr", "ssim"],
                    choices=["lpips", "lpips_vgg", "dists", "psnr", "ssim", "ms_ssim"])
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs")
-    p.add_argument("--save_restored", default=None, help="keep restored frames as DIR/<method>/<key>.png")
+    p.add_argument("--save_outputs", "--save_restored", dest="save_restored", default=None, metavar="DIR",
+                   help="keep every method's restored frames as DIR/<method>/[<dataset>/]<scene>/rate_<label>/"
+                        "<split>/<name>.png (atomic PNG writes) + DIR/outputs.json; notebook 08 shows them "
+                        "(nifi_lib.evaluation.outputs.RunIndex) and precomputed:<method> can re-read them")
 
 
 def register(sub) -> None:

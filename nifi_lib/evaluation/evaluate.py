@@ -143,14 +143,26 @@ def load_pair(item: PairItem) -> tuple[torch.Tensor, torch.Tensor]:
     return clean, deg
 
 
+def check_pairs(items: Sequence[PairItem], progress: bool = False) -> None:
+    """Decode every pair once (discarding the pixels): a corrupt, truncated, 16-bit, non-RGB or too large
+    file, or a size mismatch, raises here, naming the file, before a model is loaded or anything written."""
+    for item in tqdm(items, desc="check pairs", unit="pair", disable=not progress, leave=False):
+        load_pair(item)
+
+
 def evaluate_items(items: Sequence[PairItem], methods: dict[str, RestorationMethod],
                    metric_names: Sequence[str] = DEFAULT_METRICS, device: str | torch.device | None = None,
-                   save_dir: str | Path | None = None, progress: bool = True, desc: str = "eval") -> list[dict]:
+                   save_dir: str | Path | None = None, progress: bool = True, desc: str = "eval",
+                   validate: bool = True) -> list[dict]:
     """Records (one per image and method): identity, ``method``, each metric ``_before`` and ``_after``.
 
     "before" metrics are computed once per image and shared by all methods. ``save_dir`` keeps restored
-    frames as ``save_dir/<method>/<key>`` (PNG), readable later by ``precomputed:<method>``.
+    frames as ``save_dir/<method>/<key>`` (PNG), readable later by ``precomputed:<method>``; every pair is
+    then checked (:func:`check_pairs`) before the first frame is written, so a bad file never leaves a
+    half-filled ``save_dir``.
     """
+    if save_dir is not None and validate:
+        check_pairs(items, progress)
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     records = []
     for item in tqdm(items, desc=desc, unit="img", disable=not progress):
@@ -210,9 +222,10 @@ def run_eval(data_root: str | Path, split: str = "test", out: str | Path | None 
     items = discover_pairs(data_root, split)
     if limit:
         items = items[:int(limit)]
+    check_pairs(items, progress)   # every file decodes and pairs match before a model loads or a file is written
     m = method_instance or create_method(method, ckpt=ckpt, base_model=base_model, device=device, **method_options)
     records = evaluate_items(items, {m.name: m}, metric_names, device=device, save_dir=save_restored,
-                             progress=progress, desc=f"eval {m.name}")
+                             progress=progress, desc=f"eval {m.name}", validate=False)
     keys = metric_keys(metric_names)
     per_scene_rate = {s: {r: mean_of(v, keys) for r, v in rates.items()}
                       for s, rates in group(records, "scene", "rate").items()}
@@ -229,4 +242,5 @@ def run_eval(data_root: str | Path, split: str = "test", out: str | Path | None 
 
 
 __all__ = ["PairError", "PairItem", "discover_pairs", "discover_scene_pairs", "pairs_in_rate_dir", "load_pair",
+           "check_pairs",
            "evaluate_items", "mean_of", "group", "metric_keys", "run_eval", "DEFAULT_METRICS", "CONVENTIONS"]

@@ -377,3 +377,22 @@ def compute_metrics(pred: torch.Tensor, target: torch.Tensor, names=("lpips", "d
 __all__ = ["MetricInputError", "check_pair", "luma", "psnr", "ssim", "ssim_map", "gaussian_window", "ms_ssim",
            "lpips", "dists", "build_lpips", "build_dists", "trunk_features_module", "LPIPSLoss", "lpips_loss_module", "compute_metrics",
            "clear_model_cache", "METRICS", "LOWER_IS_BETTER"]
+
+
+class MSSSIMLoss(nn.Module):
+    """Weight-free perceptual fallback for training (``loss_weights.perceptual_fallback: ms_ssim``):
+    ``1 - MS-SSIM`` per image on inputs in [-1, 1]; frames too small for five scales (< 161 px) use
+    single-scale SSIM. Differentiable with respect to both inputs."""
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        import piq
+
+        x = ((pred.float() + 1) / 2).clamp(0, 1)
+        y = ((target.float() + 1) / 2).clamp(0, 1)
+        if min(x.shape[-2:]) >= 161:
+            return 1 - piq.multi_scale_ssim(x, y, data_range=1.0, reduction="none")
+        return 1 - piq.ssim(x, y, data_range=1.0, reduction="none")
+
+
+def ms_ssim_loss_module(device: str | torch.device | None = None) -> MSSSIMLoss:
+    return MSSSIMLoss().to(device or "cpu")

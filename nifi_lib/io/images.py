@@ -1,8 +1,11 @@
 """Image reading/writing with clear errors: 8-bit RGB only, [0, 1] float tensors, atomic PNG writes."""
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -14,38 +17,96 @@ from .atomic import atomic_write_bytes
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 # Frames larger than this many pixels are refused before decoding (decompression-bomb guard);
 # the restorer tiles anything below it that does not fit in memory.
-MAX_PIXELS = 16384 * 16384
+MAX_PIXELS_SIDE = 16384
+MAX_PIXELS = MAX_PIXELS_SIDE * MAX_PIXELS_SIDE
 
 
 class ImageError(NifiError, ValueError):
     """An image file cannot be used: unreadable, wrong mode or bit depth, wrong size."""
 
 
+_OPEN_LOCK = threading.Lock()
+_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F", "RGB;16", "RGBA;16")
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[Image.Image]:
+    """``PIL.Image.open`` with the project's :data:`MAX_PIXELS` policy in place of PIL's own
+    decompression-bomb check (which refuses above ~179 Mpixels, warns above ~89 Mpixels, and names its
+    own limit): the header is read, nothing is decoded; :func:`_check_header` applies the limit."""
+    with _OPEN_LOCK:   # MAX_IMAGE_PIXELS is a module global of PIL: lifted only for this header read
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with im:
+        yield im
+
+
+def _raw_modes(im: Image.Image) -> list[str]:
+    """The decoder raw modes of the file's tiles (e.g. ``RGB;16B`` for a 16-bit RGB PNG, which PIL
+    would otherwise silently truncate to 8 bits under mode ``RGB``)."""
+    out = []
+    for tile in getattr(im, "tile", None) or []:
+        args = tile[3] if len(tile) > 3 else None
+        raw = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(raw, str):
+            out.append(raw)
+    return out
+
+
+def _check_header(path: Path, im: Image.Image, allow_convert: bool) -> None:
+    """Size limit, bit depth and mode from the header alone (before any decoding)."""
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        raise ImageError(f"{path}: {w}x{h} pixels exceeds the limit of {MAX_PIXELS} pixels "
+                         f"({MAX_PIXELS_SIDE}x{MAX_PIXELS_SIDE}); refused before decoding. Downscale or crop it first")
+    mode = im.mode
+    wide = [r for r in _raw_modes(im) if ";16" in r or ";32" in r]
+    if mode in _HIGH_BIT_MODES or im.info.get("bits", 8) > 8 or wide:
+        raise ImageError(f"{path}: {wide[0] if wide else mode} image with more than 8 bits per channel; "
+                         "convert it to 8-bit RGB (e.g. PIL: im.convert('RGB') after scaling)")
+    if mode != "RGB" and not allow_convert:
+        raise ImageError(f"{path}: image mode is {mode}, expected 8-bit RGB; "
+                         "convert it to RGB first (pass allow_convert=True to composite/convert)")
+
+
+def probe_rgb(path: str | Path, allow_convert: bool = False) -> tuple[int, int]:
+    """``(width, height)`` of an image file after the header checks of :func:`read_rgb` (size limit,
+    bit depth, mode), without decoding the pixels. Cheap: for validating a whole data set up front."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: image file not found")
+    try:
+        with _open(path) as im:
+            _check_header(path, im, allow_convert)
+            return im.size
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{path}: cannot decode image ({e.__class__.__name__}: {e})") from e
+
+
 def read_rgb(path: str | Path, allow_convert: bool = False) -> np.ndarray:
     """Read an 8-bit RGB image as an ``(H, W, 3)`` uint8 array.
 
-    Anything else (RGBA, greyscale, palette, 16-bit, corrupt or truncated files) raises
-    :class:`ImageError` naming the file, unless ``allow_convert`` asks for a conversion of
-    8-bit greyscale/palette/RGBA images (RGBA is composited on black).
+    Anything else (RGBA, greyscale, palette, 16-bit, corrupt or truncated files, more than
+    :data:`MAX_PIXELS` pixels) raises :class:`ImageError` naming the file, unless ``allow_convert`` asks
+    for a conversion of 8-bit greyscale/palette/RGBA images (RGBA is composited on black). The size,
+    bit depth and mode are checked from the header, before decoding.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: image file not found")
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise ImageError(f"{path}: {w}x{h} pixels exceeds the limit of {MAX_PIXELS} pixels")
+        with _open(path) as im:
+            _check_header(path, im, allow_convert)
             mode = im.mode
             im.load()
             if mode == "RGB":
                 return np.asarray(im, dtype=np.uint8).copy()
-            if mode in ("I;16", "I;16B", "I;16L", "I", "F", "RGB;16", "RGBA;16") or im.info.get("bits", 8) > 8:
-                raise ImageError(f"{path}: {mode} image with more than 8 bits per channel; "
-                                 "convert it to 8-bit RGB (e.g. PIL: im.convert('RGB') after scaling)")
-            if not allow_convert:
-                raise ImageError(f"{path}: image mode is {mode}, expected 8-bit RGB; "
-                                 "convert it to RGB first (pass allow_convert=True to composite/convert)")
             if mode == "RGBA":
                 arr = np.asarray(im, dtype=np.float32) / 255.0
                 rgb = arr[..., :3] * arr[..., 3:4]
@@ -53,10 +114,8 @@ def read_rgb(path: str | Path, allow_convert: bool = False) -> np.ndarray:
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError(f"{path}: cannot decode image ({e.__class__.__name__}: {e})") from e
-    except Image.DecompressionBombError as e:  # pragma: no cover - covered by MAX_PIXELS above
-        raise ImageError(f"{path}: image too large ({e})") from e
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:

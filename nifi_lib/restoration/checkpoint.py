@@ -6,6 +6,7 @@ Loaded with ``torch.load(weights_only=True)``: a file that would run code when u
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -14,6 +15,22 @@ import torch
 from ..io.atomic import atomic_save
 from .lora import RESTORER, AdapterError, adapter_names, adapter_state_dict, add_restorer_adapters, \
     load_adapter_state_dict, normalize_lora_keys
+
+
+def torch_error_summary(e: BaseException, limit: int = 200) -> str:
+    """The useful part of a ``torch.load`` error: the weights-only unpickler's reason (e.g. ``Unsupported
+    global: GLOBAL posix.system ...``), else the first sentence, without torch's paragraphs of advice."""
+    msg = str(e).strip()
+    if msg.startswith("Weights only load failed"):  # paragraphs: advice, [the reason], documentation link
+        paras = [p.strip() for p in re.split(r"\n\s*\n", msg) if p.strip()]
+        reasons = [p for p in paras if not p.startswith(("Weights only load failed", "Check the documentation",
+                                                         "Please file an issue"))]
+        msg = reasons[0].replace("\n", " ") if reasons else paras[0].split(". ")[0] + "."
+    else:
+        msg = msg.split("\n")[0]
+        if ". " in msg:
+            msg = msg.split(". ")[0] + "."
+    return f"{e.__class__.__name__}: {msg[:limit]}{'...' if len(msg) > limit else ''}"
 
 
 def read_authors_checkpoint(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -25,10 +42,10 @@ def read_authors_checkpoint(path: str | Path) -> dict[str, dict[str, torch.Tenso
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise AdapterError(f"{path}: refused to load: the file holds objects other than tensors "
-                           f"(weights_only=True; it could run code when unpickled): {str(e)[:300]}") from e
+                           f"(weights_only=True; it could run code when unpickled): {torch_error_summary(e)}") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise AdapterError(f"{path}: cannot read checkpoint (truncated or not a torch file?): "
-                           f"{e.__class__.__name__}: {str(e)[:300]}") from e
+                           f"{torch_error_summary(e)}") from e
     if not isinstance(ckpt, dict) or not {"vae", "transformer"} <= set(ckpt):
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise AdapterError(f"{path}: expected a dict with 'vae' and 'transformer' LoRA state dicts, got {keys}")

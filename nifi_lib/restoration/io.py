@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import checkpoint_rank, load_authors_checkpoint
+from .checkpoint import checkpoint_rank, load_authors_checkpoint, torch_error_summary
 from .lora import RESTORER, AdapterError, adapter_names, add_restorer_adapters, load_adapter_state_dict, \
     load_adapters, normalize_lora_keys
 
@@ -30,10 +30,10 @@ def safe_torch_load(path: str | Path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise AdapterError(f"{path}: refused to load: it holds objects other than tensors and plain data "
-                           f"(weights_only=True; unpickling it could run code): {str(e)[:300]}") from e
+                           f"(weights_only=True; unpickling it could run code): {torch_error_summary(e)}") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise AdapterError(f"{path}: cannot read checkpoint (truncated or not a torch file?): "
-                           f"{e.__class__.__name__}: {str(e)[:300]}") from e
+                           f"{torch_error_summary(e)}") from e
 
 
 def split_groups(flat: dict[str, torch.Tensor], source: str) -> dict[str, dict[str, torch.Tensor]]:

@@ -11,17 +11,79 @@ The procedure matches the authors' inference code step by step (PAPER.md):
    value t0 passed to the transformer, the fixed prompt embedding, no CFG), sigma_end being the sigma
    nearest timestep 0 (about 0.003) -- Eq. 7 with the authors' end point;
 6. decode x^ / scaling factor, crop back to the input size, clamp to [-1, 1].
+
+Fast paths (``docs/performance.md``; none changes the procedure): ``compile=True`` (torch.compile of the
+transformer blocks and the VAE, channels_last VAE, cuDNN autotuning), ``fuse_lora=True`` (phi- merged into
+the base weights once, for inference-only backbones), ``vae_tile`` (decode in overlapping latent tiles on
+the device, to bound the decoder's memory on large frames; an approximation, see
+:func:`decode_latents_tiled`).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
-from ..diffusion.backbone import DTYPES, Backbone
+from ..diffusion.backbone import DTYPES, Backbone, optimize_backbone, vae_channels_last
 from ..diffusion.flow import forward_noise, one_step_restore, sigma_at
-from .lora import RESTORER, active_adapter, adapter_names
+from .lora import RESTORER, AdapterError, adapter_names
+
+
+def _tuner_layers(model) -> list:
+    """peft's LoRA layers of ``model``, found once per set of adapters (cached on the model)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    key = tuple(adapter_names(model))
+    cached = model.__dict__.get("_nifi_tuner_layers")
+    if cached is None or cached[0] != key:
+        cached = (key, [m for m in model.modules() if isinstance(m, BaseTunerLayer)])
+        model.__dict__["_nifi_tuner_layers"] = cached
+    return cached[1]
+
+
+@contextlib.contextmanager
+def adapter_scope(model, adapter: str | None) -> Iterator[None]:
+    """Run ``model`` with only ``adapter`` active (``None``: the frozen base, all adapters off): the same
+    contract as :func:`nifi_lib.restoration.lora.active_adapter` (no ``requires_grad`` flag changes,
+    the previous state restored on exit), at a fraction of its host cost.
+
+    ``active_adapter`` goes through peft's model-level ``set_adapter``/``enable_adapters``, which walk
+    every module and parameter (about 50 ms per switch on SD3-medium, six switches per training step);
+    this sets the two attributes peft's LoRA layers read in ``forward`` (``_active_adapter``,
+    ``_disable_adapters``) on the cached list of layers (well under 1 ms).
+    """
+    names = adapter_names(model)
+    if not names:
+        if adapter is not None:
+            raise AdapterError(f"model has no adapters, cannot activate '{adapter}'")
+        yield
+        return
+    if adapter is not None and adapter not in names:
+        raise AdapterError(f"adapter '{adapter}' not present (have: {names})")
+    layers = _tuner_layers(model)
+    saved = [(layer._active_adapter, layer._disable_adapters) for layer in layers]
+    target = [adapter]
+    try:
+        for layer in layers:
+            if adapter is None:
+                layer._disable_adapters = True
+            else:
+                layer._active_adapter = target
+                layer._disable_adapters = False
+        yield
+    finally:
+        for layer, (act, dis) in zip(layers, saved):
+            layer._active_adapter, layer._disable_adapters = act, dis
+
+
+def _mark_step(backbone) -> None:
+    """A new inference step for inductor's CUDA graphs (their outputs of the previous step may be reused)."""
+    if backbone.fast_paths.get("cuda_graphs"):
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -38,6 +100,8 @@ def encode_latents(vae, images: torch.Tensor, scaling_factor: float, generator: 
                    sample: bool = True) -> torch.Tensor:
     """E(I): a sample of the encoder's latent distribution times the scaling factor (no shift, as the
     authors' code). ``images`` in [-1, 1], already padded."""
+    if vae_channels_last(vae):
+        images = images.contiguous(memory_format=torch.channels_last)
     dist = vae.encode(images).latent_dist
     z = dist.sample(generator=generator) if sample else dist.mode()
     return z * scaling_factor
@@ -45,7 +109,44 @@ def encode_latents(vae, images: torch.Tensor, scaling_factor: float, generator: 
 
 def decode_latents(vae, latents: torch.Tensor, scaling_factor: float) -> torch.Tensor:
     """D(x): decoded image in (roughly) [-1, 1]."""
-    return vae.decode(latents / scaling_factor).sample
+    z = latents / scaling_factor
+    if vae_channels_last(vae):
+        z = z.contiguous(memory_format=torch.channels_last)
+    return vae.decode(z).sample
+
+
+def decode_latents_tiled(vae, latents: torch.Tensor, scaling_factor: float, tile: int = 64,
+                         overlap: int = 16) -> torch.Tensor:
+    """D(x) in overlapping latent tiles of ``tile`` x ``tile`` (``overlap`` latent pixels shared), each
+    decoded on its own and blended with linear ramps in pixel space, all on the latents' device.
+
+    Bounds the decoder's activation memory by the tile size (the full decoder at 1920x1080, batch 4,
+    holds several GiB per layer). It is an approximation of :func:`decode_latents`: the decoder's group
+    norms and mid-block attention see one tile instead of the frame (``tests/test_perf_paths.py`` states
+    the tolerance); frames no larger than one tile are decoded exactly as :func:`decode_latents`.
+    Every tile has the same shape (the last row/column is shifted inwards), so a compiled decoder sees
+    one shape.
+    """
+    n, _, h, w = latents.shape
+    if h <= tile and w <= tile:
+        return decode_latents(vae, latents, scaling_factor)
+    th, tw = min(tile, h), min(tile, w)
+    ov = max(0, min(int(overlap), th - 1, tw - 1))
+    ys, xs = _tile_starts(h, th, max(th - ov, 1)), _tile_starts(w, tw, max(tw - ov, 1))
+    out = weight = None
+    for y in ys:
+        for x in xs:
+            dec = decode_latents(vae, latents[..., y:y + th, x:x + tw], scaling_factor)
+            if out is None:
+                f = dec.shape[-2] // th
+                out = torch.zeros(n, dec.shape[1], h * f, w * f, dtype=torch.float32, device=dec.device)
+                weight = torch.zeros(1, 1, h * f, w * f, dtype=torch.float32, device=dec.device)
+            wy = _ramp(th * f, ov * f if y > 0 else 0, ov * f if y + th < h else 0, device=dec.device)
+            wx = _ramp(tw * f, ov * f if x > 0 else 0, ov * f if x + tw < w else 0, device=dec.device)
+            wt = (wy[:, None] * wx[None, :])[None, None]
+            out[..., y * f:(y + th) * f, x * f:(x + tw) * f] += dec.float() * wt
+            weight[..., y * f:(y + th) * f, x * f:(x + tw) * f] += wt
+    return (out / weight).to(dec.dtype)
 
 
 def transformer_velocity(transformer, x_t: torch.Tensor, timestep: torch.Tensor | float,
@@ -75,7 +176,20 @@ class Restorer:
     """
 
     def __init__(self, backbone: Backbone, t0: int = 199, adapter: str | None = RESTORER,
-                 tile_size: int | None = None, tile_overlap: int = 32):
+                 tile_size: int | None = None, tile_overlap: int = 32, *, compile: bool = False,
+                 channels_last: bool | None = None, fuse_lora: bool = False, vae_tile: int | None = None,
+                 vae_tile_overlap: int = 16, cuda_graphs: bool | None = None):
+        """``tile_size``: run the whole procedure on overlapping image tiles (frames larger than it).
+
+        Fast paths (same function, see the module docstring): ``compile`` (torch.compile of the
+        transformer blocks and the VAE via :func:`~nifi_lib.diffusion.backbone.optimize_backbone`, which
+        also turns on ``channels_last`` unless given and cuDNN autotuning on CUDA), ``fuse_lora`` (merge
+        phi- into the base weights of the transformer and the VAE encoder once: one GEMM/conv per layer
+        instead of three; the backbone then serves inference only, since running it without the adapter
+        unmerges in the base dtype), ``vae_tile`` (latent tile size for :func:`decode_latents_tiled`),
+        ``cuda_graphs`` (default: with ``compile`` on CUDA; inductor's CUDA graphs, inference only: not
+        for a backbone that is also trained).
+        """
         self.backbone = backbone
         self.t0 = t0
         self.adapter = adapter if adapter is None or adapter in adapter_names(backbone.transformer) else None
@@ -83,6 +197,14 @@ class Restorer:
             raise ValueError(f"backbone has no adapter '{adapter}'; load a checkpoint first or pass adapter=None")
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
+        self.vae_tile = vae_tile
+        self.vae_tile_overlap = vae_tile_overlap
+        if fuse_lora and self.adapter is not None:
+            fuse_adapter(backbone, self.adapter)
+        if cuda_graphs is None:
+            cuda_graphs = bool(compile) and backbone.device.type == "cuda"
+        if compile or channels_last:
+            optimize_backbone(backbone, compile=compile, channels_last=channels_last, cuda_graphs=cuda_graphs)
 
     @property
     def device(self) -> torch.device:
@@ -117,10 +239,11 @@ class Restorer:
 
     def _restore_batch(self, images: torch.Tensor, sched: RestoreSchedule, generator: torch.Generator) -> torch.Tensor:
         bb = self.backbone
+        _mark_step(bb)
         x = images.to(device=self.device, dtype=self.dtype)
         h, w = x.shape[-2:]
         x, _ = pad_to_multiple(x, bb.vae_scale_factor)
-        with active_adapter(bb.vae, self.adapter):
+        with record_function("nifi.restore.encode"), adapter_scope(bb.vae, self.adapter):
             latents = encode_latents(bb.vae, x, bb.scaling_factor, generator=generator)
         latents, _ = pad_to_multiple(latents, bb.patch_size)
         if sched.add_noise:
@@ -129,11 +252,18 @@ class Restorer:
         else:  # the "w/o t0" ablation: the un-noised latent fed at t0 (TSD-SR's input at t = T)
             x_t0 = latents
         pe, pp = bb.prompt_batch(x_t0.shape[0], device=self.device, dtype=self.dtype)
-        with active_adapter(bb.transformer, self.adapter):
+        with record_function("nifi.restore.transformer"), adapter_scope(bb.transformer, self.adapter):
             v = transformer_velocity(bb.transformer, x_t0, sched.t0, pe, pp)
         x_hat = one_step_restore(x_t0, v, sched.sigma_t0, sched.sigma_end)           # Eq. 7
-        out = decode_latents(bb.vae, x_hat, bb.scaling_factor)
+        with record_function("nifi.restore.decode"):
+            out = self._decode(x_hat)
         return out[..., :h, :w].clamp(-1, 1).float()
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        bb = self.backbone
+        if self.vae_tile:
+            return decode_latents_tiled(bb.vae, latents, bb.scaling_factor, self.vae_tile, self.vae_tile_overlap)
+        return decode_latents(bb.vae, latents, bb.scaling_factor)
 
     def _restore_tiled(self, images, t0, generator, add_noise) -> torch.Tensor:
         """Overlapping tiles blended with linear ramps; each tile follows the exact procedure."""
@@ -142,15 +272,16 @@ class Restorer:
         stride = max(ts - ov, 1)
         ys = _tile_starts(h, ts, stride)
         xs = _tile_starts(w, ts, stride)
-        out = torch.zeros(n, 3, h, w, dtype=torch.float32)
-        weight = torch.zeros(1, 1, h, w, dtype=torch.float32)
+        # accumulated on the compute device (no device-to-host copy, i.e. no synchronisation, per tile)
+        out = torch.zeros(n, 3, h, w, dtype=torch.float32, device=self.device)
+        weight = torch.zeros(1, 1, h, w, dtype=torch.float32, device=self.device)
         sched = self.schedule(t0, add_noise)
         for y in ys:
             for x in xs:
                 tile = images[..., y:y + ts, x:x + ts]
-                res = self._restore_batch(tile, sched, generator).cpu()
-                wy = _ramp(tile.shape[-2], ov if y > 0 else 0, ov if y + ts < h else 0)
-                wx = _ramp(tile.shape[-1], ov if x > 0 else 0, ov if x + ts < w else 0)
+                res = self._restore_batch(tile, sched, generator)
+                wy = _ramp(tile.shape[-2], ov if y > 0 else 0, ov if y + ts < h else 0, device=self.device)
+                wx = _ramp(tile.shape[-1], ov if x > 0 else 0, ov if x + ts < w else 0, device=self.device)
                 wt = (wy[:, None] * wx[None, :])[None, None]
                 out[..., y:y + ts, x:x + ts] += res * wt
                 weight[..., y:y + ts, x:x + ts] += wt
@@ -161,44 +292,46 @@ class Restorer:
         """Training-free Img2Img baseline (Sec. 4.2): the frozen base denoises x~_t0 with ``steps`` Euler
         steps (Eq. 3) from t0 to the end of the schedule; no adapters, the fixed prompt, no CFG."""
         bb = self.backbone
+        _mark_step(bb)
         g = torch.Generator(device=self.device)
         g.manual_seed(0 if seed is None else int(seed))
         sched = self.schedule(t0)
         x = images.to(device=self.device, dtype=self.dtype)
         h, w = x.shape[-2:]
         x, _ = pad_to_multiple(x, bb.vae_scale_factor)
-        with active_adapter(bb.vae, None):
+        with adapter_scope(bb.vae, None):
             latents = encode_latents(bb.vae, x, bb.scaling_factor, generator=g)
         latents, _ = pad_to_multiple(latents, bb.patch_size)
         noise = torch.randn(latents.shape, generator=g, device=latents.device, dtype=latents.dtype)
         z = forward_noise(latents, noise, sched.sigma_t0)
         sigmas = torch.linspace(sched.sigma_t0, sched.sigma_end, steps + 1).tolist()
         pe, pp = bb.prompt_batch(z.shape[0], device=self.device, dtype=self.dtype)
-        with active_adapter(bb.transformer, None):
+        with adapter_scope(bb.transformer, None):
             for s, s_next in zip(sigmas[:-1], sigmas[1:]):
                 t = s * bb.scheduler.config.num_train_timesteps
                 v = transformer_velocity(bb.transformer, z, t, pe, pp)
                 z = z - (s - s_next) * v                                                  # Eq. 3
-        return decode_latents(bb.vae, z, bb.scaling_factor)[..., :h, :w].clamp(-1, 1).float()
+        return self._decode(z)[..., :h, :w].clamp(-1, 1).float()
 
     @torch.no_grad()
     def trace(self, images: torch.Tensor, t0: float | None = None, seed: int = 0) -> dict[str, torch.Tensor | float]:
         """Every intermediate of Eq. 7 for one batch (for notebooks): the latent x~, its projection x~_t0
         (Eq. 2) decoded, the one-step estimate x^ and the restored image, images in [-1, 1]."""
         bb = self.backbone
+        _mark_step(bb)
         sched = self.schedule(t0)
         g = torch.Generator(device=self.device)
         g.manual_seed(int(seed))
         x = images.to(device=self.device, dtype=self.dtype)
         h, w = x.shape[-2:]
         x, _ = pad_to_multiple(x, bb.vae_scale_factor)
-        with active_adapter(bb.vae, self.adapter):
+        with adapter_scope(bb.vae, self.adapter):
             latents = encode_latents(bb.vae, x, bb.scaling_factor, generator=g)
         latents, _ = pad_to_multiple(latents, bb.patch_size)
         noise = torch.randn(latents.shape, generator=g, device=latents.device, dtype=latents.dtype)
         x_t0 = forward_noise(latents, noise, sched.sigma_t0)
         pe, pp = bb.prompt_batch(x_t0.shape[0], device=self.device, dtype=self.dtype)
-        with active_adapter(bb.transformer, self.adapter):
+        with adapter_scope(bb.transformer, self.adapter):
             v = transformer_velocity(bb.transformer, x_t0, sched.t0, pe, pp)
         x_hat = one_step_restore(x_t0, v, sched.sigma_t0, sched.sigma_end)
         dec = lambda z: decode_latents(bb.vae, z, bb.scaling_factor)[..., :h, :w].clamp(-1, 1).float()  # noqa: E731
@@ -209,9 +342,12 @@ class Restorer:
     @classmethod
     def from_pretrained(cls, base_model: str, ckpt: str | None = None, embeddings: str | None = None,
                         device: str = "cpu", dtype: str = "fp32", t0: int = 199, kind: str | None = None,
-                        tile_size: int | None = None) -> "Restorer":
+                        tile_size: int | None = None, compile: bool = False, fuse_lora: bool = False,
+                        vae_tile: int | None = None) -> "Restorer":
         """Backbone + phi- from a checkpoint (the authors' ``.ckpt``, our ``.safetensors`` adapters, or a
-        training checkpoint ``latest.pt``/``best.pt``). Without ``ckpt``: the frozen base alone."""
+        training checkpoint ``latest.pt``/``best.pt``). Without ``ckpt``: the frozen base alone.
+        ``compile``/``fuse_lora``/``vae_tile``: the fast paths of :class:`Restorer` (the backbone is
+        private to the restorer here, so fusing phi- into it is safe)."""
         from ..diffusion.backbone import load_backbone
         from .io import load_restorer_weights
 
@@ -223,7 +359,24 @@ class Restorer:
             load_restorer_weights(ckpt, bb)
             bb.to(device=device, dtype=DTYPES[dtype])
             adapter = RESTORER
-        return cls(bb, t0=t0, adapter=adapter, tile_size=tile_size)
+        return cls(bb, t0=t0, adapter=adapter, tile_size=tile_size, compile=compile, fuse_lora=fuse_lora,
+                   vae_tile=vae_tile)
+
+
+def fuse_adapter(backbone: Backbone, adapter: str = RESTORER) -> None:
+    """Merge one LoRA adapter into the base weights of the transformer and the VAE (peft's ``merge``),
+    in place: ``W <- W + s B A`` for linears, the composed kernel for the VAE's LoRA convs. Runs once per
+    backbone; afterwards peft's layers with the adapter active compute ``base_layer(x)`` only."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for model in (backbone.transformer, backbone.vae):
+        if adapter not in adapter_names(model):
+            continue
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer) and adapter in getattr(module, "lora_A", {}) \
+                    and adapter not in getattr(module, "merged_adapters", []):
+                module.merge(adapter_names=[adapter])
+    backbone.fast_paths["fused_lora"] = adapter
 
 
 def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
@@ -234,12 +387,12 @@ def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
     return sorted(set(starts))
 
 
-def _ramp(n: int, left: int, right: int) -> torch.Tensor:
-    r = torch.ones(n)
+def _ramp(n: int, left: int, right: int, device=None) -> torch.Tensor:
+    r = torch.ones(n, device=device)
     if left:
-        r[:left] = torch.linspace(0, 1, left + 2)[1:-1]
+        r[:left] = torch.linspace(0, 1, left + 2, device=device)[1:-1]
     if right:
-        r[-right:] = torch.linspace(1, 0, right + 2)[1:-1]
+        r[-right:] = torch.linspace(1, 0, right + 2, device=device)[1:-1]
     return r
 
 
@@ -253,5 +406,6 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return ((images + 1.0) / 2.0).clamp(0, 1)
 
 
-__all__ = ["Restorer", "encode_latents", "decode_latents", "transformer_velocity", "pad_to_multiple",
+__all__ = ["Restorer", "adapter_scope", "encode_latents", "decode_latents", "decode_latents_tiled", "fuse_adapter",
+           "transformer_velocity", "pad_to_multiple",
            "to_model_range", "to_unit_range"]

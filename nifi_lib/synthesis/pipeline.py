@@ -118,20 +118,32 @@ def _device(name: str | None) -> torch.device:
 
 def synth_complete(out_dir: str | Path) -> dict | None:
     """The synth.json of ``out_dir`` if it is complete (every level file present with its size), else None."""
-    path = Path(out_dir) / SYNTH_JSON
+    meta, _ = _read_synth(out_dir)
+    return meta
+
+
+def _read_synth(out_dir: str | Path) -> tuple[dict | None, str | None]:
+    """(synth.json of ``out_dir``, None) when complete, else (None, what is missing or wrong)."""
+    out_dir = Path(out_dir)
+    path = out_dir / SYNTH_JSON
     if not path.is_file():
-        return None
+        return None, f"{SYNTH_JSON} not found"
     try:
         meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not meta.get("complete") or not (Path(out_dir) / FULL_PLY).is_file():
-        return None
+    except (OSError, json.JSONDecodeError) as e:
+        return None, f"{SYNTH_JSON} is unreadable ({e.__class__.__name__}: {e})"
+    if not meta.get("complete"):
+        return None, f"{SYNTH_JSON} is not marked complete"
+    if not (out_dir / FULL_PLY).is_file():
+        return None, f"{FULL_PLY} not found"
     for lv in meta.get("levels", []):
-        f = Path(out_dir) / lv["file"]
-        if not f.is_file() or f.stat().st_size != lv["bytes"]:
-            return None
-    return meta
+        f = out_dir / lv["file"]
+        if not f.is_file():
+            return None, f"level file {lv['file']} not found"
+        if f.stat().st_size != lv["bytes"]:
+            return None, (f"level file {lv['file']} has {f.stat().st_size} bytes, {SYNTH_JSON} says {lv['bytes']} "
+                          "(truncated or replaced)")
+    return meta, None
 
 
 def synthesize_scene(scene_dir: str | Path, out_dir: str | Path, settings: SynthesisSettings | None = None,
@@ -294,10 +306,10 @@ def codec_pairs(artifact_dir: str | Path, split: str, out: str | Path, backend: 
     from ..gs.render import render
 
     artifact_dir = Path(artifact_dir)
-    meta = synth_complete(artifact_dir)
+    meta, problem = _read_synth(artifact_dir)
     if meta is None:
-        raise SynthesisError(f"{artifact_dir}: no complete {SYNTH_JSON} with its level files "
-                             "(run `nifi synthesize --scene ... --out {artifact_dir}` first)")
+        raise SynthesisError(f"{artifact_dir}: not a complete synthesis ({problem}); run `nifi synthesize "
+                             f"--scene <scene folder> --out {artifact_dir} --overwrite` first")
     scene_dir = pairs_scene_dir(out, split)
     labels = [lv["label"] for lv in meta["levels"]]
     identity = {"artifacts": display_path(artifact_dir), "synth_sha256": _sha256(artifact_dir / SYNTH_JSON)}

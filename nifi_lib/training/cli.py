@@ -12,14 +12,20 @@ from ..paths import EMBEDDED_DIR, repo_path
 def cmd_prior_train(args: argparse.Namespace) -> int:
     from .prior import PriorConfig, train_prior
 
-    folders = []
-    for pattern in args.images:
-        found = sorted(glob.glob(str(repo_path(pattern))))
-        folders += [Path(f) for f in found if Path(f).is_dir()]
-    if not folders:
-        from ..errors import NifiError
+    from ..data.scenes import load_scene
+    from ..errors import NifiError
 
-        raise NifiError(f"no image folders match {args.images} (build the embedded scenes with `nifi scenes build`)")
+    folders: list[Path] = []
+    for pattern in args.scenes:
+        for scene in sorted(glob.glob(str(repo_path(pattern)))):
+            # only the training views: the held-out test views stay unseen by the prior too
+            folders += [c.image_path for c in load_scene(scene, split="train")]
+    if not folders:
+        raise NifiError(f"no scenes match {args.scenes} (build the embedded scenes with `nifi scenes build`)")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     cfg = PriorConfig(vae_steps=args.vae_steps, transformer_steps=args.transformer_steps, seed=args.seed,
                       resolution=args.resolution)
     bb = train_prior(folders, repo_path(args.out), cfg)
@@ -36,12 +42,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         for sec, kv in parse_override(o).items():
             overrides.setdefault(sec, {}).update(kv)
     cfg = load_config(repo_path(args.config), overrides=overrides)
+    _check_validation_split(repo_path(args.data_root))
     summary = train(cfg, args.data_root, args.exp, smoke_test=args.smoke_test, resume=args.resume,
                     device=args.device)
     best = summary["best_metric"]
     print(f"trained {summary['steps']} steps in {summary['seconds']} s; best {best['name']}={best['value']} "
           f"at step {best['step']}; outputs in {args.exp}")
     return 0
+
+
+def _check_validation_split(data_root: Path, split: str = "test") -> None:
+    """The held-out split that :func:`~.trainer.train` validates on may be absent (no validation), but
+    when it exists it must be valid: a broken one (unmatched names, a bad file) is an error here, before
+    anything is written, instead of silently turning validation and ``best.pt`` selection off."""
+    from .data import SplitNotFoundError, find_pairs
+
+    try:
+        find_pairs(data_root, split)
+    except SplitNotFoundError:
+        pass
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -58,13 +77,14 @@ def register(sub) -> None:
     p = sub.add_parser("prior", help="the embedded backbone's prior")
     psub = p.add_subparsers(dest="prior_command", metavar="ACTION")
     t = psub.add_parser("train", help="pretrain the tiny VAE + flow transformer on the embedded clean images")
-    t.add_argument("--images", nargs="+", default=["data/embedded/scenes/*/images_train"],
-                   help="image folders (globs allowed)")
+    t.add_argument("--scenes", nargs="+", default=["data/embedded/scenes/*"],
+                   help="scene folders (globs allowed); their training views are used")
     t.add_argument("--out", default=str(EMBEDDED_DIR / "backbone"))
     t.add_argument("--vae_steps", type=int, default=1200)
     t.add_argument("--transformer_steps", type=int, default=2500)
     t.add_argument("--resolution", type=int, default=64)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     t.set_defaults(func=cmd_prior_train)
     p.set_defaults(func=lambda a: (p.print_help(), 1)[1])
 

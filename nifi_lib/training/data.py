@@ -10,11 +10,16 @@ from pathlib import Path
 import torch
 
 from ..errors import NifiError
-from ..io.images import IMAGE_EXTS, load_image
+from ..io.images import IMAGE_EXTS, load_image, probe_rgb
 
 
 class PairError(NifiError, ValueError):
     """Pairs are missing, unmatched or of different sizes."""
+
+
+class SplitNotFoundError(PairError):
+    """The pair root, or any ``<scene>/rate_<label>/<split>/`` folder of the split, does not exist (an
+    optional split such as the held-out one may legitimately be absent; a malformed one is a PairError)."""
 
 
 @dataclass(frozen=True)
@@ -32,14 +37,18 @@ def _images(folder: Path) -> dict[str, Path]:
 
 
 def find_pairs(root: str | Path, split: str, check_sizes: bool = True) -> list[Pair]:
-    """Every (clean, degraded) pair of ``split`` under ``root``; unmatched names or sizes -> PairError."""
+    """Every (clean, degraded) pair of ``split`` under ``root``; unmatched names or sizes -> PairError.
+
+    With ``check_sizes`` every file's header is also checked (8-bit RGB, at most ``MAX_PIXELS`` pixels,
+    readable: :func:`~nifi_lib.io.images.probe_rgb`), so a bad file fails here, before training writes
+    anything, instead of at the step that first samples it."""
     root = Path(root)
     if not root.is_dir():
-        raise PairError(f"{root}: pair folder not found (make it with `nifi pairs` or `nifi prepare-benchmark`)")
+        raise SplitNotFoundError(f"{root}: pair folder not found (make it with `nifi pairs` or `nifi prepare-benchmark`)")
     pairs: list[Pair] = []
     split_dirs = sorted(p for p in root.glob(f"**/rate_*/{split}") if p.is_dir())
     if not split_dirs:
-        raise PairError(f"{root}: no '<scene>/rate_<label>/{split}/' folders found")
+        raise SplitNotFoundError(f"{root}: no '<scene>/rate_<label>/{split}/' folders found")
     for sd in split_dirs:
         rate_dir = sd.parent
         scene_dir = rate_dir.parent
@@ -58,13 +67,11 @@ def find_pairs(root: str | Path, split: str, check_sizes: bool = True) -> list[P
         if not clean:
             raise PairError(f"{sd}: empty split (no images)")
         for name in clean:
-            if check_sizes:
-                from PIL import Image
-
-                with Image.open(clean[name]) as a, Image.open(deg[name]) as b:
-                    if a.size != b.size:
-                        raise PairError(f"{deg[name]}: size {b.size} differs from its clean view "
-                                        f"{clean[name]} {a.size}")
+            if check_sizes:  # header only (mode, bit depth, size limit, sizes agree): nothing is decoded
+                a, b = probe_rgb(clean[name]), probe_rgb(deg[name])
+                if a != b:
+                    raise PairError(f"{deg[name]}: size {b[0]}x{b[1]} differs from its clean view "
+                                    f"{clean[name]} {a[0]}x{a[1]}")
             pairs.append(Pair(dataset, scene, rate_dir.name[len("rate_"):], name, clean[name], deg[name]))
     return pairs
 

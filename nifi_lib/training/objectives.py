@@ -139,7 +139,7 @@ def gradient_weight(normalize: str, x_hat: torch.Tensor | None = None, d_real_xh
 
 def distribution_matching_loss(x_hat: torch.Tensor, grad: torch.Tensor, normalize: str = "dmd", *,
                                d_real_xhat: torch.Tensor | None = None, sigma=None,
-                               eps: float = 1e-5) -> torch.Tensor:
+                               eps: float = 1e-5, reduction: str = "sum") -> torch.Tensor:
     """Surrogate applying the Eq. 4/5 gradient: ``mean_b 0.5 ||x^_b - stopgrad(x^_b - g_n,b)||^2``.
 
     ``g_n = c * grad`` with ``c`` from :func:`gradient_weight` (``"dmd"`` needs ``d_real_xhat``,
@@ -149,7 +149,14 @@ def distribution_matching_loss(x_hat: torch.Tensor, grad: torch.Tensor, normaliz
     gradient as ``x^ - sg(x^ - g_n)``, without the cancellation that would eat a small ``g_n`` next to a
     large ``x^``, in bf16 or even fp32); the gradient flows back to ``x_hat`` in its own dtype. Never call
     this under ``torch.no_grad()``: the result must have a ``grad_fn``.
+
+    ``reduction="mean"`` instead averages over every element (DMD's and TSD-SR's
+    ``0.5 * F.mse_loss(x^, sg(x^ - g), reduction="mean")``), so ``d loss / d x^ = g_n / numel``: on the same
+    per-element scale as the mean-squared l2 term of Eq. 6, which is what the trainer uses so that Eq. 6's unit
+    weights mean what they mean in those codebases.
     """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got '{reduction}'")
     if not torch.is_grad_enabled():
         raise RuntimeError("distribution_matching_loss called with grad disabled: the loss would not reach x^")
     if grad.shape != x_hat.shape:
@@ -160,6 +167,8 @@ def distribution_matching_loss(x_hat: torch.Tensor, grad: torch.Tensor, normaliz
     # x^ - stopgrad(x^ - g_n), written so that no cancellation happens: (x^ - sg(x^)) is exactly 0 in value
     # and the identity in gradient, so the residual's value is g_n bit for bit.
     residual = (x32 - x32.detach()) + g_n
+    if reduction == "mean":
+        return 0.5 * (residual ** 2).mean()
     per_sample = 0.5 * (residual ** 2).sum(dim=_reduce_dims(x32)) if x32.ndim > 1 else 0.5 * residual ** 2
     return per_sample.mean()
 
@@ -167,7 +176,7 @@ def distribution_matching_loss(x_hat: torch.Tensor, grad: torch.Tensor, normaliz
 def restoration_distribution_matching_loss(x_hat: torch.Tensor, x_clean: torch.Tensor | None,
                                            real_denoise: Denoiser, fake_denoise: Denoiser, sigma,
                                            noise: torch.Tensor, alpha: float = 0.7, normalize: str = "dmd",
-                                           eps: float = 1e-5) -> tuple[torch.Tensor, dict]:
+                                           eps: float = 1e-5, reduction: str = "sum") -> tuple[torch.Tensor, dict]:
     """Eq. 5 (Eq. 4 when ``alpha = 1``) end to end: noise with Eq. 2, score, surrogate.
 
     ``x^_t = (1 - sigma) x^ + sigma eps`` and ``x_t = (1 - sigma) x + sigma eps`` with the SAME ``noise``
@@ -197,7 +206,8 @@ def restoration_distribution_matching_loss(x_hat: torch.Tensor, x_clean: torch.T
             d_real_x = real_denoise(x_t, sigma)
         g = distribution_matching_grad(d_fake_xhat, d_real_xhat, d_real_x, alpha=alpha if d_real_x is not None else 1.0)
         c = gradient_weight(normalize, x_hat=x_hat_d, d_real_xhat=d_real_xhat, sigma=sigma, eps=eps)
-    loss = distribution_matching_loss(x_hat, g, normalize, d_real_xhat=d_real_xhat, sigma=sigma, eps=eps)
+    loss = distribution_matching_loss(x_hat, g, normalize, d_real_xhat=d_real_xhat, sigma=sigma, eps=eps,
+                                      reduction=reduction)
     with torch.no_grad():
         dims = _reduce_dims(g)
         g_n = c * g

@@ -41,6 +41,7 @@ class PriorConfig:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
+    vae_lpips_weight: float = 0.5   # LPIPS (real AlexNet weights) in the VAE loss; 0 disables it
     transformer_steps: int = 2500
     transformer_batch: int = 32
     transformer_lr: float = 4e-4
@@ -79,6 +80,11 @@ def augment(batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def train_vae(bb: Backbone, images: torch.Tensor, cfg: PriorConfig, progress: bool = True) -> list[dict]:
     """Stage 1: reconstruction training of the VAE; sets ``scaling_factor`` = 1 / std(latents)."""
     g = torch.Generator().manual_seed(cfg.seed)
+    perceptual = None
+    if cfg.vae_lpips_weight > 0:
+        from ..evaluation.metrics import lpips_loss_module
+
+        perceptual = lpips_loss_module("alex")  # raises a clear error when no real weights can be had
     vae = bb.vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.vae_steps, eta_min=cfg.vae_lr * 0.05)
@@ -93,6 +99,8 @@ def train_vae(bb: Backbone, images: torch.Tensor, cfg: PriorConfig, progress: bo
         mse = F.mse_loss(rec, x)
         kl = dist.kl().mean() / x[0].numel()
         loss = l1 + mse + cfg.kl_weight * kl * x[0].numel()
+        if perceptual is not None:
+            loss = loss + cfg.vae_lpips_weight * perceptual(rec, x).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)

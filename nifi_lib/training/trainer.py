@@ -6,7 +6,17 @@ Each step (Sec. 3, "Training alternates one phi- update and one phi+ update"):
    both with CFG) + l2(x, x^) + LPIPS(D(x^), I);
 2. phi+ step (Eq. 8): the critic's flow-matching loss on the detached x^.
 AdamW (lr 5e-6 / 1e-6, weight decay 1e-4), grad-norm clip 1.0, prompt dropout, bf16 autocast on CUDA
-with fp32 adapter master weights. Outputs (the seed's): ``runs/<exp>/latest.pt``, ``best.pt``,
+with fp32 adapter master weights.
+
+Performance (``docs/performance.md``): the step issues no host-device synchronisation. All randomness
+(dropout mask, timestep indices, noise, the encoder's latent sample) comes from one generator on the
+compute device, the timestep tables and prompt embeddings live there, the finite-loss checks are
+tensors and a non-finite step is skipped inside the fused AdamW kernel (``found_inf``), and
+:meth:`NiFiTrainer.train_step` returns 0-dim tensors that :func:`train` converts once per logging
+interval. The real score on ``x^_t`` and on ``x_t`` is one CFG-batched transformer call. ``train.compile``
+turns on torch.compile (transformer blocks, VAE), channels_last VAE weights and cuDNN autotuning
+(:func:`~nifi_lib.diffusion.backbone.optimize_backbone`); ``train.gradient_checkpointing`` checkpoints
+the transformer blocks and the VAE encoder/decoder. Outputs (the seed's): ``runs/<exp>/latest.pt``, ``best.pt``,
 ``train_log.csv``, ``train_summary.json``. Data parallel over ``torch.distributed`` when launched with
 torchrun (gloo on CPU, NCCL on GPUs): gradients of the adapters are averaged across ranks.
 """
@@ -23,20 +33,23 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from ..config import Config
-from ..diffusion.backbone import Backbone, load_backbone
+from ..diffusion.backbone import Backbone, load_backbone, optimize_backbone
 from ..diffusion.flow import classifier_free_guidance, forward_noise, one_step_restore, schedule_tables, sigma_at
 from ..errors import NifiError
-from ..io.atomic import atomic_path, atomic_save, atomic_write_json
+from ..io.atomic import WriteError, atomic_path, atomic_save, atomic_write_json
 from ..paths import repo_path
 from ..restoration.io import TRAIN_FORMAT, safe_torch_load, split_groups
-from ..restoration.lora import (CRITIC, RESTORER, active_adapter, adapter_parameters, adapter_state_dict,
-                                add_critic_adapter, add_restorer_adapters, load_adapter_state_dict)
-from ..restoration.restorer import Restorer, decode_latents, encode_latents, to_model_range, transformer_velocity
+from ..restoration.lora import (CRITIC, RESTORER, adapter_parameters, adapter_state_dict, add_critic_adapter,
+                                add_restorer_adapters, load_adapter_state_dict)
+from ..restoration.restorer import (Restorer, adapter_scope, decode_latents, encode_latents, to_model_range,
+                                    transformer_velocity)
 from .data import PairSampler, find_pairs
-from .objectives import critic_inputs, critic_loss, perceptual_matching_loss, restoration_distribution_matching_loss
+from .objectives import (critic_inputs, critic_loss, distribution_matching_grad, distribution_matching_loss,
+                         gradient_weight, perceptual_matching_loss)
 
 LOG_FIELDS = ["step", "loss_total", "loss_kl", "loss_l2", "loss_lpips", "loss_critic", "grad_norm_minus",
               "grad_norm_plus", "dm_grad_norm", "sigma", "lr_minus", "lr_plus", "skipped", "wall_time"]
@@ -76,7 +89,7 @@ class NiFiTrainer:
     """Holds the frozen backbone with phi- and phi+, their optimizers and the training state."""
 
     def __init__(self, cfg: Config, backbone: Backbone, device: str = "cpu", perceptual=None,
-                 perceptual_name: str = "lpips"):
+                 perceptual_name: str = "lpips", compile: bool | None = None):
         self.cfg = cfg
         self.bb = backbone
         self.device = torch.device(device)
@@ -95,17 +108,41 @@ class NiFiTrainer:
             p.requires_grad_(True)
         if t.gradient_checkpointing:
             backbone.transformer.enable_gradient_checkpointing()
-        self.opt_minus = torch.optim.AdamW(self.phi_minus, lr=t.lr_phi_minus, weight_decay=t.weight_decay)
-        self.opt_plus = torch.optim.AdamW(self.phi_plus, lr=t.lr_phi_plus, weight_decay=t.weight_decay)
+            backbone.vae.enable_gradient_checkpointing()
+        # fused AdamW skips a non-finite step on the device (found_inf), without reading the flag back
+        self._fused = self.device.type in ("cuda", "cpu")
+        fused = {"fused": True} if self._fused else {}
+        self.opt_minus = torch.optim.AdamW(self.phi_minus, lr=t.lr_phi_minus, weight_decay=t.weight_decay, **fused)
+        self.opt_plus = torch.optim.AdamW(self.phi_plus, lr=t.lr_phi_plus, weight_decay=t.weight_decay, **fused)
         s = backbone.scheduler
         self.t0 = float(cfg.diffusion.t0)
         self.sigma_t0 = sigma_at(s, self.t0)
         self.sigma_end = sigma_at(s, 0)
-        self.timesteps, self.sigmas = schedule_tables(s)
+        self.timesteps, self.sigmas = (x.to(self.device) for x in schedule_tables(s))
         self.perceptual = perceptual
         self.perceptual_name = perceptual_name
+        # data sampling (PairSampler, CPU) and the step's randomness (on the compute device)
         self.generator = torch.Generator().manual_seed(t.seed * 1000 + self.rank)
+        self.noise_generator = torch.Generator(device=self.device).manual_seed(t.seed * 1000 + self.rank + 500_000)
         self.state = TrainState()
+        self.compile = bool(getattr(t, "compile", False)) if compile is None else bool(compile)
+        if self.compile:
+            self.enable_fast_paths(compile=True)
+
+    def enable_fast_paths(self, compile: bool = True, channels_last: bool | None = None) -> None:
+        """torch.compile / channels_last / cuDNN autotuning on the backbone (same function, faster)."""
+        optimize_backbone(self.bb, compile=compile, channels_last=channels_last)
+        self.compile = self.compile or compile
+        for opt in (self.opt_minus, self.opt_plus):   # channels_last LoRA convs: moments in their layout
+            _match_state_layout(opt)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Host batches go through pinned memory without blocking (a pageable copy syncs the stream)."""
+        if x.device == self.device:
+            return x
+        if self.device.type == "cuda" and x.device.type == "cpu":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
 
     # ---- scores -------------------------------------------------------------------------------
     def _autocast(self):
@@ -114,8 +151,10 @@ class NiFiTrainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _prompts(self, n: int, drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt embeddings with the dropped ones replaced by the null prompt (no ``drop.any()`` test:
+        that would read the mask back to the host)."""
         pe, pp = self.bb.prompt_batch(n, device=self.device)
-        if drop is not None and drop.any():
+        if drop is not None:
             npe, npp = self.bb.prompt_batch(n, device=self.device, null=True)
             d = drop.to(self.device)
             pe = torch.where(d[:, None, None], npe, pe)
@@ -128,87 +167,141 @@ class NiFiTrainer:
         n = z_t.shape[0]
         pe, pp = self._prompts(n, drop)
         npe, npp = self.bb.prompt_batch(n, device=self.device, null=True)
-        with active_adapter(self.bb.transformer, adapter), self._autocast():
+        with adapter_scope(self.bb.transformer, adapter), self._autocast():
             v = transformer_velocity(self.bb.transformer, torch.cat([z_t, z_t]), torch.cat([timestep, timestep]),
                                      torch.cat([npe, pe]), torch.cat([npp, pp]))
         v_u, v_c = v.float().chunk(2)
         v = classifier_free_guidance(v_u, v_c, self.cfg.model.guidance_scale)
         return z_t - sigma.view(-1, 1, 1, 1) * v
 
+    def distribution_matching(self, x_hat: torch.Tensor, x_clean: torch.Tensor, sigma: torch.Tensor,
+                              timestep: torch.Tensor, noise: torch.Tensor, drop: torch.Tensor,
+                              normalize: str = "dmd") -> tuple[torch.Tensor, dict]:
+        """Eq. 5 (Eq. 4 when alpha = 1) exactly as :func:`~.objectives.restoration_distribution_matching_loss`
+        with the CFG denoisers of :meth:`guided_denoise`, but with the real score on ``x^_t`` and ``x_t``
+        in ONE transformer call (batch 4B with CFG) and the diagnostics as device tensors (no sync).
+        ``tests/test_perf_paths.py`` checks it against the objectives' function."""
+        alpha = float(self.cfg.loss_weights.alpha)
+        with torch.no_grad():
+            x_hat_d = x_hat.detach()
+            xh_t = forward_noise(x_hat_d, noise.to(x_hat_d.dtype), sigma)                  # Eq. 2
+            d_real_x = None
+            if alpha < 1.0:
+                x_d = x_clean.detach().to(x_hat_d.dtype)
+                x_t = forward_noise(x_d, noise.to(x_d.dtype), sigma)
+                d_real = self.guided_denoise(None, torch.cat([xh_t, x_t]), sigma.repeat(2), timestep.repeat(2),
+                                             drop.repeat(2))
+                d_real_xhat, d_real_x = d_real.chunk(2)
+            else:
+                d_real_xhat = self.guided_denoise(None, xh_t, sigma, timestep, drop)
+            d_fake_xhat = self.guided_denoise(CRITIC, xh_t, sigma, timestep, drop)
+            g = distribution_matching_grad(d_fake_xhat, d_real_xhat, d_real_x, alpha=alpha if d_real_x is not None else 1.0)
+        # reduction "mean": DMD/TSD-SR scale, commensurate with the mean-squared l2 term of Eq. 6
+        loss = distribution_matching_loss(x_hat, g, normalize, d_real_xhat=d_real_xhat, sigma=sigma,
+                                          reduction="mean")
+        with torch.no_grad():
+            dims = tuple(range(1, g.ndim))
+            info = {"grad_norm": g.pow(2).sum(dim=dims).sqrt().mean() if g.ndim > 1 else g.abs().mean(),
+                    "sigma": torch.as_tensor(sigma).float().mean()}
+        return loss, info
+
     # ---- one step -----------------------------------------------------------------------------
     def restore_latents(self, degraded01: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         """Eq. 7 with gradients: x^ from the degraded images through E_phi- and eps_{theta,phi-}."""
         bb = self.bb
-        x = to_model_range(degraded01.to(self.device))
-        with active_adapter(bb.vae, RESTORER), self._autocast():
-            z = encode_latents(bb.vae, x, bb.scaling_factor, generator=None)
-        noise = torch.randn(z.shape, generator=self.generator).to(self.device)
-        x_t0 = forward_noise(z.float(), noise, self.sigma_t0)                               # Eq. 2
+        x = to_model_range(self._to_device(degraded01))
+        with adapter_scope(bb.vae, RESTORER), self._autocast():
+            z = encode_latents(bb.vae, x, bb.scaling_factor, generator=self.noise_generator)
+        noise = torch.randn(z.shape, generator=self.noise_generator, device=self.device)
+        if self.cfg.diffusion.add_noise:
+            x_t0 = forward_noise(z.float(), noise, self.sigma_t0)                           # Eq. 2
+        else:  # the paper's "w/o t0" ablation: the un-noised latent at t0 = T (TSD-SR's input)
+            x_t0 = z.float()
         pe, pp = self._prompts(z.shape[0], drop)
-        with active_adapter(bb.transformer, RESTORER), self._autocast():
+        with adapter_scope(bb.transformer, RESTORER), self._autocast():
             v = transformer_velocity(bb.transformer, x_t0, self.t0, pe, pp)
         return one_step_restore(x_t0, v.float(), self.sigma_t0, self.sigma_end)             # Eq. 7
 
     def train_step(self, clean01: torch.Tensor, degraded01: torch.Tensor) -> dict:
+        """One phi- update and one phi+ update. Returns 0-dim device tensors (and the two learning
+        rates as floats); nothing here waits for the device. ``skipped`` is a bool tensor: a step whose
+        phi- loss or gradient norm is not finite updates neither adapter, one whose critic loss or norm
+        is not finite leaves phi+ alone (fused AdamW's ``found_inf``). :func:`info_to_python` converts a
+        list of such dicts with one synchronisation."""
         cfg, w = self.cfg, self.cfg.loss_weights
-        bb, g, n = self.bb, self.generator, clean01.shape[0]
-        drop = torch.rand(n, generator=g) < cfg.model.prompt_dropout
+        bb, g, n, dev = self.bb, self.noise_generator, clean01.shape[0], self.device
+        clean01, degraded01 = self._to_device(clean01), self._to_device(degraded01)
+        lo, hi = cfg.diffusion.t_min_index, cfg.diffusion.t_max_index + 1
+        drop = torch.rand(n, generator=g, device=dev) < cfg.model.prompt_dropout
         # ---- phi- update (Eq. 6 with Eq. 5) ----
-        x_hat = self.restore_latents(degraded01, drop)
-        with torch.no_grad(), active_adapter(bb.vae, None), self._autocast():
-            x_clean = encode_latents(bb.vae, to_model_range(clean01.to(self.device)), bb.scaling_factor,
-                                     generator=None).float()
-        idx = torch.randint(cfg.diffusion.t_min_index, cfg.diffusion.t_max_index + 1, (n,), generator=g)
-        sigma = self.sigmas[idx].to(self.device)
-        timestep = self.timesteps[idx].to(self.device)
-        noise = torch.randn(x_hat.shape, generator=g).to(self.device)
-        real = lambda z, s: self.guided_denoise(None, z, sigma, timestep, drop)      # noqa: E731
-        fake = lambda z, s: self.guided_denoise(CRITIC, z, sigma, timestep, drop)    # noqa: E731
-        l_kl, dm_info = restoration_distribution_matching_loss(x_hat, x_clean, real, fake, sigma, noise,
-                                                               alpha=w.alpha, normalize="dmd")
+        with record_function("nifi.step.restore_latents"):
+            x_hat = self.restore_latents(degraded01, drop)
+        with record_function("nifi.step.encode_clean"), torch.no_grad(), adapter_scope(bb.vae, None), \
+                self._autocast():
+            x_clean = encode_latents(bb.vae, to_model_range(clean01), bb.scaling_factor, generator=g).float()
+        idx = torch.randint(lo, hi, (n,), generator=g, device=dev)
+        sigma, timestep = self.sigmas[idx], self.timesteps[idx]
+        noise = torch.randn(x_hat.shape, generator=g, device=dev)
+        with record_function("nifi.step.scores"):
+            l_kl, dm_info = self.distribution_matching(x_hat, x_clean, sigma, timestep, noise, drop)
         img_hat = img_clean = None
         if w.lpips > 0:
-            with self._autocast():
+            with record_function("nifi.step.decode"), self._autocast():
                 img_hat = decode_latents(bb.vae, x_hat, bb.scaling_factor).float()
-            img_clean = to_model_range(clean01.to(self.device))
-        total, terms = perceptual_matching_loss(l_kl, x_hat, x_clean, img_hat, img_clean, self.perceptual,
-                                                w_kl=w.kl, w_l2=w.l2, w_lpips=w.lpips)
-        finite = bool(torch.isfinite(total))
+            img_clean = to_model_range(clean01)
+        with record_function("nifi.step.loss"):
+            total, terms = perceptual_matching_loss(l_kl, x_hat, x_clean, img_hat, img_clean, self.perceptual,
+                                                    w_kl=w.kl, w_l2=w.l2, w_lpips=w.lpips)
+        total_ok = torch.isfinite(total.detach())
         self.opt_minus.zero_grad(set_to_none=True)
-        gn_minus = float("nan")
-        if finite:
+        with record_function("nifi.step.backward_minus"):
             total.backward()
+        with record_function("nifi.step.optim_minus"):
             self._all_reduce(self.phi_minus)
-            gn_minus = float(torch.nn.utils.clip_grad_norm_(self.phi_minus, cfg.train.grad_clip))
-            finite = math.isfinite(gn_minus)
-        if finite:
-            self.opt_minus.step()
+            gn_minus = torch.nn.utils.clip_grad_norm_(self.phi_minus, cfg.train.grad_clip)
+            ok_minus = total_ok & torch.isfinite(gn_minus)
+            self._masked_step(self.opt_minus, ok_minus)
         # ---- phi+ update (Eq. 8) ----
         x_hat_d = x_hat.detach()
-        idx2 = torch.randint(cfg.diffusion.t_min_index, cfg.diffusion.t_max_index + 1, (n,), generator=g)
-        sigma2 = self.sigmas[idx2].to(self.device)
-        noise2 = torch.randn(x_hat.shape, generator=g).to(self.device)
+        idx2 = torch.randint(lo, hi, (n,), generator=g, device=dev)
+        sigma2 = self.sigmas[idx2]
+        noise2 = torch.randn(x_hat.shape, generator=g, device=dev)
         z_t = critic_inputs(x_hat_d, noise2, sigma2)
         pe, pp = self._prompts(n, drop)
-        with active_adapter(bb.transformer, CRITIC), self._autocast():
-            v = transformer_velocity(bb.transformer, z_t, self.timesteps[idx2].to(self.device), pe, pp)
+        with record_function("nifi.step.critic_forward"), adapter_scope(bb.transformer, CRITIC), self._autocast():
+            v = transformer_velocity(bb.transformer, z_t, self.timesteps[idx2], pe, pp)
         l_c = critic_loss(v.float(), noise2, x_hat_d)
+        critic_ok = ok_minus & torch.isfinite(l_c.detach())
         self.opt_plus.zero_grad(set_to_none=True)
-        gn_plus = float("nan")
-        finite_c = bool(torch.isfinite(l_c)) and finite
-        if finite_c:
+        with record_function("nifi.step.critic_backward"):
             l_c.backward()
+        with record_function("nifi.step.optim_plus"):
             self._all_reduce(self.phi_plus)
-            gn_plus = float(torch.nn.utils.clip_grad_norm_(self.phi_plus, cfg.train.grad_clip))
-            finite_c = math.isfinite(gn_plus)
-            if finite_c:
-                self.opt_plus.step()
-        skipped = not (finite and finite_c)
-        return {"loss_total": float(total.detach()), "loss_kl": float(terms["kl"]), "loss_l2": float(terms["l2"]),
-                "loss_lpips": float(terms["lpips"]), "loss_critic": float(l_c.detach()),
-                "grad_norm_minus": gn_minus, "grad_norm_plus": gn_plus, "dm_grad_norm": dm_info["grad_norm"],
-                "sigma": dm_info["sigma"], "lr_minus": self.opt_minus.param_groups[0]["lr"],
-                "lr_plus": self.opt_plus.param_groups[0]["lr"], "skipped": int(skipped)}
+            gn_plus = torch.nn.utils.clip_grad_norm_(self.phi_plus, cfg.train.grad_clip)
+            ok_plus = critic_ok & torch.isfinite(gn_plus)
+            self._masked_step(self.opt_plus, ok_plus)
+        nan = torch.full((), float("nan"), device=dev)
+        return {"loss_total": total.detach(), "loss_kl": terms["kl"], "loss_l2": terms["l2"],
+                "loss_lpips": terms["lpips"], "loss_critic": l_c.detach(),
+                "grad_norm_minus": torch.where(total_ok, gn_minus.detach(), nan),
+                "grad_norm_plus": torch.where(critic_ok, gn_plus.detach(), nan),
+                "dm_grad_norm": dm_info["grad_norm"], "sigma": dm_info["sigma"],
+                "lr_minus": self.opt_minus.param_groups[0]["lr"], "lr_plus": self.opt_plus.param_groups[0]["lr"],
+                "skipped": ~ok_plus}
+
+    def _masked_step(self, opt: torch.optim.Optimizer, ok: torch.Tensor) -> None:
+        """``opt.step()`` if ``ok`` else nothing (no update, no moment or step-count change), decided on
+        the device by the fused kernel; other optimizers fall back to reading the flag."""
+        if self._fused:
+            _ensure_fused(opt)
+            opt.grad_scale = None
+            opt.found_inf = (~ok).to(torch.float32)
+            try:
+                opt.step()
+            finally:
+                del opt.grad_scale, opt.found_inf
+        elif bool(ok):
+            opt.step()
 
     def _all_reduce(self, params: list[torch.nn.Parameter]) -> None:
         """Average gradients across ranks (DDP semantics for the adapters, the only trainable weights)."""
@@ -236,6 +329,7 @@ class NiFiTrainer:
         return {"format": TRAIN_FORMAT, "step": self.state.step, "adapters": self.adapters_flat(),
                 "optim_minus": self.opt_minus.state_dict(), "optim_plus": self.opt_plus.state_dict(),
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "noise_generator": self.noise_generator.get_state(), "noise_generator_device": self.device.type,
                 "lora_rank": self.cfg.model.lora_rank, "lora_alpha": self.cfg.model.lora_alpha,
                 "config": self.cfg.to_dict(),
                 "state": {"best_metric": self.state.best_metric, "best_step": self.state.best_step,
@@ -259,7 +353,13 @@ class NiFiTrainer:
             p.data = p.data.float()
         self.opt_minus.load_state_dict(ck["optim_minus"])
         self.opt_plus.load_state_dict(ck["optim_plus"])
+        for opt in (self.opt_minus, self.opt_plus):
+            if self._fused:
+                _ensure_fused(opt)
+            _match_state_layout(opt)
         self.generator.set_state(ck["generator"])
+        if "noise_generator" in ck and ck.get("noise_generator_device") == self.device.type:
+            self.noise_generator.set_state(ck["noise_generator"])
         torch.set_rng_state(ck["torch_rng"])
         st = ck["state"]
         self.state = TrainState(step=int(ck["step"]), best_metric=float(st["best_metric"]),
@@ -275,17 +375,71 @@ class NiFiTrainer:
         k = min(max_images, len(sampler.pairs))
         for i in torch.linspace(0, len(sampler.pairs) - 1, k).round().long().tolist():
             clean, deg = sampler.load(i)
-            out = restorer.restore(to_model_range(deg[None]).to(self.device), seed=i)
+            out = restorer.restore(to_model_range(deg[None]).to(self.device), seed=i,
+                                   add_noise=self.cfg.diffusion.add_noise)
             vals.append(float(metric_fn(((out + 1) / 2).clamp(0, 1).cpu(), clean[None]).mean()))
         return float(sum(vals) / max(len(vals), 1))
 
 
+def _ensure_fused(opt: torch.optim.Optimizer) -> None:
+    """A state loaded from an older (non-fused) checkpoint: switch the groups to the fused kernel, whose
+    step counters are float32 tensors on the parameters' device."""
+    for group in opt.param_groups:
+        if group.get("fused"):
+            continue
+        group["fused"], group["foreach"] = True, None
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if st and "step" in st:
+                st["step"] = torch.as_tensor(st["step"]).to(dtype=torch.float32, device=p.device)
+
+
+def _match_state_layout(opt: torch.optim.Optimizer) -> None:
+    """Optimizer moments in their parameter's memory layout (a checkpoint stores them contiguous; the
+    VAE's LoRA convs are channels_last on the fast path, and fused AdamW needs equal strides)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if not st:
+                continue
+            for k, v in list(st.items()):
+                if torch.is_tensor(v) and v.shape == p.shape and v.dim() > 1 and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
+def info_to_python(rows: list[dict]) -> list[dict]:
+    """Step infos of :meth:`NiFiTrainer.train_step` (0-dim tensors) as python numbers, with ONE
+    device-to-host transfer for the whole list; ``skipped`` becomes an int."""
+    keys = [(i, k) for i, r in enumerate(rows) for k, v in r.items() if torch.is_tensor(v)]
+    out = [dict(r) for r in rows]
+    if keys:
+        vals = [rows[i][k].detach().float().reshape(()) for i, k in keys]
+        if len({v.device for v in vals}) > 1:
+            vals = [v.cpu() for v in vals]
+        for (i, k), v in zip(keys, torch.stack(vals).cpu().tolist()):
+            out[i][k] = int(v) if k == "skipped" else v
+    return out
+
+
 # ---- the run --------------------------------------------------------------------------------------
 def _read_log(path: Path) -> list[dict]:
+    """Complete rows of ``train_log.csv``. A row torn by a kill or a full disk in the middle of an append
+    (no final newline, missing fields, or a step that is not an integer) is dropped, not kept as a bogus row."""
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[:text.rfind("\n") + 1]   # the last line was never finished
+    rows = []
+    for r in csv.DictReader(io.StringIO(text, newline="")):
+        if None in r or any(v is None for v in r.values()):
+            continue
+        try:
+            int(r["step"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        rows.append(r)
+    return rows
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
@@ -298,14 +452,22 @@ def _write_log(path: Path, rows: list[dict]) -> None:
 
 
 def _append_log(path: Path, rows: list[dict]) -> None:
+    """Durable append (flush + fsync). A failure (e.g. a full disk) raises :class:`WriteError` naming the log;
+    rows that reached the file only partly are dropped by :func:`_read_log` on ``--resume``."""
     new = not path.is_file()
-    with open(path, "a", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
-        if new:
-            wr.writeheader()
-        wr.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+            if new:
+                wr.writeheader()
+            wr.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+    except WriteError:
+        raise
+    except OSError as e:
+        raise WriteError(f"{path}: cannot append {len(rows)} log rows ({e.strerror or e}); the checkpoints "
+                         "are unchanged and `--resume` continues from the last one") from e
 
 
 def build_perceptual(cfg: Config, device) -> tuple[object, str, dict]:
@@ -373,24 +535,31 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
     metric_fn = {"lpips": lambda a, b: M.lpips(a, b, net=cfg.eval.lpips_net), "dists": M.dists,
                  "psnr": lambda a, b: -M.psnr(a, b), "ssim": lambda a, b: -M.ssim(a, b)}.get(t.best_metric)
     per_rank = t.batch_size // world
-    pending: list[dict] = []
+    pending: list[dict] = []     # rows whose values are still device tensors (converted once per interval)
     start = time.time() - trainer.state.elapsed
     bar = tqdm(total=t.max_steps, initial=trainer.state.step, desc="nifi train", disable=not progress or rank != 0)
     last_good_saved = trainer.state.step
+
+    def flush() -> list[dict]:
+        """Materialise the pending rows (one sync), count skipped steps, update the progress bar."""
+        nonlocal pending
+        rows, pending = info_to_python(pending), []
+        trainer.state.skipped_steps += sum(int(r["skipped"]) for r in rows)
+        if rows:
+            bar.set_postfix(loss=f"{rows[-1]['loss_total']:.4f}", critic=f"{rows[-1]['loss_critic']:.4f}")
+        return rows
+
     while trainer.state.step < t.max_steps:
         clean, deg, _ = sampler.sample(per_rank, trainer.generator)
         info = trainer.train_step(clean, deg)
-        if info["skipped"]:
-            trainer.state.skipped_steps += 1
-            if t.nan_policy == "stop":
-                raise TrainingError(f"non-finite loss at step {trainer.state.step + 1}; stopped. "
-                                    f"{latest} holds the last good state (step {last_good_saved}).")
+        if t.nan_policy == "stop" and bool(info["skipped"]):   # this policy reads the flag every step
+            raise TrainingError(f"non-finite loss at step {trainer.state.step + 1}; stopped. "
+                                f"{latest} holds the last good state (step {last_good_saved}).")
         trainer.state.step += 1
-        trainer.state.elapsed = time.time() - start
+        trainer.state.elapsed = time.time() - start   # host time; exact at each flush (which waits)
         row = {"step": trainer.state.step, **info, "wall_time": round(trainer.state.elapsed, 2)}
         pending.append(row)
         bar.update(1)
-        bar.set_postfix(loss=f"{info['loss_total']:.4f}", critic=f"{info['loss_critic']:.4f}")
         step = trainer.state.step
         if val_sampler is not None and metric_fn is not None and (step % t.val_every == 0 or step == t.max_steps):
             metric = trainer.validate(val_sampler, t.val_max_images, metric_fn)
@@ -399,13 +568,15 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
             if metric < trainer.state.best_metric and rank == 0:
                 trainer.state.best_metric, trainer.state.best_step = metric, step
                 trainer.save(best)
-        if rank == 0 and (step % t.save_every == 0 or step == t.max_steps):
-            _append_log(log_path, pending)
-            pending = []
-            trainer.save(latest)
+        if step % t.save_every == 0 or step == t.max_steps:
+            rows = flush()
+            if rank == 0:
+                _append_log(log_path, rows)
+                trainer.save(latest)
             last_good_saved = step
         if stop_after is not None and step >= stop_after:
             break
+    flush()
     bar.close()
     if rank == 0 and not best.exists() and latest.exists():
         atomic_save(best, lambda p: p.write_bytes(latest.read_bytes()))

@@ -1,0 +1,1 @@
+"""Benchmark entry points runnable from the repository root (``python -m bench.gpu_bench``)."""

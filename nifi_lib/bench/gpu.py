@@ -1,0 +1,725 @@
+"""GPU benchmark of NiFi with SD3-medium-shaped random weights (``nifi bench`` / ``python -m bench.gpu_bench``).
+
+Builds ``SD3Transformer2DModel`` and ``AutoencoderKL`` from the configs of
+``stabilityai/stable-diffusion-3-medium-diffusers`` (random weights, bf16, on the device), a random prompt
+embedding of shape (1, 333, 4096) / (1, 2048), the phi-/phi+ adapters at rank 64 (the project's
+``add_restorer_adapters`` / ``add_critic_adapter``), and times the REAL code paths:
+
+- ``train``: :meth:`NiFiTrainer.train_step` at batch 4, 512x512 (LPIPS-alex from
+  :func:`nifi_lib.evaluation.metrics.lpips_loss_module`), eager, then with the fast paths switched on
+  one after another (channels_last + cuDNN autotuning, then torch.compile);
+- ``restore``: :meth:`Restorer.restore` at 512, 1024 and 1920x1080, batch 1 and 4, eager and optimised
+  (channels_last + cuDNN autotuning, phi- fused, torch.compile), with an encode/transformer/decode
+  breakdown, the tiled decoder's memory, and the SDPA backends at the VAE attention's shape.
+
+Times: median of ``--iters`` iterations after ``--warmup`` (CUDA events, one synchronisation at the end
+of each iteration; also the mean of the same number of back-to-back iterations), peak GPU memory
+(``max_memory_allocated``), achieved TFLOP/s against :mod:`nifi_lib.bench.flops`, the ratio to the eager
+path measured in the same run, and a ``torch.profiler`` table of the optimised paths. Results go to
+``--out`` (JSON, profiler tables) and a markdown summary is printed last. ``--tiny``: the same code on
+tiny models (a CPU smoke run of the whole script).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from .flops import hooked_layer_macs, restore_flops, train_step_flops, transformer_layers, vae_decoder_layers, \
+    vae_encoder_layers
+
+# stabilityai/stable-diffusion-3-medium-diffusers: transformer/config.json and vae/config.json
+SD3_MEDIUM_TRANSFORMER = dict(
+    sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
+    joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+    pos_embed_max_size=192)
+SD3_MEDIUM_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    act_fn="silu", latent_channels=16, norm_num_groups=32, sample_size=1024, scaling_factor=1.5305,
+    shift_factor=0.0609, force_upcast=True, use_quant_conv=False, use_post_quant_conv=False)
+SD3_TEXT_TOKENS = 333
+# --tiny: the same classes, factor-8 VAE, a few layers (CPU smoke run)
+TINY_TRANSFORMER = dict(
+    sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+    joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=16, out_channels=4, pos_embed_max_size=48)
+TINY_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
+    act_fn="silu", latent_channels=4, norm_num_groups=4, sample_size=64, scaling_factor=1.5305,
+    shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
+TINY_TEXT_TOKENS = 8
+
+RESTORE_SIZES = [(1024, 1024, 1), (512, 512, 1), (1080, 1920, 1), (512, 512, 4), (1024, 1024, 4), (1080, 1920, 4)]
+TINY_RESTORE_SIZES = [(128, 128, 1), (64, 64, 1), (72, 128, 1), (64, 64, 2)]
+
+
+class Budget:
+    """Wall-clock deadline of the whole run: stages check it before starting."""
+
+    def __init__(self, seconds: float):
+        self.t0 = time.time()
+        self.seconds = seconds
+
+    def left(self) -> float:
+        return self.seconds - (time.time() - self.t0)
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+def model_configs(tiny: bool) -> tuple[dict, dict, int]:
+    return (TINY_TRANSFORMER, TINY_VAE, TINY_TEXT_TOKENS) if tiny else \
+        (SD3_MEDIUM_TRANSFORMER, SD3_MEDIUM_VAE, SD3_TEXT_TOKENS)
+
+
+def build_backbone(tiny: bool, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """A frozen :class:`Backbone` with SD3-medium-shaped (or tiny) random weights, built on ``device``."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+
+    from ..diffusion.backbone import Backbone
+    from ..diffusion.flow import make_scheduler
+    from ..diffusion.prompts import PromptEmbeddings
+
+    tcfg, vcfg, tokens = model_configs(tiny)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        vae = AutoencoderKL(**vcfg)
+        transformer = SD3Transformer2DModel(**tcfg)
+    vae.to(dtype=dtype)
+    transformer.to(dtype=dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    prompt = PromptEmbeddings(torch.randn(1, tokens, tcfg["joint_attention_dim"], generator=g),
+                              torch.randn(1, tcfg["pooled_projection_dim"], generator=g))
+    null = PromptEmbeddings(torch.zeros_like(prompt.prompt_embeds), torch.zeros_like(prompt.pooled_prompt_embeds))
+    bb = Backbone(vae=vae, transformer=transformer, scheduler=make_scheduler(1000, 3.0), prompt=prompt,
+                  null_prompt=null, kind="sd3", source="<random SD3-medium-shaped>" if not tiny else "<random tiny>")
+    return bb.freeze()
+
+
+def randomize_adapter(model, adapter: str, scale: float = 0.01, seed: int = 0) -> None:
+    """Non-zero LoRA B (peft initialises B to zero), so that the adapters do real work."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n and f".{adapter}." in n + ".":
+                p.copy_((torch.randn(p.shape, generator=g) * scale).to(p.device, p.dtype))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------------
+def measure(fn, device: torch.device, warmup: int = 2, iters: int = 5, back_to_back: bool = True) -> dict:
+    """Median (and min) time of ``fn`` over ``iters`` synchronised iterations after ``warmup``, the mean
+    of ``iters`` back-to-back iterations, and the peak memory of the timed iterations."""
+    t_first = time.time()
+    for i in range(warmup):
+        fn()
+        if i == 0:
+            sync(device)
+            first = time.time() - t_first
+    sync(device)
+    if warmup == 0:
+        first = float("nan")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, host = [], []
+    for _ in range(iters):
+        if device.type == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            t = time.perf_counter()
+            s.record()
+            fn()
+            host.append((time.perf_counter() - t) * 1e3)     # host time to issue the work
+            e.record()
+            e.synchronize()
+            times.append(s.elapsed_time(e))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+    b2b = float("nan")
+    if back_to_back:
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        sync(device)
+        b2b = (time.perf_counter() - t) * 1e3 / iters
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "back_to_back_ms": b2b,
+            "host_ms": statistics.median(host) if host else float("nan"),
+            "peak_gib": peak, "first_call_s": first, "iters": iters, "times_ms": [round(x, 3) for x in times]}
+
+
+def profile_table(fn, device: torch.device, path: Path | None, steps: int = 2, rows: int = 40) -> str:
+    """``torch.profiler`` over ``steps`` calls of ``fn``: kernels and the ``nifi.*`` regions by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            fn()
+        sync(device)
+    ka = prof.key_averages()
+    tables = []
+    for key in (("self_cuda_time_total", "self_device_time_total") if device.type == "cuda" else ("self_cpu_time_total",)):
+        try:
+            tables.append(ka.table(sort_by=key, row_limit=rows))
+            break
+        except Exception:  # noqa: BLE001 - name differs across torch versions
+            continue
+    # the nifi.* regions (phases of the step / of the restore), by total device time
+    regions = [e for e in ka if e.key.startswith("nifi.")]
+    lines = [f"{'region':40s} {'calls':>6s} {'device ms/call':>15s} {'cpu ms/call':>12s}"]
+    for e in sorted(regions, key=lambda e: -_dev_total(e)):
+        lines.append(f"{e.key:40s} {e.count // steps:6d} {_dev_total(e) / 1e3 / steps:15.2f} "
+                     f"{e.cpu_time_total / 1e3 / steps:12.2f}")
+    text = "\n".join(lines) + "\n\n" + (tables[0] if tables else "")
+    if path is not None:
+        path.write_text(text)
+    return text
+
+
+def _dev_total(evt) -> float:
+    for name in ("device_time_total", "cuda_time_total"):
+        v = getattr(evt, name, None)
+        if v is not None:
+            return float(v)
+    return 0.0
+
+
+def tflops(flop: float, ms: float) -> float:
+    return flop / (ms * 1e-3) / 1e12 if ms and ms == ms and ms > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------------------------------
+# Restoration
+# --------------------------------------------------------------------------------------------------
+def restore_breakdown(restorer, images: torch.Tensor, device: torch.device, warmup: int, iters: int) -> dict:
+    """Encode / transformer / decode of one restore, each timed alone on the same inputs."""
+    from ..diffusion.flow import forward_noise, one_step_restore
+    from ..restoration.restorer import _mark_step, adapter_scope, encode_latents, pad_to_multiple, \
+        transformer_velocity
+
+    bb, sched = restorer.backbone, restorer.schedule()
+    x = images.to(device=restorer.device, dtype=restorer.dtype)
+    x, _ = pad_to_multiple(x, bb.vae_scale_factor)
+    g = torch.Generator(device=restorer.device).manual_seed(0)
+
+    def enc():
+        _mark_step(bb)
+        with torch.no_grad(), adapter_scope(bb.vae, restorer.adapter):
+            return encode_latents(bb.vae, x, bb.scaling_factor, generator=g).clone()
+
+    lat, _ = pad_to_multiple(enc(), bb.patch_size)
+    x_t0 = forward_noise(lat, torch.randn_like(lat), sched.sigma_t0)
+    pe, pp = bb.prompt_batch(x_t0.shape[0], device=restorer.device, dtype=restorer.dtype)
+
+    def tr():
+        _mark_step(bb)
+        with torch.no_grad(), adapter_scope(bb.transformer, restorer.adapter):
+            return transformer_velocity(bb.transformer, x_t0, sched.t0, pe, pp).clone()
+
+    x_hat = one_step_restore(x_t0, tr(), sched.sigma_t0, sched.sigma_end)
+
+    def dec():
+        _mark_step(bb)
+        with torch.no_grad():
+            return restorer._decode(x_hat).clone()
+
+    return {name: measure(f, device, warmup=warmup, iters=iters, back_to_back=False)["median_ms"]
+            for name, f in (("encode", enc), ("transformer", tr), ("decode", dec))}
+
+
+def _set_vae_layout(bb, channels_last: bool) -> None:
+    from ..diffusion.backbone import set_channels_last_group_norm
+
+    bb.vae.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    set_channels_last_group_norm(bb.vae, channels_last)
+
+
+def sdpa_backends(device: torch.device, shapes: list[tuple[int, int, int, int]], dtype=torch.bfloat16) -> list[dict]:
+    """Time each SDPA backend at the given (B, heads, seq, head_dim) shapes (the VAE's mid-block attention
+    has one 512-wide head over every latent pixel)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    out = []
+    for shape in shapes:
+        q, k, v = (torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
+        row = {"shape": list(shape)}
+        for be in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH", None):
+            name = be or "default"
+            try:
+                ctx = sdpa_kernel([getattr(SDPBackend, be)]) if be else None
+
+                def f():
+                    if ctx is None:
+                        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                    with sdpa_kernel([getattr(SDPBackend, be)]):
+                        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                row[name] = round(measure(f, device, warmup=1, iters=5, back_to_back=False)["median_ms"], 3)
+            except Exception as e:  # noqa: BLE001 - a backend that does not support the shape
+                row[name] = f"n/a ({type(e).__name__})"
+        out.append(row)
+        del q, k, v
+    return out
+
+
+def bench_restore(args, device: torch.device, budget: Budget, results: dict, out: Path | None) -> None:
+    from ..diffusion.backbone import optimize_backbone
+    from ..restoration.lora import RESTORER, add_restorer_adapters
+    from ..restoration.restorer import Restorer, fuse_adapter
+
+    tcfg, vcfg, tokens = model_configs(args.tiny)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    sizes = TINY_RESTORE_SIZES if args.tiny else RESTORE_SIZES
+    if args.sizes:
+        sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    res = results.setdefault("restore", {"rows": {}, "ablation_1024": {}, "notes": []})
+    log("restore: building the backbone")
+    bb = build_backbone(args.tiny, device, dtype)
+    add_restorer_adapters(bb, rank=args.rank)
+    randomize_adapter(bb.transformer, RESTORER, seed=1)
+    randomize_adapter(bb.vae, RESTORER, seed=2)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    inputs = {s: (torch.rand(s[2], 3, s[0], s[1], generator=gen) * 2 - 1).to(device) for s in sizes}
+    target = sizes[0]
+    key = lambda s: f"{s[0]}x{s[1]}_b{s[2]}"  # noqa: E731
+
+    def its(s):
+        big = s[0] * s[1] * s[2] > 1024 * 1024 * 2
+        return (1, 3) if big else (args.warmup, args.iters)
+
+    # FLOP count checked against forward hooks on the real model (eager, once)
+    try:
+        if not args.flop_check:
+            raise RuntimeError("skipped (--no-flop-check)")
+        small = sizes[1] if len(sizes) > 1 else sizes[0]
+        r0 = Restorer(bb)
+        with torch.no_grad():
+            hooked = hooked_layer_macs(bb.transformer, lambda: r0.restore(inputs[small], seed=0))
+            hooked_v = hooked_layer_macs(bb.vae, lambda: r0.restore(inputs[small], seed=0))
+        f = bb.vae_scale_factor
+        lh, lw = -(-small[0] // f), -(-small[1] // f)
+        th, tw = -(-lh // 2) * 2, -(-lw // 2) * 2
+        analytic = sum(l.macs for l in transformer_layers(tcfg, small[2], th, tw, tokens)) + \
+            sum(l.macs for l in vae_encoder_layers(vcfg, small[2], lh * f, lw * f)) + \
+            sum(l.macs for l in vae_decoder_layers(vcfg, small[2], th, tw))
+        base = sum(v for k, v in {**hooked, **hooked_v}.items() if "lora_" not in k)
+        res["flop_check"] = {"size": key(small), "analytic_base_macs": analytic, "hooked_base_macs": base,
+                             "match": analytic == base}
+        log(f"restore: FLOP count vs hooks at {key(small)}: analytic {analytic:.4e} hooked {base:.4e}")
+    except Exception as e:  # noqa: BLE001
+        res["flop_check"] = {"error": repr(e)}
+
+    # ---- eager (all switches off) ----
+    restorer = Restorer(bb)
+    ref_out = None
+    eager_sizes = sizes if not args.eager_sizes else \
+        [tuple(int(v) for v in x.split("x")) for x in args.eager_sizes.split(",")]
+    for s in eager_sizes:
+        if s not in inputs:
+            inputs[s] = (torch.rand(s[2], 3, s[0], s[1], generator=gen) * 2 - 1).to(device)
+        if budget.left() < args.reserve:
+            res["notes"].append(f"eager {key(s)} skipped (time budget)")
+            continue
+        w, n = its(s)
+        try:
+            with torch.no_grad():
+                m = measure(lambda: restorer.restore(inputs[s], seed=0), device, warmup=w, iters=n)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory: keep going
+            res["rows"].setdefault(key(s), {})["eager"] = {"error": repr(e)}
+            log(f"restore eager {key(s)} FAILED: {e!r}")
+            free(device)
+            continue
+        fl = restore_flops(tcfg, vcfg, s[2], s[0], s[1], tokens, args.rank)["total"]
+        m["tflops"] = tflops(fl, m["median_ms"])
+        res["rows"].setdefault(key(s), {})["eager"] = m
+        log(f"restore eager {key(s)}: {m['median_ms']:.1f} ms (host {m['host_ms']:.1f}), {m['peak_gib']:.2f} GiB, "
+            f"{m['tflops']:.0f} TFLOP/s")
+        if s == target:
+            with torch.no_grad():
+                ref_out = restorer.restore(inputs[s], seed=0)
+        free(device)
+    try:
+        res["breakdown_eager"] = restore_breakdown(restorer, inputs[target], device, args.warmup, args.iters)
+        log(f"restore eager breakdown {key(target)}: {res['breakdown_eager']}")
+    except Exception as e:  # noqa: BLE001
+        res["breakdown_eager"] = {"error": repr(e)}
+
+    # ---- ablation at the target size: the switches one after another ----
+    abl = res["ablation_1024"]
+    abl["eager"] = res["rows"].get(key(target), {}).get("eager", {}).get("median_ms")
+    if device.type == "cuda" and args.ablation:
+        optimize_backbone(bb, channels_last=True, cudnn_benchmark=True)
+        with torch.no_grad():
+            m = measure(lambda: restorer.restore(inputs[target], seed=0), device, warmup=args.warmup, iters=args.iters)
+        abl["+channels_last+cudnn_benchmark"] = m["median_ms"]
+        log(f"restore {key(target)} +channels_last+cudnn.benchmark: {m['median_ms']:.1f} ms")
+    fuse_adapter(bb, RESTORER)
+    if args.ablation:
+        with torch.no_grad():
+            m = measure(lambda: restorer.restore(inputs[target], seed=0), device, warmup=args.warmup, iters=args.iters)
+        abl["+fuse_lora"] = m["median_ms"]
+        log(f"restore {key(target)} +fuse_lora: {m['median_ms']:.1f} ms")
+    if out is not None:
+        (out / "bench.json").write_text(json.dumps(results, indent=1, default=str))
+
+    # ---- optimised: + torch.compile ----
+    if not args.no_compile:
+        fast = Restorer(bb, compile=True, fuse_lora=True)
+        opt_sizes = sizes if not args.opt_sizes else \
+            [tuple(int(v) for v in x.split("x")) for x in args.opt_sizes.split(",")]
+        for i, s in enumerate(opt_sizes):
+            if s not in inputs:
+                inputs[s] = (torch.rand(s[2], 3, s[0], s[1], generator=gen) * 2 - 1).to(device)
+            if budget.left() < args.reserve + (60 if i else 0):
+                res["notes"].append(f"optimised {key(s)} skipped (time budget)")
+                continue
+            w, n = its(s)
+            w = max(w, 3)    # the first call compiles (recompiles for a new shape); CUDA graphs record on the 2nd
+            try:
+                with torch.no_grad():
+                    m = measure(lambda: fast.restore(inputs[s], seed=0), device, warmup=w, iters=n)
+            except Exception as e:  # noqa: BLE001
+                res["rows"].setdefault(key(s), {})["optimised"] = {"error": repr(e)}
+                log(f"restore optimised {key(s)} FAILED: {e!r}")
+                traceback.print_exc()
+                if i == 0 and bb.fast_paths.get("cuda_graphs"):
+                    # fall back to compile without CUDA graphs, and say so
+                    res["notes"].append(f"CUDA graphs failed ({e!r}); optimised rows are without them")
+                    torch._dynamo.reset()
+                    for k in ("compile_transformer", "compile_vae", "cuda_graphs"):
+                        bb.fast_paths.pop(k, None)
+                    fast = Restorer(bb, compile=True, fuse_lora=True, cuda_graphs=False)
+                    try:
+                        with torch.no_grad():
+                            m = measure(lambda: fast.restore(inputs[s], seed=0), device, warmup=w, iters=n)
+                    except Exception as e2:  # noqa: BLE001
+                        log(f"restore optimised {key(s)} without CUDA graphs FAILED too: {e2!r}")
+                        continue
+                else:
+                    continue
+            fl = restore_flops(tcfg, vcfg, s[2], s[0], s[1], tokens, args.rank, fused=True)["total"]
+            m["tflops"] = tflops(fl, m["median_ms"])
+            row = res["rows"].setdefault(key(s), {})
+            row["optimised"] = m
+            if "eager" in row:
+                row["speedup"] = row["eager"]["median_ms"] / m["median_ms"]
+            log(f"restore optimised {key(s)}: {m['median_ms']:.1f} ms (host {m['host_ms']:.1f} ms, first call "
+                f"{m['first_call_s']:.1f} s), "
+                f"{m['peak_gib']:.2f} GiB, {m['tflops']:.0f} TFLOP/s")
+            if s == target:
+                abl["+compile (optimised)"] = m["median_ms"]
+                with torch.no_grad():
+                    o = fast.restore(inputs[s], seed=0)
+                if ref_out is not None:
+                    rel = (o.float() - ref_out.float()).norm() / ref_out.float().norm()
+                    res["optimised_vs_eager_rel_err"] = float(rel)
+                    log(f"restore optimised vs eager output at {key(s)}: rel. L2 error {float(rel):.2e}")
+                try:
+                    res["breakdown_optimised"] = restore_breakdown(fast, inputs[s], device, 3, args.iters)
+                    log(f"restore optimised breakdown {key(s)}: {res['breakdown_optimised']}")
+                except Exception as e:  # noqa: BLE001
+                    res["breakdown_optimised"] = {"error": repr(e)}
+                if args.profile and budget.left() > args.reserve:
+                    with torch.no_grad():
+                        txt = profile_table(lambda: fast.restore(inputs[s], seed=0), device,
+                                            out / "profile_restore.txt" if out else None, steps=3)
+                    print("\n==== profiler: optimised restore " + key(s) + " ====\n" + txt[:3000], flush=True)
+                if args.nchw_variant and device.type == "cuda" and budget.left() > args.reserve + 60:
+                    # the same, with the VAE in NCHW and PyTorch's GroupNorm (no channels_last)
+                    try:
+                        _set_vae_layout(bb, channels_last=False)
+                        with torch.no_grad():
+                            m2 = measure(lambda: fast.restore(inputs[s], seed=0), device, warmup=3, iters=n)
+                        m2["tflops"] = tflops(fl, m2["median_ms"])
+                        row["optimised_nchw_vae"] = m2
+                        abl["compile with NCHW VAE (native GroupNorm)"] = m2["median_ms"]
+                        log(f"restore optimised, NCHW VAE {key(s)}: {m2['median_ms']:.1f} ms (host {m2['host_ms']:.1f}, "
+                            f"first call {m2['first_call_s']:.1f} s)")
+                        res["breakdown_optimised_nchw"] = restore_breakdown(fast, inputs[s], device, 2, args.iters)
+                        log(f"restore optimised NCHW breakdown {key(s)}: {res['breakdown_optimised_nchw']}")
+                    except Exception as e:  # noqa: BLE001
+                        res["notes"].append(f"NCHW variant failed: {e!r}")
+                        traceback.print_exc()
+                    finally:
+                        _set_vae_layout(bb, channels_last=True)
+            if out is not None:
+                (out / "bench.json").write_text(json.dumps(results, indent=1, default=str))
+            free(device)
+        # tiled decoding bounds the decoder's memory on large frames
+        big = sizes[-1]
+        if args.tiled and budget.left() > args.reserve + 30:
+            try:
+                tiled = Restorer(bb, vae_tile=64 if not args.tiny else 4, vae_tile_overlap=16 if not args.tiny else 1)
+                with torch.no_grad():
+                    m = measure(lambda: tiled.restore(inputs[big], seed=0), device, warmup=2, iters=3, back_to_back=False)
+                res["rows"].setdefault(key(big), {})["optimised_vae_tile64"] = m
+                log(f"restore optimised + vae_tile=64 {key(big)}: {m['median_ms']:.1f} ms, {m['peak_gib']:.2f} GiB")
+            except Exception as e:  # noqa: BLE001
+                res["notes"].append(f"tiled decode failed: {e!r}")
+    # SDPA backends at the VAE attention's shapes (1024^2 and 512^2 latents) and SD3's
+    if device.type == "cuda" and args.sdpa and budget.left() > args.reserve:
+        try:
+            res["sdpa"] = sdpa_backends(device, [(1, 1, 16384, 512), (4, 1, 4096, 512), (8, 24, 1357, 64)])
+            log(f"SDPA backends: {res['sdpa']}")
+        except Exception as e:  # noqa: BLE001
+            res["sdpa"] = repr(e)
+    del restorer, bb, inputs
+    free(device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training step
+# --------------------------------------------------------------------------------------------------
+def bench_train(args, device: torch.device, budget: Budget, results: dict, out: Path | None) -> None:
+    from ..config import Config
+    from ..evaluation.metrics import lpips_loss_module
+    from ..training.trainer import NiFiTrainer, info_to_python
+
+    tcfg, vcfg, tokens = model_configs(args.tiny)
+    res = results.setdefault("train", {"variants": {}, "notes": []})
+    cfg = Config()
+    batch, resolution = (2, 64) if args.tiny else (4, 512)
+    cfg.train.batch_size, cfg.train.resolution = batch, resolution
+    cfg.model.lora_rank = cfg.model.lora_alpha = args.rank
+    cfg.train.mixed_precision = "bf16"
+    cfg.train.gradient_checkpointing = bool(args.grad_ckpt)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    log("train: building the backbone and LPIPS")
+    bb = build_backbone(args.tiny, device, dtype)
+    perceptual = lpips_loss_module("alex", device=device)
+    trainer = NiFiTrainer(cfg, bb, device=str(device), perceptual=perceptual, perceptual_name="lpips-alex",
+                          compile=False)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    clean = torch.rand(batch, 3, resolution, resolution, generator=gen).to(device)
+    deg = (clean + 0.1 * torch.randn(clean.shape, generator=gen).to(device)).clamp(0, 1)
+    flop = train_step_flops(tcfg, vcfg, batch, resolution, tokens, args.rank, alpha=cfg.loss_weights.alpha)
+    res["flops"] = flop
+    infos = []
+
+    def step():
+        infos.append(trainer.train_step(clean, deg))
+
+    def run(name: str, warmup: int):
+        if budget.left() < args.reserve:
+            res["notes"].append(f"{name} skipped (time budget)")
+            log(f"train {name} skipped (time budget)")
+            return None
+        try:
+            m = measure(step, device, warmup=warmup, iters=args.iters)
+        except Exception as e:  # noqa: BLE001
+            res["variants"][name] = {"error": repr(e)}
+            log(f"train {name} FAILED: {e!r}")
+            traceback.print_exc()
+            return None
+        m["tflops"] = tflops(flop["total"], m["median_ms"])
+        rows = info_to_python(infos[-3:])
+        m["skipped_last3"] = [r["skipped"] for r in rows]
+        m["loss_total_last"] = rows[-1]["loss_total"] if rows else None
+        res["variants"][name] = m
+        eager = res["variants"].get("eager", {}).get("median_ms")
+        if eager:
+            m["speedup"] = eager / m["median_ms"]
+        log(f"train {name}: {m['median_ms']:.0f} ms/step (b2b {m['back_to_back_ms']:.0f}, host {m['host_ms']:.0f}), "
+            f"{m['peak_gib']:.2f} GiB, {m['tflops']:.0f} TFLOP/s, first call {m['first_call_s']:.1f} s, "
+            f"skipped {m['skipped_last3']}")
+        if out is not None:
+            (out / "bench.json").write_text(json.dumps(results, indent=1, default=str))
+        return m
+
+    variants = args.train_variants.split(",")
+    if "eager" in variants:
+        run("eager", args.warmup)
+    if device.type == "cuda" and "channels_last" in variants:
+        trainer.enable_fast_paths(compile=False, channels_last=True)
+        run("+channels_last+cudnn_benchmark", args.warmup)
+    if not args.no_compile and "compile" in variants:
+        trainer.enable_fast_paths(compile=True)
+        m = run("+compile (optimised)", max(args.warmup, 3))
+        if m is not None and args.profile and budget.left() > args.reserve:
+            txt = profile_table(step, device, out / "profile_train.txt" if out else None, steps=2)
+            print("\n==== profiler: optimised train step ====\n" + txt[:8000], flush=True)
+    del trainer, bb, perceptual
+    free(device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+def summary(results: dict) -> str:
+    lines = [f"## nifi bench: {results.get('device')} (torch {results.get('torch')}, diffusers {results.get('diffusers')})", ""]
+    tr = results.get("train")
+    if tr:
+        lines += ["### Training step (batch 4, 512x512, NiFiTrainer.train_step)", "",
+                  f"analytic work: {tr.get('flops', {}).get('total', float('nan')) / 1e12:.1f} TFLOP/step", "",
+                  "| variant | median ms | back-to-back ms | peak GiB | TFLOP/s | x eager | first call s |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, m in tr["variants"].items():
+            if "error" in m:
+                lines.append(f"| {name} | error: {m['error'][:60]} | | | | | |")
+                continue
+            lines.append(f"| {name} | {m['median_ms']:.0f} | {m['back_to_back_ms']:.0f} | {m['peak_gib']:.1f} | "
+                         f"{m['tflops']:.0f} | {m.get('speedup', 1.0):.2f} | {m['first_call_s']:.1f} |")
+        lines += [f"notes: {tr['notes']}" if tr.get("notes") else "", ""]
+    rs = results.get("restore")
+    if rs:
+        lines += ["### Restorer.restore", "",
+                  "| frame | eager ms | eager GiB | eager TFLOP/s | optimised ms | optimised GiB | optimised TFLOP/s | x eager |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for k, row in rs["rows"].items():
+            e, o = row.get("eager", {}), row.get("optimised", {})
+            if "error" in e or "error" in o:
+                lines.append(f"| {k} | {e.get('error', '')[:50]} | | | {o.get('error', '')[:50]} | | | |")
+            f = lambda m, key, fmt: (format(m[key], fmt) if key in m and isinstance(m[key], (int, float)) else "-")  # noqa: E731
+            lines.append(f"| {k} | {f(e, 'median_ms', '.1f')} | {f(e, 'peak_gib', '.2f')} | {f(e, 'tflops', '.0f')} | "
+                         f"{f(o, 'median_ms', '.1f')} | {f(o, 'peak_gib', '.2f')} | {f(o, 'tflops', '.0f')} | "
+                         f"{row.get('speedup', float('nan')):.2f} |")
+            if "optimised_vae_tile64" in row:
+                t = row["optimised_vae_tile64"]
+                lines.append(f"| {k} + vae_tile 64 | | | | {t['median_ms']:.1f} | {t['peak_gib']:.2f} | | |")
+        lines += ["", f"ablation at the target frame (ms): {rs.get('ablation_1024')}",
+                  f"breakdown eager (ms): {rs.get('breakdown_eager')}",
+                  f"breakdown optimised (ms): {rs.get('breakdown_optimised')}",
+                  f"optimised vs eager rel. L2 error: {rs.get('optimised_vs_eager_rel_err')}",
+                  f"FLOP check: {rs.get('flop_check')}", f"SDPA (ms): {rs.get('sdpa')}",
+                  f"notes: {rs.get('notes')}", ""]
+    return "\n".join(lines)
+
+
+def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = p or argparse.ArgumentParser(prog="python -m bench.gpu_bench", description=__doc__.split("\n")[0])
+    p.add_argument("--part", default="all", choices=["all", "train", "restore"], help="what to time")
+    p.add_argument("--order", default="restore,train", help="order of the parts for --part all")
+    p.add_argument("--tiny", action="store_true", help="tiny models (a CPU smoke run of the whole script)")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--out", default=None, help="folder for bench.json, the profiler tables and summary.md")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--rank", type=int, default=64, help="LoRA rank of phi-/phi+")
+    p.add_argument("--sizes", default=None, help="restore sizes HxWxB,...; the first is the target frame")
+    p.add_argument("--opt-sizes", default=None, help="sizes for the optimised restore (default: --sizes)")
+    p.add_argument("--eager-sizes", default=None, help="sizes for the eager restore (default: --sizes)")
+    p.add_argument("--nchw-variant", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the optimised restore with an NCHW VAE (native GroupNorm) at the target frame")
+    p.add_argument("--flop-check", action=argparse.BooleanOptionalAction, default=True,
+                   help="check the analytic FLOP count against forward hooks (restore, eager)")
+    p.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
+                   help="restore: time channels_last and fused LoRA one by one in eager mode")
+    p.add_argument("--sdpa", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the SDPA backends at the VAE / transformer attention shapes")
+    p.add_argument("--train-variants", default="eager,channels_last,compile",
+                   help="training variants, in order: eager, channels_last, compile")
+    p.add_argument("--tiled", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the tiled VAE decode at the largest size")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    p.add_argument("--grad-ckpt", action="store_true", help="train with gradient checkpointing")
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--deadline", type=float, default=1e9, help="seconds for the whole run; stages past it are skipped")
+    p.add_argument("--reserve", type=float, default=20.0, help="seconds kept for writing results")
+    p.add_argument("--load-cache", default=None, help="inductor cache artifacts saved by an earlier run")
+    return p
+
+
+def run(args) -> int:
+    import signal
+
+    def _term(signum, frame):  # a `timeout` in front of the run: stop, but still write what was measured
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, _term)
+    budget = Budget(args.deadline)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    import diffusers
+
+    results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                     "torch": torch.__version__, "diffusers": diffusers.__version__, "tiny": bool(args.tiny),
+                     "argv": sys.argv[1:]}
+    try:
+        import peft
+        results["peft"] = peft.__version__
+    except Exception:  # noqa: BLE001
+        pass
+    log(f"device {results['device']}, torch {results['torch']}, diffusers {results['diffusers']}, "
+        f"peft {results.get('peft')}")
+    if args.load_cache:
+        try:
+            torch.compiler.load_cache_artifacts(Path(args.load_cache).read_bytes())
+            log(f"loaded compile cache {args.load_cache}")
+        except Exception as e:  # noqa: BLE001
+            log(f"compile cache not loaded: {e!r}")
+    parts = args.order.split(",") if args.part == "all" else [args.part]
+    rc = 0
+    for part in parts:
+        torch._dynamo.reset()          # each part compiles from scratch (its first-call time is its own)
+        torch._dynamo.utils.counters.clear()
+        try:
+            (bench_restore if part == "restore" else bench_train)(args, device, budget, results, out)
+        except BaseException as e:  # noqa: BLE001 - keep what was measured (also on SIGTERM / Ctrl-C)
+            rc = 1
+            results.setdefault("errors", []).append(f"{part}: {e!r}")
+            log(f"{part} FAILED: {e!r}")
+            traceback.print_exc()
+            free(device)
+            if isinstance(e, KeyboardInterrupt):
+                break
+        c = torch._dynamo.utils.counters
+        results.setdefault("dynamo", {})[part] = {
+            "graph_breaks": sum(c["graph_break"].values()), "graph_break_reasons": dict(list(c["graph_break"].items())[:10]),
+            "unique_graphs": c["stats"].get("unique_graphs", 0), "calls_captured": c["stats"].get("calls_captured", 0)}
+        log(f"{part}: dynamo {results['dynamo'][part]}")
+        if out is not None and not args.no_compile and device.type == "cuda":
+            try:   # inductor's compiled artifacts, so that a later run on a fresh machine can skip compiling
+                art = torch.compiler.save_cache_artifacts()
+                if art is not None and len(art[0]) < 15 * 2 ** 20:
+                    (out / "compile_cache.bin").write_bytes(art[0])
+                    log(f"compile cache: {len(art[0]) / 2 ** 20:.1f} MiB")
+            except Exception as e:  # noqa: BLE001
+                log(f"compile cache not saved: {e!r}")
+        if out is not None:
+            (out / "bench.json").write_text(json.dumps(results, indent=1, default=str))
+    text = summary(results)
+    if out is not None:
+        (out / "summary.md").write_text(text)
+    print("\n" + text, flush=True)
+    log(f"done in {budget.elapsed():.0f} s")
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
