@@ -63,6 +63,7 @@ class TrainConfig:
     mixed_precision: str = "bf16"
     gradient_checkpointing: bool = False
     compile: bool = False
+    cuda_graphs: bool = False
     nan_policy: str = "skip"
     num_workers: int = 2
 

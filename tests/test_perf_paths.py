@@ -348,7 +348,10 @@ def test_compile_switch_wiring(monkeypatch):
 
     monkeypatch.setattr(T, "optimize_backbone", lambda bb, **kw: calls.append(kw))
     _trainer(compile=True)
-    assert calls == [{"compile": True, "channels_last": None}]
+    assert calls == [{"compile": True, "channels_last": None, "cuda_graphs": False}]
+    calls.clear()
+    _trainer(compile=True, cuda_graphs=True)
+    assert calls == [{"compile": True, "channels_last": None, "cuda_graphs": True}]
     calls.clear()
     _trainer()
     assert calls == []

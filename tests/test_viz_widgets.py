@@ -83,6 +83,11 @@ def test_widget_tree_controls_drive_the_state(run):
     assert isinstance(tree, ipywidgets.VBox) and w.widget is tree           # built once
     c = w.controls
     assert isinstance(c["split"], ipywidgets.IntSlider) and isinstance(c["scene"], ipywidgets.Dropdown)
+    # one dataset: its selector is hidden, every other control stays visible (a Layout is a shared model:
+    # the browser check found all six dropdowns hidden when they shared one)
+    assert c["dataset"].layout.display == "none"
+    assert all(c[k].layout.display != "none" for k in c if k != "dataset")
+    assert len({id(c[k].layout) for k in c}) == len(c)
     assert list(c["scene"].options) == ["a", "b"] and list(c["rate"].options) == ["0.1", "1.0"]
     c["split"].value = 3
     assert w.selection["split"] == 3

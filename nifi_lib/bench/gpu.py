@@ -569,6 +569,15 @@ def bench_train(args, device: torch.device, budget: Budget, results: dict, out: 
         if m is not None and args.profile and budget.left() > args.reserve:
             txt = profile_table(step, device, out / "profile_train.txt" if out else None, steps=2)
             print("\n==== profiler: optimised train step ====\n" + txt[:8000], flush=True)
+    if not args.no_compile and "compile_cudagraphs" in variants and device.type == "cuda":
+        del trainer, bb
+        free(device)
+        log("train: fresh backbone for the CUDA-graph variant")
+        bb = build_backbone(args.tiny, device, dtype)
+        trainer = NiFiTrainer(cfg, bb, device=str(device), perceptual=perceptual, perceptual_name="lpips-alex",
+                              compile=False)
+        trainer.enable_fast_paths(compile=True, cuda_graphs=True)
+        run("+compile+cuda_graphs", max(args.warmup, 3))
     del trainer, bb, perceptual
     free(device)
 
@@ -638,7 +647,7 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--sdpa", action=argparse.BooleanOptionalAction, default=True,
                    help="time the SDPA backends at the VAE / transformer attention shapes")
     p.add_argument("--train-variants", default="eager,channels_last,compile",
-                   help="training variants, in order: eager, channels_last, compile")
+                   help="training variants, in order: eager, channels_last, compile, compile_cudagraphs")
     p.add_argument("--tiled", action=argparse.BooleanOptionalAction, default=True,
                    help="time the tiled VAE decode at the largest size")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")

@@ -127,11 +127,14 @@ class NiFiTrainer:
         self.state = TrainState()
         self.compile = bool(getattr(t, "compile", False)) if compile is None else bool(compile)
         if self.compile:
-            self.enable_fast_paths(compile=True)
+            self.enable_fast_paths(compile=True, cuda_graphs=bool(getattr(t, "cuda_graphs", False)))
 
-    def enable_fast_paths(self, compile: bool = True, channels_last: bool | None = None) -> None:
-        """torch.compile / channels_last / cuDNN autotuning on the backbone (same function, faster)."""
-        optimize_backbone(self.bb, compile=compile, channels_last=channels_last)
+    def enable_fast_paths(self, compile: bool = True, channels_last: bool | None = None,
+                          cuda_graphs: bool = False) -> None:
+        """torch.compile / channels_last / cuDNN autotuning on the backbone (same function, faster).
+        ``cuda_graphs`` (CUDA, with ``compile``): inductor's CUDA graph trees for the compiled regions, forward
+        and backward; :meth:`train_step` marks each step's beginning."""
+        optimize_backbone(self.bb, compile=compile, channels_last=channels_last, cuda_graphs=cuda_graphs)
         self.compile = self.compile or compile
         for opt in (self.opt_minus, self.opt_plus):   # channels_last LoRA convs: moments in their layout
             _match_state_layout(opt)
@@ -230,6 +233,8 @@ class NiFiTrainer:
         list of such dicts with one synchronisation."""
         cfg, w = self.cfg, self.cfg.loss_weights
         bb, g, n, dev = self.bb, self.noise_generator, clean01.shape[0], self.device
+        if bb.fast_paths.get("cuda_graphs"):
+            torch.compiler.cudagraph_mark_step_begin()   # the previous step's graph outputs may be reused
         clean01, degraded01 = self._to_device(clean01), self._to_device(degraded01)
         lo, hi = cfg.diffusion.t_min_index, cfg.diffusion.t_max_index + 1
         drop = torch.rand(n, generator=g, device=dev) < cfg.model.prompt_dropout

@@ -247,15 +247,16 @@ class CompareWidget:
 
         s = self._state
         H, Wd = self.current().clean.shape[:2]
-        lay = W.Layout(width="220px")
+        def lay() -> "W.Layout":   # one Layout per control: a Layout is a shared model, hiding one would hide all
+            return W.Layout(width="220px")
         c = {
             "dataset": W.Dropdown(description="dataset", options=[d or "-" for d in self.index.datasets()],
-                                  value=s["dataset"] or "-", layout=lay),
-            "scene": W.Dropdown(description="scene", layout=lay),
-            "rate": W.Dropdown(description="rate", layout=lay),
-            "view": W.Dropdown(description="view", layout=lay),
-            "before": W.Dropdown(description="left", options=self.sides, value=s["before"], layout=lay),
-            "after": W.Dropdown(description="right", options=self.sides, value=s["after"], layout=lay),
+                                  value=s["dataset"] or "-", layout=lay()),
+            "scene": W.Dropdown(description="scene", layout=lay()),
+            "rate": W.Dropdown(description="rate", layout=lay()),
+            "view": W.Dropdown(description="view", layout=lay()),
+            "before": W.Dropdown(description="left", options=self.sides, value=s["before"], layout=lay()),
+            "after": W.Dropdown(description="right", options=self.sides, value=s["after"], layout=lay()),
             "split": W.IntSlider(description="split", min=0, max=Wd, value=s["split"], continuous_update=True,
                                  layout=W.Layout(width=f"{max(300, self.scale() * Wd)}px")),
             "crop_x": W.IntSlider(description="crop x", min=0, max=Wd - 1, value=s["crop"].x),
