@@ -50,7 +50,7 @@ def test_identity_and_registry(photo):
     x = photo[None]
     m = B.create_method("none")
     assert m.is_identity and torch.equal(m(x), x)
-    assert {"none", "bm3d", "ffdnet", "nifi", "nifi_wo_t0", "img2img"} <= set(B.available_methods())
+    assert {"none", "bm3d", "ffdnet", "nifi", "nifi_wo_t0", "img2img", "base_t0"} <= set(B.available_methods())
     with pytest.raises(B.MethodError, match="unknown method 'swinir'"):
         B.create_method("swinir")
 
@@ -202,3 +202,30 @@ def test_registry_factories_load_restorer_from_disk(tmp_path, photo):
     assert infos["nifi_wo_t0"]["t0"] == 1000 and infos["nifi_wo_t0"]["add_noise"] is False
     assert infos["nifi_wo_t0"]["ckpt_is_ablation_model"] is False
     assert infos["img2img"]["adapters"].startswith("none") and infos["img2img"]["steps"] == 1
+
+
+def test_base_t0_is_eq7_without_phi_minus(tmp_path, photo):
+    """base_t0 = the NiFi pipeline (Eq. 7 at t0 = 199, same seed) with the frozen base: equal to a
+    Restorer built without a checkpoint, and different from nifi with a non-zero phi-."""
+    from nifi_lib.diffusion.backbone import build_tiny_backbone
+    from nifi_lib.restoration.checkpoint import save_authors_checkpoint
+    from helpers import randomize_lora
+    from nifi_lib.restoration.lora import RESTORER, add_restorer_adapters
+    from nifi_lib.restoration.restorer import Restorer, to_model_range, to_unit_range
+
+    bb = build_tiny_backbone(seed=1)
+    bb.save_pretrained(tmp_path / "backbone")
+    add_restorer_adapters(bb, rank=4, seed=0)
+    randomize_lora(bb.transformer, RESTORER, seed=5)
+    save_authors_checkpoint(tmp_path / "phi.ckpt", bb)
+    x = photo[None, :, :16, :16]
+    opts = dict(base_model=str(tmp_path / "backbone"), device="cpu", seed=3)
+    base = B.create_method("base_t0", **opts)
+    assert base.info()["t0"] == 199 and base.info()["adapters"].startswith("none")
+    ref = Restorer.from_pretrained(str(tmp_path / "backbone"), ckpt=None, t0=199, device="cpu")
+    with torch.no_grad():
+        expect = to_unit_range(ref.restore(to_model_range(x), seed=3))
+    got = base(x)
+    assert torch.allclose(got, expect.clamp(0, 1), atol=1e-6)
+    nifi = B.create_method("nifi", ckpt=str(tmp_path / "phi.ckpt"), **opts)(x)
+    assert (nifi - got).abs().max() > 1e-4

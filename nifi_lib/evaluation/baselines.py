@@ -387,12 +387,22 @@ def _img2img_factory(base_model=None, device=None, dtype=None, embeddings=None, 
                            meta={"base_model": base_model or DEFAULT_BASE_MODEL, "adapters": "none (frozen base)"})
 
 
+def _base_t0_factory(base_model=None, device=None, dtype=None, embeddings=None, t0=199, seed=0, tile_size=None,
+                     **_):
+    """The NiFi pipeline without phi-: Eq. 7 (noise to t0, one velocity step) with the frozen base, the
+    comparison the quality bar of the training issue names ("beats the same pipeline without phi-")."""
+    r = _load_restorer(base_model, None, device, dtype, embeddings, int(t0), tile_size)
+    return DiffusionMethod("base_t0", r, "restore", t0=int(t0), seed=int(seed),
+                           meta={"base_model": base_model or DEFAULT_BASE_MODEL, "adapters": "none (frozen base)"})
+
+
 register_method("none", lambda **_: IdentityMethod())
 register_method("bm3d", lambda sigma=None, **_: BM3DMethod(sigma=sigma))
 register_method("ffdnet", lambda sigma=None, device=None, **_: FFDNetMethod(sigma=sigma, device=device))
 register_method("nifi", _nifi_factory)
 register_method("nifi_wo_t0", _nifi_wo_t0_factory)
 register_method("img2img", _img2img_factory)
+register_method("base_t0", _base_t0_factory)
 
 
 __all__ = ["MethodError", "RestorationMethod", "run_method", "register_method", "available_methods",

@@ -150,7 +150,7 @@ def register(sub) -> None:
 
     b = sub.add_parser("benchmark", help="Sec. 4.2 protocol over datasets/scenes/rates, beside Table 1")
     _add_method_args(b)
-    b.add_argument("--methods", nargs="+", default=["none", "bm3d", "ffdnet", "img2img", "nifi", "nifi_wo_t0"])
+    b.add_argument("--methods", nargs="+", default=["none", "bm3d", "ffdnet", "img2img", "base_t0", "nifi", "nifi_wo_t0"])
     b.set_defaults(func=cmd_benchmark)
 
     w = sub.add_parser("weights", help="perceptual-metric and baseline weights (status, download, path)")

@@ -12,7 +12,8 @@ def table1_side_by_side(per_dataset_rate: dict, dataset: str = "embedded", metho
                         "img2img", "nifi", "nifi_wo_t0"), paper_dataset: str = "mipnerf360") -> str:
     """Markdown: Table 1's rows for one paper dataset beside ours (LPIPS / DISTS at each rate)."""
     rates = sorted(per_dataset_rate[dataset])
-    ours_title = {"none": "compressed (our codec)", "nifi_wo_t0": "+ NiFi w/o t0"}
+    ours_title = {"none": "compressed (our codec)", "nifi_wo_t0": "+ NiFi w/o t0",
+                  "base_t0": "+ frozen base at t0 (Eq. 7 without phi-)"}
     lines = [f"| method | paper {paper.DATASET_TITLES[paper_dataset]} (HAC++ λ {', '.join(paper.RATES)}) | "
              f"ours, {dataset} (our codec, rates {', '.join(rates)}) |", "|---|---|---|"]
     for m in methods:

@@ -23,7 +23,7 @@ STYLE = {
 }
 DIFF_CMAP = "magma"          # difference maps
 METHOD_COLORS = {            # one colour per method across all plots
-    "none": "#7f7f7f", "bm3d": "#8c564b", "ffdnet": "#e377c2", "img2img": "#bcbd22",
+    "none": "#7f7f7f", "bm3d": "#8c564b", "ffdnet": "#e377c2", "img2img": "#bcbd22", "base_t0": "#9467bd",
     "nifi": "#d62728", "nifi_wo_t0": "#ff9896", "precomputed": "#17becf", "uncompressed": "#1f77b4",
 }
 PANEL_INCH = 2.4             # width of one image panel in grids
