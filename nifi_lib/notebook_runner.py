@@ -84,11 +84,26 @@ def run_notebooks(profile: str, out_dir: Path, prepare_only: bool = False, only:
             print(error, file=sys.stderr)
             break
     if report and not prepare_only:
-        write_report(records, profile, out_dir.parent)
+        write_report(merge_records(records, profile, out_dir.parent) if only else records, profile, out_dir.parent)
     failed = [r for r in records if r["status"] != "ok"]
     if failed:
         raise NotebookRunError(f"{failed[0]['notebook']} failed; executed copy in {failed[0]['output']}")
     return records
+
+
+def merge_records(records: list[dict], profile: str, folder: Path) -> list[dict]:
+    """A partial run (``--only``) updates its notebooks' rows of an existing report of the same profile
+    and keeps the others, so rerunning one notebook does not erase the rest of the report."""
+    path = folder / "report.json"
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        old = {}
+    if old.get("profile") != profile:
+        return records
+    by_name = {r["notebook"]: r for r in old.get("notebooks", []) if isinstance(r, dict) and "notebook" in r}
+    by_name.update({r["notebook"]: r for r in records})
+    return [by_name[k] for k in sorted(by_name)]
 
 
 def write_report(records: list[dict], profile: str, folder: Path) -> Path:

@@ -67,3 +67,18 @@ def test_ci_runs_make_test_and_readme_names_two_commands():
     assert "make test" in (REPO_ROOT / ".ci" / "run").read_text()
     readme = (REPO_ROOT / "README.md").read_text()
     assert "make run" in readme and "make test" in readme
+
+
+def test_partial_run_updates_the_report_without_erasing_it(tmp_path):
+    """`nifi run-notebooks --only 08` replaces 08's row and keeps the others; another profile starts afresh."""
+    from nifi_lib.notebook_runner import merge_records, write_report
+
+    rec = lambda nb, s: {"notebook": nb, "status": "ok", "seconds": s, "numbers": {"x": s}}  # noqa: E731
+    write_report([rec("00_a.ipynb", 1.0), rec("08_b.ipynb", 2.0)], "embedded", tmp_path)
+    merged = merge_records([rec("08_b.ipynb", 5.0)], "embedded", tmp_path)
+    assert [(r["notebook"], r["seconds"]) for r in merged] == [("00_a.ipynb", 1.0), ("08_b.ipynb", 5.0)]
+    write_report(merged, "embedded", tmp_path)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["total_seconds"] == 6.0 and len(data["notebooks"]) == 2
+    assert "| 00_a.ipynb | ok | 1.0 |" in (tmp_path / "report.md").read_text()
+    assert merge_records([rec("08_b.ipynb", 3.0)], "smoke", tmp_path) == [rec("08_b.ipynb", 3.0)]

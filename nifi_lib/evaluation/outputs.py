@@ -36,7 +36,7 @@ from .evaluate import PairItem, pairs_in_rate_dir
 OUTPUTS_MANIFEST = "outputs.json"
 METRICS_FILES = ("benchmark_metrics.json", "metrics.json")
 # display order of methods (others follow alphabetically)
-METHOD_ORDER = ("none", "bm3d", "ffdnet", "img2img", "nifi_wo_t0", "nifi")
+METHOD_ORDER = ("none", "bm3d", "ffdnet", "img2img", "base_t0", "nifi_wo_t0", "nifi")
 
 
 class OutputsError(NifiError, ValueError):
