@@ -2,9 +2,7 @@
 values checked against independent computations, scene-balanced summaries, the Table 1 comparison."""
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -13,24 +11,15 @@ from PIL import Image
 from nifi_lib.errors import NifiError
 from nifi_lib.evaluation import metrics as M, paper
 from nifi_lib.evaluation.benchmark import discover_benchmark_pairs, run_benchmark
-from nifi_lib.evaluation.cli import register
 from nifi_lib.evaluation.evaluate import PairError, discover_pairs, run_eval
 from nifi_lib.evaluation.weights import WeightsError
 from nifi_lib.io.images import load_image
+from nifi_lib.cli import main as cli_main
 
 SIZE = 48
 
 
-def main(argv):
-    """``nifi`` with only the evaluation subcommands (as nifi_lib.cli.main: NifiError -> exit code 2)."""
-    parser = argparse.ArgumentParser(prog="nifi")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except NifiError as e:
-        print(f"nifi {args.command}: error: {e}", file=sys.stderr)
-        return 2
+main = cli_main   # the real `nifi` entry point (NifiError -> exit code 2, one error line)
 
 
 @pytest.fixture(scope="module")

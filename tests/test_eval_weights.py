@@ -17,24 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from nifi_lib.evaluation import metrics, weights as W
+from nifi_lib.cli import main as cli_main
 
 
-def main(argv):
-    """``nifi`` with only the evaluation subcommands (as nifi_lib.cli.main: NifiError -> exit code 2)."""
-    import argparse
-    import sys
-
-    from nifi_lib.errors import NifiError
-    from nifi_lib.evaluation.cli import register
-
-    parser = argparse.ArgumentParser(prog="nifi")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except NifiError as e:
-        print(f"nifi {args.command}: error: {e}", file=sys.stderr)
-        return 2
+main = cli_main   # the real `nifi` entry point (NifiError -> exit code 2, one error line)
 
 
 @pytest.fixture

@@ -2,18 +2,15 @@
 (pixels compared with what was written, the layout checked path by path)."""
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 
 import numpy as np
 import pytest
 
-from nifi_lib.errors import NifiError
-from nifi_lib.evaluation.cli import register
 from nifi_lib.evaluation.outputs import (OUTPUTS_MANIFEST, OutputsError, RunIndex, ViewKey, ensure_demo_run,
                                          output_path, resolve_run)
 from nifi_lib.io.images import read_rgb, save_image
+from nifi_lib.cli import main as cli_main
 
 H, W = 12, 16
 SCENES, RATES, VIEWS = ("a", "b"), ("0.1", "1.0"), ("v0", "v1")
@@ -49,15 +46,7 @@ def make_run(root, dataset: str = "ds", methods=("none", "bm3d", "nifi"), metric
     return truth
 
 
-def cli(argv):
-    parser = argparse.ArgumentParser(prog="nifi")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except NifiError as e:
-        print(f"nifi {args.command}: error: {e}", file=sys.stderr)
-        return 2
+cli = cli_main   # the real `nifi` entry point (NifiError -> exit code 2, one error line)
 
 
 def test_benchmark_and_eval_save_outputs_layout(tmp_path, capsys):

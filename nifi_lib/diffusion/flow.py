@@ -105,6 +105,7 @@ def _initial_sigmas(scheduler) -> np.ndarray:
 
 
 def _as_batch(sigma, like: torch.Tensor) -> torch.Tensor:
+    """Scalar or per-sample ``(B,)`` sigma, broadcast against ``like`` of shape ``(B, ...)``."""
     if not torch.is_tensor(sigma):
         return torch.tensor(float(sigma), dtype=like.dtype, device=like.device)
     sigma = sigma.to(device=like.device, dtype=like.dtype)

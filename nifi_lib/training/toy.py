@@ -26,17 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..diffusion.flow import _as_batch as _bcast  # scalar or (B,) sigma against (B, ...)
 from . import objectives as obj
-
-
-def _bcast(sigma, like: torch.Tensor) -> torch.Tensor:
-    """Scalar or per-sample ``(B,)`` sigma, broadcast against ``like`` of shape ``(B, ...)``."""
-    if not torch.is_tensor(sigma):
-        return torch.tensor(float(sigma), dtype=like.dtype, device=like.device)
-    sigma = sigma.to(device=like.device, dtype=like.dtype)
-    if sigma.ndim == 1 and like.ndim > 1:
-        sigma = sigma.view(-1, *([1] * (like.ndim - 1)))
-    return sigma
 
 
 @dataclass

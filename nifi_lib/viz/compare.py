@@ -288,18 +288,23 @@ class PanelGrid:
 
     def save(self, name: str | Path, folder: str | Path | None = None) -> Path:
         """Write the figure: a bare name -> ``figures/<name>.png`` (:func:`save_figure`); a path -> that file."""
-        import matplotlib.pyplot as plt
+        return _save(self.figure, name, folder)
 
-        from .style import save_figure
 
-        p = Path(name)
-        if folder is None and (p.suffix == ".png" or len(p.parts) > 1):
-            folder, name = p.parent, p.stem if p.suffix == ".png" else p.name
-        fig = self.figure()
-        try:
-            return save_figure(fig, str(name), folder)
-        finally:
-            plt.close(fig)
+def _save(make_figure, name: str | Path, folder: str | Path | None) -> Path:
+    """Build the figure, write it (a bare name -> ``figures/<name>.png``; a path -> that file) and close it."""
+    import matplotlib.pyplot as plt
+
+    from .style import save_figure
+
+    p = Path(name)
+    if folder is None and (p.suffix == ".png" or len(p.parts) > 1):
+        folder, name = p.parent, p.stem if p.suffix == ".png" else p.name
+    fig = make_figure()
+    try:
+        return save_figure(fig, str(name), folder)
+    finally:
+        plt.close(fig)
 
 
 def _metric_caption(metrics: Mapping | None) -> str:
@@ -374,18 +379,8 @@ class SplitView:
         return fig
 
     def save(self, name: str | Path, folder: str | Path | None = None) -> Path:
-        import matplotlib.pyplot as plt
-
-        from .style import save_figure
-
-        p = Path(name)
-        if folder is None and (p.suffix == ".png" or len(p.parts) > 1):
-            folder, name = p.parent, p.stem if p.suffix == ".png" else p.name
-        fig = self.figure()
-        try:
-            return save_figure(fig, str(name), folder)
-        finally:
-            plt.close(fig)
+        """As :meth:`PanelGrid.save`."""
+        return _save(self.figure, name, folder)
 
 
 def split_view(before, after, position: int | float | None = None, labels: tuple[str, str] = ("degraded", "restored"),
