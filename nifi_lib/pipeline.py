@@ -44,18 +44,44 @@ def ensure_embedded_pairs(run_dir: str | Path = "runs/embedded", scenes: list[st
     return pairs_root
 
 
+def embedded_validation_views(every: int = 8, scenes: list[str] | None = None):
+    """Clean images ``(N, 3, H, W)`` in [0, 1] of the embedded scenes' held-out *training* views: per scene,
+    every ``every``-th of its sorted training views, the views :func:`~nifi_lib.training.data.holdout_views`
+    keeps out of the gradient steps (never a test view)."""
+    import torch
+
+    from .data.scenes import load_scene
+    from .io.images import load_image
+
+    views = []
+    for scene in embedded_scene_dirs(scenes):
+        cams = sorted(load_scene(scene, split="train"), key=lambda c: c.name)
+        views += [load_image(c.image_path) for c in cams[::every]]
+    return torch.stack(views)
+
+
 def embedded_config(overrides: dict | None = None, path: str | Path = "configs/embedded.yaml") -> Config:
     return load_config(repo_path(path), overrides=overrides)
 
 
 def ensure_trained(run_dir: str | Path = "runs/embedded", cfg: Config | None = None, exp: str = "nifi",
                    progress: bool = False, **pairs_kw) -> Path:
-    """A trained phi- for the embedded pairs: ``<run_dir>/<exp>/best.pt`` (trains if missing)."""
+    """A trained phi- for the embedded pairs: ``<run_dir>/<exp>/best.pt`` (trains if missing).
+
+    ``best.pt`` is chosen on held-out *training* views (``train_summary.json`` ``"val_split"``), never on the
+    test split that notebooks 06/07 score. A run whose summary lacks ``"val_split"`` or has ``"test"`` (an
+    older run that selected its checkpoint on the test pairs), or is unreadable, is stale: it is retrained."""
+    import json
+
     from .training.trainer import train
 
     run_dir = repo_path(run_dir)
     out = run_dir / exp
-    if not (out / "best.pt").is_file() or not (out / "train_summary.json").is_file():
+    try:
+        val_split = json.loads((out / "train_summary.json").read_text()).get("val_split")
+    except (OSError, ValueError, AttributeError):
+        val_split = None
+    if not (out / "best.pt").is_file() or val_split in (None, "test"):
         pairs = ensure_embedded_pairs(run_dir, **pairs_kw)
         train(cfg or embedded_config(), pairs, out, progress=progress)
     return out / "best.pt"

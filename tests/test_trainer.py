@@ -8,9 +8,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from helpers import randomize_lora
 from trainer_helpers import make_backbone_dir, make_pairs, tiny_config
 from nifi_lib.restoration.io import safe_torch_load
-from nifi_lib.training.trainer import NiFiTrainer, TrainingError, train
+from nifi_lib.restoration.lora import CRITIC, RESTORER
+from nifi_lib.training.trainer import NiFiTrainer, TrainingError, build_perceptual, train
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,10 @@ def test_train_writes_the_seed_outputs(setup, tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert all(math.isfinite(float(r["loss_total"])) and math.isfinite(float(r["loss_critic"])) for r in rows)
     js = json.loads((exp / "train_summary.json").read_text())
-    assert js["steps"] == 4 and js["data"]["train_pairs"] == 12 and js["data"]["rates"] == ["0.1", "1.0"]
+    # 3 train views per scene: view 000 (both rates) is held out for validation, 2 x 2 x 2 pairs remain
+    assert js["steps"] == 4 and js["data"]["train_pairs"] == 8 and js["data"]["rates"] == ["0.1", "1.0"]
+    assert js["data"]["val_pairs"] == 4 and js["val_split"] == "train_holdout" and js["val_holdout_every"] == 8
+    assert js["validation_images"] and all("/train/clean/000." in p for p in js["validation_images"])
     assert js["best_metric"]["name"] == "psnr" and js["best_metric"]["step"] in (2, 4)
     assert js["weights"]["perceptual"].startswith("none")
     ck = safe_torch_load(exp / "latest.pt")  # weights_only loads it
@@ -143,3 +148,187 @@ def test_two_process_gloo_keeps_adapters_identical(setup, tmp_path):
     changed = [k for k in r0["after"] if not torch.equal(r0["after"][k], r0["before"][k])]
     assert changed, "the step changed no adapter"
     assert all(torch.equal(r0["after"][k], r1["after"][k]) for k in r0["after"]), "ranks diverged"
+
+
+# ---- the gradient routing of each term (Eq. 4, Eq. 6's LPIPS), prompt dropout, checkpointing ------------
+def _phi_minus_grads(tr) -> dict[str, torch.Tensor]:
+    """phi-'s gradients left by the last train_step (zeroed only at the start of the next phi- update)."""
+    out = {}
+    for attr in ("transformer", "vae"):
+        for n, p in getattr(tr.bb, attr).named_parameters():
+            if "lora_" in n and f".{RESTORER}." in n + ".":
+                out[f"{attr}.{n}"] = torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+    return out
+
+
+def _assert_base_untouched(tr, base):
+    for m in (tr.bb.transformer, tr.bb.vae):
+        for n, p in m.named_parameters():
+            if "lora_" not in n:
+                assert torch.equal(p, base[n]), f"frozen weight {n} changed"
+                assert p.grad is None, f"frozen weight {n} got a gradient"
+
+
+def _base(tr):
+    return {n: p.detach().clone() for m in (tr.bb.transformer, tr.bb.vae) for n, p in m.named_parameters()
+            if "lora_" not in n}
+
+
+def _eq4_only_step(bb_dir, random_critic: bool):
+    tr = _trainer(bb_dir)
+    tr.cfg.loss_weights.l2 = 0.0          # Eq. 6 with the KL term alone ...
+    tr.cfg.loss_weights.alpha = 1.0       # ... and that term Eq. 4 alone (no Eq. 5 ground-truth term)
+    if random_critic:                     # phi+ != 0: s_restore != s_real
+        randomize_lora(tr.bb.transformer, CRITIC, seed=4, scale=0.2)
+    base = _base(tr)
+    g = torch.Generator().manual_seed(0)
+    info = tr.train_step(torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g))
+    return tr, base, info
+
+
+def test_eq4_term_alone_reaches_phi_minus_with_a_random_critic(setup):
+    """Eq. 4 (alpha = 1, no l2/LPIPS): with a critic different from the teacher the KL surrogate's gradient
+    reaches phi- (transformer and VAE-encoder LoRA), and no frozen weight. Control: with phi+ = 0 the critic
+    IS the teacher, Eq. 4's gradient is exactly zero, so the nonzero gradient comes from s_restore - s_real."""
+    bb_dir, _ = setup
+    tr0, _, info0 = _eq4_only_step(bb_dir, random_critic=False)
+    assert all(float(v.abs().max()) == 0.0 for v in _phi_minus_grads(tr0).values())
+    assert float(info0["dm_grad_norm"]) == 0.0
+    tr, base, info = _eq4_only_step(bb_dir, random_critic=True)
+    assert info["skipped"] == 0 and math.isfinite(float(info["loss_kl"]))
+    assert float(info["dm_grad_norm"]) > 0 and float(info["grad_norm_minus"]) > 0
+    grads = _phi_minus_grads(tr)
+    for attr in ("transformer", "vae"):
+        assert any(float(v.abs().max()) > 0 for k, v in grads.items() if k.startswith(attr)), \
+            f"the Eq. 4 gradient does not reach phi- in the {attr}"
+    _assert_base_untouched(tr, base)
+
+
+@pytest.fixture(scope="module")
+def real_lpips():
+    from nifi_lib.evaluation import metrics as M
+    from nifi_lib.evaluation.weights import WeightsError
+
+    try:
+        M.build_lpips("alex")
+    except WeightsError as e:
+        pytest.skip(f"no real LPIPS weights here and none can be fetched or converted: {e}")
+
+
+def test_eq6_lpips_term_with_real_weights_reaches_phi_minus(setup, real_lpips):
+    """Eq. 6's LPIPS(D(x^), I) branch with the real LPIPS-alex weights (the trainer's own build_perceptual),
+    alone (kl = l2 = 0): finite and > 0, its gradient reaches phi- through the decoder, and neither the
+    backbone nor LPIPS changes."""
+    from nifi_lib.diffusion.backbone import load_backbone
+
+    bb_dir, _ = setup
+    cfg = tiny_config(bb_dir)
+    cfg.loss_weights.lpips, cfg.loss_weights.kl, cfg.loss_weights.l2 = 1.0, 0.0, 0.0
+    perceptual, name, fallback = build_perceptual(cfg, "cpu")
+    assert name == "lpips-alex" and not fallback
+    lp_before = {n: p.detach().clone() for n, p in perceptual.named_parameters()}
+    tr = NiFiTrainer(cfg, load_backbone(str(bb_dir)), perceptual=perceptual, perceptual_name=name)
+    base = _base(tr)
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(2, 3, 32, 32, generator=g)
+    info = tr.train_step(clean, (clean + 0.2 * torch.rand(2, 3, 32, 32, generator=g)).clamp(0, 1))
+    lp = float(info["loss_lpips"])
+    assert info["skipped"] == 0 and math.isfinite(lp) and lp > 0
+    assert float(info["loss_total"]) == pytest.approx(lp)
+    assert float(info["grad_norm_minus"]) > 0
+    grads = _phi_minus_grads(tr)
+    for attr in ("transformer", "vae"):
+        assert any(float(v.abs().max()) > 0 for k, v in grads.items() if k.startswith(attr)), \
+            f"the LPIPS gradient does not reach phi- in the {attr}"
+    _assert_base_untouched(tr, base)
+    for n, p in perceptual.named_parameters():
+        assert torch.equal(p, lp_before[n]) and p.grad is None, f"LPIPS weight {n} changed or got a gradient"
+
+
+def _manual_cfg_denoise(tr, z, sigma, timestep, pe, pp):
+    from nifi_lib.diffusion.flow import classifier_free_guidance
+    from nifi_lib.restoration.restorer import adapter_scope, transformer_velocity
+
+    npe, npp = tr.bb.prompt_batch(z.shape[0], null=True)
+    with torch.no_grad(), adapter_scope(tr.bb.transformer, None):
+        v_u = transformer_velocity(tr.bb.transformer, z, timestep, npe, npp).float()
+        v_c = transformer_velocity(tr.bb.transformer, z, timestep, pe, pp).float()
+    return z - sigma.view(-1, 1, 1, 1) * classifier_free_guidance(v_u, v_c, tr.cfg.model.guidance_scale)
+
+
+def test_prompt_dropout_is_the_students_only(setup, monkeypatch):
+    """prompt_dropout = 1: the student (Eq. 7) sees the null prompt, but s_real, s_restore (CFG) and the
+    critic's Eq. 8 pass condition on the real prompt; the teacher's CFG output equals the one computed with
+    the real prompt and differs from the all-null one."""
+    import nifi_lib.training.trainer as T
+
+    bb_dir, _ = setup
+    tr = _trainer(bb_dir)
+    tr.cfg.model.prompt_dropout, tr.cfg.model.guidance_scale = 1.0, 7.5
+    real_pe, _ = tr.bb.prompt_batch(1)
+    null_pe, _ = tr.bb.prompt_batch(1, null=True)
+    assert not torch.equal(real_pe, null_pe)
+    calls = []
+    real_velocity = T.transformer_velocity
+
+    def spy(transformer, x, t, pe, pp):
+        calls.append(pe.detach().clone())
+        return real_velocity(transformer, x, t, pe, pp)
+    monkeypatch.setattr(T, "transformer_velocity", spy)
+    g = torch.Generator().manual_seed(0)
+    tr.train_step(torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g))
+    # student (B), real score on x^_t and x_t with CFG (4B: null half, conditional half), critic score (2B),
+    # critic's Eq. 8 pass (B)
+    assert [c.shape[0] for c in calls] == [2, 8, 4, 2]
+    is_real = lambda c: all(torch.equal(e, real_pe[0]) for e in c)   # noqa: E731
+    is_null = lambda c: all(torch.equal(e, null_pe[0]) for e in c)   # noqa: E731
+    assert is_null(calls[0]), "prompt dropout no longer reaches the student"
+    for c in calls[1:3]:
+        k = c.shape[0] // 2
+        assert is_null(c[:k]) and is_real(c[k:]), "the CFG scores must guide with the real prompt"
+    assert is_real(calls[3]), "the critic's Eq. 8 pass must use the real prompt"
+    monkeypatch.setattr(T, "transformer_velocity", real_velocity)
+
+    # the teacher's CFG denoiser with every sample "dropped" is the real-prompt CFG, not the all-null one
+    gz = torch.Generator().manual_seed(1)
+    z = torch.randn(2, tr.bb.transformer.config.in_channels, 4, 4, generator=gz)
+    idx = torch.tensor([100, 700])
+    sigma, timestep = tr.sigmas[idx], tr.timesteps[idx]
+    with torch.no_grad():
+        d = tr.guided_denoise(None, z, sigma, timestep, torch.ones(2, dtype=torch.bool))
+    pe, pp = tr.bb.prompt_batch(2)
+    npe, npp = tr.bb.prompt_batch(2, null=True)
+    ref_real = _manual_cfg_denoise(tr, z, sigma, timestep, pe, pp)
+    ref_null = _manual_cfg_denoise(tr, z, sigma, timestep, npe, npp)
+    assert torch.allclose(d, ref_real, rtol=1e-5, atol=1e-5)
+    assert (d - ref_null).abs().max() > 1e-3
+
+
+def _one_checkpointed_step(bb_dir, checkpointing: bool):
+    tr = _trainer(bb_dir, gradient_checkpointing=checkpointing)
+    randomize_lora(tr.bb.transformer, RESTORER, seed=3, scale=0.1)
+    randomize_lora(tr.bb.vae, RESTORER, seed=5, scale=0.1)
+    randomize_lora(tr.bb.transformer, CRITIC, seed=4, scale=0.1)
+    g = torch.Generator().manual_seed(0)
+    info = tr.train_step(torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g))
+    grads = {f"{attr}.{n}": p.grad.detach().clone() for attr in ("transformer", "vae")
+             for n, p in getattr(tr.bb, attr).named_parameters() if "lora_" in n and p.grad is not None}
+    return tr, info, grads
+
+
+def test_gradient_checkpointing_gives_the_same_step(setup):
+    """train.gradient_checkpointing: the backward recomputes each block with the adapter that ran its
+    forward (phi- for Eq. 7, phi+ for Eq. 8), so one step gives the same phi-/phi+ gradients and updates as
+    without checkpointing (and no CheckpointError)."""
+    bb_dir, _ = setup
+    tr_a, info_a, ga = _one_checkpointed_step(bb_dir, checkpointing=False)
+    tr_b, info_b, gb = _one_checkpointed_step(bb_dir, checkpointing=True)
+    assert tr_b.bb.transformer.gradient_checkpointing and tr_b.bb.vae.encoder.gradient_checkpointing
+    assert ga.keys() == gb.keys() and any(f".{CRITIC}." in k for k in ga) and any(k.startswith("vae.") for k in ga)
+    for k in ga:
+        assert torch.allclose(ga[k], gb[k], rtol=1e-5, atol=1e-7), f"{k}: gradient differs with checkpointing"
+    assert any(float(v.abs().max()) > 0 for v in ga.values())
+    a, b = tr_a.adapters_flat(), tr_b.adapters_flat()
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)
+    for k in ("loss_total", "loss_critic", "grad_norm_minus", "grad_norm_plus"):
+        assert torch.allclose(info_a[k], info_b[k], rtol=1e-5, atol=1e-7), k

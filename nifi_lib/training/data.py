@@ -76,6 +76,27 @@ def find_pairs(root: str | Path, split: str, check_sizes: bool = True) -> list[P
     return pairs
 
 
+def holdout_views(pairs: list[Pair], every: int = 8) -> tuple[list[Pair], list[Pair]]:
+    """Split the training pairs into ``(train, val)`` by view: the validation set for checkpoint selection
+    (``best.pt``), so that the test split is never used to choose a model.
+
+    Rule (deterministic, pure): per scene (``dataset``/``scene``), the view names of all its rates are sorted
+    and the views at positions ``0, every, 2 * every, ...`` are held out, each with ALL its rates (a view's
+    degraded versions never leak into the gradient steps through another rate). A scene with a single view
+    keeps it for training (no validation view); a scene with ``n >= 2`` views holds out ``ceil(n / every)``
+    of them, at least one, and keeps ``n - ceil(n / every) >= 1`` for training (``every >= 2``). The input
+    order is kept in both lists."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 2:
+        raise PairError(f"train.val_holdout_every must be an integer >= 2 (hold out every k-th view), got {every!r}")
+    names: dict[tuple[str, str], set[str]] = {}
+    for p in pairs:
+        names.setdefault((p.dataset, p.scene), set()).add(p.name)
+    held = {scene: set(sorted(v)[::every]) if len(v) >= 2 else set() for scene, v in names.items()}
+    train = [p for p in pairs if p.name not in held[(p.dataset, p.scene)]]
+    val = [p for p in pairs if p.name in held[(p.dataset, p.scene)]]
+    return train, val
+
+
 class PairSampler:
     """Draws batch elements as the paper does: a random scene, then a random view (and rate) of it."""
 

@@ -5,8 +5,10 @@ Each step (Sec. 3, "Training alternates one phi- update and one phi+ update"):
    loss is the distribution-matching surrogate of Eq. 4/5 (s_real: frozen base, s_restore: base + phi+,
    both with CFG) + l2(x, x^) + LPIPS(D(x^), I);
 2. phi+ step (Eq. 8): the critic's flow-matching loss on the detached x^.
-AdamW (lr 5e-6 / 1e-6, weight decay 1e-4), grad-norm clip 1.0, prompt dropout, bf16 autocast on CUDA
-with fp32 adapter master weights.
+AdamW (lr 5e-6 / 1e-6, weight decay 1e-4), grad-norm clip 1.0, prompt dropout (the student's prompt only:
+s_real, s_restore and the critic's Eq. 8 pass keep the real prompt), bf16 autocast on CUDA with fp32 adapter
+master weights. ``best.pt`` is chosen on held-out training views (:func:`~.data.holdout_views`), never on
+the test split.
 
 Performance (``docs/performance.md``): the step issues no host-device synchronisation. All randomness
 (dropout mask, timestep indices, noise, the encoder's latent sample) comes from one generator on the
@@ -47,7 +49,7 @@ from ..restoration.lora import (CRITIC, RESTORER, adapter_parameters, adapter_st
                                 add_restorer_adapters, load_adapter_state_dict)
 from ..restoration.restorer import (Restorer, adapter_scope, decode_latents, encode_latents, to_model_range,
                                     transformer_velocity)
-from .data import PairSampler, find_pairs
+from .data import PairError, PairSampler, find_pairs, holdout_views
 from .objectives import (critic_inputs, critic_loss, distribution_matching_grad, distribution_matching_loss,
                          gradient_weight, perceptual_matching_loss)
 
@@ -67,6 +69,53 @@ class TrainState:
     skipped_steps: int = 0
     elapsed: float = 0.0
     history: list = field(default_factory=list)
+
+
+def _block_tuner_layers(module) -> list:
+    """peft's LoRA layers inside ``module`` (a checkpointed block), found once and cached on it."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    cached = module.__dict__.get("_nifi_ckpt_tuner_layers")
+    if cached is None:
+        cached = module.__dict__["_nifi_ckpt_tuner_layers"] = [m for m in module.modules()
+                                                                if isinstance(m, BaseTunerLayer)]
+    return cached
+
+
+@contextlib.contextmanager
+def _adapter_state(layers: list, state: list):
+    """Set each LoRA layer's (``_active_adapter``, ``_disable_adapters``) to ``state``; restore on exit."""
+    saved = [(layer._active_adapter, layer._disable_adapters) for layer in layers]
+    try:
+        for layer, (act, dis) in zip(layers, state):
+            layer._active_adapter, layer._disable_adapters = act, dis
+        yield
+    finally:
+        for layer, (act, dis) in zip(layers, saved):
+            layer._active_adapter, layer._disable_adapters = act, dis
+
+
+def adapter_checkpoint(module, *args):
+    """diffusers' ``gradient_checkpointing_func`` (non-reentrant ``torch.utils.checkpoint``) whose backward
+    recompute runs ``module`` with the adapters that ran its forward.
+
+    A step runs the transformer under three adapter states (:func:`adapter_scope`: phi- for Eq. 7, none for
+    s_real, phi+ for s_restore and Eq. 8) and calls ``backward`` after the scopes have exited, so a plain
+    checkpoint would recompute phi-'s blocks with the wrong (or no) LoRA active: other activations, and
+    ``CheckpointError: different number of tensors saved``. The LoRA layers' state at forward time is
+    recorded here and re-applied by ``context_fn`` around the recompute only. Under torch.compile (a compiled
+    region that contains the checkpoint) the recompute is part of the traced graph, which already holds the
+    forward's adapters, and dynamo accepts no custom ``context_fn``: the plain checkpoint is used there."""
+    from torch.utils.checkpoint import checkpoint
+
+    if torch.compiler.is_compiling():
+        return checkpoint(module.__call__, *args, use_reentrant=False)
+    layers = _block_tuner_layers(module)
+    if not layers:
+        return checkpoint(module.__call__, *args, use_reentrant=False)
+    state = [(layer._active_adapter, layer._disable_adapters) for layer in layers]
+    return checkpoint(module.__call__, *args, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _adapter_state(layers, state)))
 
 
 def _world() -> tuple[int, int]:
@@ -106,9 +155,9 @@ class NiFiTrainer:
         for p in self.phi_minus + self.phi_plus:  # fp32 master weights for the adapters
             p.data = p.data.float()
             p.requires_grad_(True)
-        if t.gradient_checkpointing:
-            backbone.transformer.enable_gradient_checkpointing()
-            backbone.vae.enable_gradient_checkpointing()
+        if t.gradient_checkpointing:   # recomputed under the adapter state of the forward (adapter_checkpoint)
+            backbone.transformer.enable_gradient_checkpointing(gradient_checkpointing_func=adapter_checkpoint)
+            backbone.vae.enable_gradient_checkpointing(gradient_checkpointing_func=adapter_checkpoint)
         # fused AdamW skips a non-finite step on the device (found_inf), without reading the flag back
         self._fused = self.device.type in ("cuda", "cpu")
         fused = {"fused": True} if self._fused else {}
@@ -125,6 +174,8 @@ class NiFiTrainer:
         self.generator = torch.Generator().manual_seed(t.seed * 1000 + self.rank)
         self.noise_generator = torch.Generator(device=self.device).manual_seed(t.seed * 1000 + self.rank + 500_000)
         self.state = TrainState()
+        self.val_split: str | None = None          # what best.pt is chosen on (set by train(), checkpointed)
+        self.loaded_val_split: str | None = None   # ... and what the loaded checkpoint's was chosen on
         self.compile = bool(getattr(t, "compile", False)) if compile is None else bool(compile)
         if self.compile:
             self.enable_fast_paths(compile=True, cuda_graphs=bool(getattr(t, "cuda_graphs", False)))
@@ -165,10 +216,15 @@ class NiFiTrainer:
         return pe, pp
 
     def guided_denoise(self, adapter: str | None, z_t: torch.Tensor, sigma: torch.Tensor,
-                       timestep: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-        """s(z_t) = z_t - sigma v_cfg with CFG 7.5: conditional and null passes in one batch."""
+                       timestep: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """s(z_t) = z_t - sigma v_cfg with CFG 7.5 (Eq. 4's s_real with ``adapter=None``, s_restore with the
+        critic phi+): conditional (real prompt) and null passes in one batch.
+
+        Prompt dropout belongs to the student only (:meth:`restore_latents`): the teacher and the critic
+        always guide with the real prompt, so ``drop`` is ignored here (kept for call compatibility)."""
+        del drop
         n = z_t.shape[0]
-        pe, pp = self._prompts(n, drop)
+        pe, pp = self._prompts(n)
         npe, npp = self.bb.prompt_batch(n, device=self.device, null=True)
         with adapter_scope(self.bb.transformer, adapter), self._autocast():
             v = transformer_velocity(self.bb.transformer, torch.cat([z_t, z_t]), torch.cat([timestep, timestep]),
@@ -178,12 +234,14 @@ class NiFiTrainer:
         return z_t - sigma.view(-1, 1, 1, 1) * v
 
     def distribution_matching(self, x_hat: torch.Tensor, x_clean: torch.Tensor, sigma: torch.Tensor,
-                              timestep: torch.Tensor, noise: torch.Tensor, drop: torch.Tensor,
+                              timestep: torch.Tensor, noise: torch.Tensor, drop: torch.Tensor | None = None,
                               normalize: str = "dmd") -> tuple[torch.Tensor, dict]:
         """Eq. 5 (Eq. 4 when alpha = 1) exactly as :func:`~.objectives.restoration_distribution_matching_loss`
         with the CFG denoisers of :meth:`guided_denoise`, but with the real score on ``x^_t`` and ``x_t``
         in ONE transformer call (batch 4B with CFG) and the diagnostics as device tensors (no sync).
-        ``tests/test_perf_paths.py`` checks it against the objectives' function."""
+        ``tests/test_perf_paths.py`` checks it against the objectives' function. Both scores use CFG with
+        the real prompt; ``drop`` (the student's prompt dropout) is ignored, as in :meth:`guided_denoise`."""
+        del drop
         alpha = float(self.cfg.loss_weights.alpha)
         with torch.no_grad():
             x_hat_d = x_hat.detach()
@@ -192,12 +250,11 @@ class NiFiTrainer:
             if alpha < 1.0:
                 x_d = x_clean.detach().to(x_hat_d.dtype)
                 x_t = forward_noise(x_d, noise.to(x_d.dtype), sigma)
-                d_real = self.guided_denoise(None, torch.cat([xh_t, x_t]), sigma.repeat(2), timestep.repeat(2),
-                                             drop.repeat(2))
+                d_real = self.guided_denoise(None, torch.cat([xh_t, x_t]), sigma.repeat(2), timestep.repeat(2))
                 d_real_xhat, d_real_x = d_real.chunk(2)
             else:
-                d_real_xhat = self.guided_denoise(None, xh_t, sigma, timestep, drop)
-            d_fake_xhat = self.guided_denoise(CRITIC, xh_t, sigma, timestep, drop)
+                d_real_xhat = self.guided_denoise(None, xh_t, sigma, timestep)
+            d_fake_xhat = self.guided_denoise(CRITIC, xh_t, sigma, timestep)
             g = distribution_matching_grad(d_fake_xhat, d_real_xhat, d_real_x, alpha=alpha if d_real_x is not None else 1.0)
         # reduction "mean": DMD/TSD-SR scale, commensurate with the mean-squared l2 term of Eq. 6
         loss = distribution_matching_loss(x_hat, g, normalize, d_real_xhat=d_real_xhat, sigma=sigma,
@@ -210,20 +267,26 @@ class NiFiTrainer:
 
     # ---- one step -----------------------------------------------------------------------------
     def restore_latents(self, degraded01: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-        """Eq. 7 with gradients: x^ from the degraded images through E_phi- and eps_{theta,phi-}."""
+        """Eq. 7 with gradients: x^ from the degraded images through E_phi- and eps_{theta,phi-}.
+
+        The start is :func:`~nifi_lib.diffusion.flow.eq7_start` of ``diffusion.t0``, the rule
+        :class:`~nifi_lib.restoration.restorer.Restorer` uses: Eq. 2 noise at sigma(t0) for t0 < T (the
+        latent sample drawn first, the noise second, from the step's generator); at t0 = T (1000, "NiFi
+        w/o t0") the un-noised latent at timestep T with sigma 1, and no noise is drawn."""
+        from ..diffusion.flow import eq7_start, project_to_t0
+
         bb = self.bb
+        start = self.__dict__.get("_eq7_start")
+        if start is None or start.t0 != float(self.cfg.diffusion.t0):   # computed once (host-only lookup)
+            start = self.__dict__["_eq7_start"] = eq7_start(bb.scheduler, self.cfg.diffusion.t0)
         x = to_model_range(self._to_device(degraded01))
         with adapter_scope(bb.vae, RESTORER), self._autocast():
             z = encode_latents(bb.vae, x, bb.scaling_factor, generator=self.noise_generator)
-        noise = torch.randn(z.shape, generator=self.noise_generator, device=self.device)
-        if self.cfg.diffusion.add_noise:
-            x_t0 = forward_noise(z.float(), noise, self.sigma_t0)                           # Eq. 2
-        else:  # the paper's "w/o t0" ablation: the un-noised latent at t0 = T (TSD-SR's input)
-            x_t0 = z.float()
+        x_t0 = project_to_t0(z.float(), start, self.noise_generator)                           # Eq. 2
         pe, pp = self._prompts(z.shape[0], drop)
         with adapter_scope(bb.transformer, RESTORER), self._autocast():
-            v = transformer_velocity(bb.transformer, x_t0, self.t0, pe, pp)
-        return one_step_restore(x_t0, v.float(), self.sigma_t0, self.sigma_end)             # Eq. 7
+            v = transformer_velocity(bb.transformer, x_t0, start.t0, pe, pp)
+        return one_step_restore(x_t0, v.float(), start.sigma_t0, start.sigma_end)             # Eq. 7
 
     def train_step(self, clean01: torch.Tensor, degraded01: torch.Tensor) -> dict:
         """One phi- update and one phi+ update. Returns 0-dim device tensors (and the two learning
@@ -237,7 +300,7 @@ class NiFiTrainer:
             torch.compiler.cudagraph_mark_step_begin()   # the previous step's graph outputs may be reused
         clean01, degraded01 = self._to_device(clean01), self._to_device(degraded01)
         lo, hi = cfg.diffusion.t_min_index, cfg.diffusion.t_max_index + 1
-        drop = torch.rand(n, generator=g, device=dev) < cfg.model.prompt_dropout
+        drop = torch.rand(n, generator=g, device=dev) < cfg.model.prompt_dropout   # the student's prompt only
         # ---- phi- update (Eq. 6 with Eq. 5) ----
         with record_function("nifi.step.restore_latents"):
             x_hat = self.restore_latents(degraded01, drop)
@@ -248,7 +311,7 @@ class NiFiTrainer:
         sigma, timestep = self.sigmas[idx], self.timesteps[idx]
         noise = torch.randn(x_hat.shape, generator=g, device=dev)
         with record_function("nifi.step.scores"):
-            l_kl, dm_info = self.distribution_matching(x_hat, x_clean, sigma, timestep, noise, drop)
+            l_kl, dm_info = self.distribution_matching(x_hat, x_clean, sigma, timestep, noise)
         img_hat = img_clean = None
         if w.lpips > 0:
             with record_function("nifi.step.decode"), self._autocast():
@@ -272,7 +335,7 @@ class NiFiTrainer:
         sigma2 = self.sigmas[idx2]
         noise2 = torch.randn(x_hat.shape, generator=g, device=dev)
         z_t = critic_inputs(x_hat_d, noise2, sigma2)
-        pe, pp = self._prompts(n, drop)
+        pe, pp = self._prompts(n)   # the real prompt: prompt dropout is the student's only
         with record_function("nifi.step.critic_forward"), adapter_scope(bb.transformer, CRITIC), self._autocast():
             v = transformer_velocity(bb.transformer, z_t, self.timesteps[idx2], pe, pp)
         l_c = critic_loss(v.float(), noise2, x_hat_d)
@@ -336,6 +399,8 @@ class NiFiTrainer:
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "noise_generator": self.noise_generator.get_state(), "noise_generator_device": self.device.type,
                 "lora_rank": self.cfg.model.lora_rank, "lora_alpha": self.cfg.model.lora_alpha,
+                "t0": int(self.cfg.diffusion.t0),   # Eq. 7's start phi- was trained for (1000 = T: "w/o t0")
+                "val_split": self.val_split,
                 "config": self.cfg.to_dict(),
                 "state": {"best_metric": self.state.best_metric, "best_step": self.state.best_step,
                           "skipped_steps": self.state.skipped_steps, "elapsed": self.state.elapsed}}
@@ -366,6 +431,7 @@ class NiFiTrainer:
         if "noise_generator" in ck and ck.get("noise_generator_device") == self.device.type:
             self.noise_generator.set_state(ck["noise_generator"])
         torch.set_rng_state(ck["torch_rng"])
+        self.loaded_val_split = ck.get("val_split")
         st = ck["state"]
         self.state = TrainState(step=int(ck["step"]), best_metric=float(st["best_metric"]),
                                 best_step=int(st["best_step"]), skipped_steps=int(st["skipped_steps"]),
@@ -377,13 +443,17 @@ class NiFiTrainer:
         """Mean ``metric_fn(restored, clean)`` over held-out pairs (Eq. 7 inference path, fixed seed)."""
         restorer = Restorer(self.bb, t0=int(self.t0), adapter=RESTORER)
         vals = []
-        k = min(max_images, len(sampler.pairs))
-        for i in torch.linspace(0, len(sampler.pairs) - 1, k).round().long().tolist():
+        for i in validation_indices(len(sampler.pairs), max_images):
             clean, deg = sampler.load(i)
-            out = restorer.restore(to_model_range(deg[None]).to(self.device), seed=i,
-                                   add_noise=self.cfg.diffusion.add_noise)
+            out = restorer.restore(to_model_range(deg[None]).to(self.device), seed=i)
             vals.append(float(metric_fn(((out + 1) / 2).clamp(0, 1).cpu(), clean[None]).mean()))
         return float(sum(vals) / max(len(vals), 1))
+
+
+def validation_indices(n: int, max_images: int) -> list[int]:
+    """The pairs :meth:`NiFiTrainer.validate` scores: ``min(max_images, n)`` evenly spaced of ``n``."""
+    k = min(max_images, n)
+    return torch.linspace(0, n - 1, k).round().long().tolist() if k > 0 else []
 
 
 def _ensure_fused(opt: torch.optim.Optimizer) -> None:
@@ -492,10 +562,29 @@ def build_perceptual(cfg: Config, device) -> tuple[object, str, dict]:
         return metrics.ms_ssim_loss_module(device=device), fb, {"perceptual_fallback": fb, "reason": str(e)}
 
 
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool = False, resume: bool = False,
-          device: str | None = None, progress: bool = True, val_split: str = "test",
+          device: str | None = None, progress: bool = True, val_split: str = "train_holdout",
           stop_after: int | None = None) -> dict:
-    """Run (or resume) training; returns the summary dict also written to ``train_summary.json``."""
+    """Run (or resume) training; returns the summary dict also written to ``train_summary.json``.
+
+    Checkpoint selection (``best.pt``, on ``train.best_metric``) never sees the test split, which
+    eval/benchmark score once at the end. ``val_split="train_holdout"`` (default): every
+    ``train.val_holdout_every``-th view of each scene's train split, all its rates, is held out of the
+    gradient steps and validated on (:func:`~.data.holdout_views`); another split name (e.g. held-out scenes
+    in a ``val`` split) validates on that split. ``"test"`` (and ``"train"``) raise :class:`TrainingError`.
+    The summary records ``val_split``, ``val_holdout_every`` and ``validation_images``."""
+    if val_split in ("test", "train"):
+        raise TrainingError(f"val_split='{val_split}': checkpoint selection must not use the "
+                            + ("test split (it is scored once, at the end, by eval/benchmark)" if val_split == "test"
+                               else "training pairs of the gradient steps")
+                            + "; use 'train_holdout' (held-out train views) or a separate held-out split")
     rank, world = init_distributed()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     exp = repo_path(exp)
@@ -506,10 +595,17 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
     if t.batch_size % world:
         raise TrainingError(f"train.batch_size {t.batch_size} must be divisible by the {world} processes")
     pairs = find_pairs(data_root, "train")
-    try:
-        val_pairs = find_pairs(data_root, val_split)
-    except NifiError:
-        val_pairs = []
+    holdout_every = int(getattr(t, "val_holdout_every", 8))
+    if val_split == "train_holdout":   # validation views leave the gradient-step sampler
+        try:
+            pairs, val_pairs = holdout_views(pairs, every=holdout_every)
+        except PairError as e:
+            raise TrainingError(str(e)) from e
+    else:
+        try:
+            val_pairs = find_pairs(data_root, val_split)
+        except NifiError as e:
+            raise TrainingError(f"val_split='{val_split}': {e}") from e
     if smoke_test:
         pairs = pairs[:8]
     bb = load_backbone(str(repo_path(cfg.model.backbone)) if repo_path(cfg.model.backbone).exists()
@@ -521,18 +617,25 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
                             "negative_prompt_embeds), for prompt dropout and CFG")
     perceptual, perceptual_name, fallback = build_perceptual(cfg, device)
     trainer = NiFiTrainer(cfg, bb, device=device, perceptual=perceptual, perceptual_name=perceptual_name)
+    trainer.val_split = val_split
     exp.mkdir(parents=True, exist_ok=True)
     latest, best, log_path = exp / "latest.pt", exp / "best.pt", exp / "train_log.csv"
     if resume:
         if not latest.is_file():
             raise TrainingError(f"{latest}: nothing to resume from")
         trainer.load(latest)
+        if trainer.loaded_val_split != val_split:
+            # the best so far was chosen on another split (an older run: the test split): start selection anew
+            trainer.state.best_metric, trainer.state.best_step = math.inf, -1
+            if rank == 0 and best.exists():
+                best.unlink()
         rows = [r for r in _read_log(log_path) if int(r["step"]) <= trainer.state.step]
         if rank == 0:
             _write_log(log_path, rows)  # drop rows written after the last checkpoint: no duplicates
     elif rank == 0:
-        if log_path.exists():
-            log_path.unlink()
+        for stale in (log_path, best):   # a fresh run's best.pt comes from this run's validation only
+            if stale.exists():
+                stale.unlink()
     sampler = PairSampler(pairs, resolution=t.resolution)
     val_sampler = PairSampler(val_pairs, resolution=None) if val_pairs else None
     from ..evaluation import metrics as M
@@ -587,6 +690,11 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
         atomic_save(best, lambda p: p.write_bytes(latest.read_bytes()))
     summary = {
         "config": cfg.to_dict(), "config_source": cfg.source,
+        "val_split": val_split, "val_holdout_every": holdout_every if val_split == "train_holdout" else None,
+        # the held-out views (never in a gradient step) and the pairs each validation actually scores
+        "heldout_views": sorted({f"{p.dataset}/{p.scene}/{p.name}" for p in val_pairs}),
+        "validation_images": [_rel(val_pairs[i].clean, data_root)
+                              for i in validation_indices(len(val_pairs), t.val_max_images)],
         "data": {"data_root": str(data_root), "train_pairs": len(pairs), "val_pairs": len(val_pairs),
                  "scenes": sorted({f"{p.dataset}/{p.scene}" for p in pairs}),
                  "rates": sorted({p.rate for p in pairs})},
