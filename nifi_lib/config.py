@@ -38,12 +38,14 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
+    # Eq. 7's start, for training and inference alike (stored in checkpoints): 199 = NiFi; 1000 (= T,
+    # num_train_timesteps) = the "NiFi w/o t0" ablation: the degraded latent fed un-noised at timestep T
+    # with sigma 1, as in TSD-SR (nifi_lib.diffusion.flow.eq7_start)
     t0: int = 199
     num_train_timesteps: int = 1000
     shift: float = 3.0
     t_min_index: int = 50
     t_max_index: int = 950
-    add_noise: bool = True      # False: the "w/o t0" ablation (un-noised latent fed at t0, TSD-SR style)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class TrainConfig:
     save_every: int = 500
     val_every: int = 1000
     val_max_images: int = 16
+    val_holdout_every: int = 8   # validation: every k-th train view per scene, never trained on
     best_metric: str = "lpips"
     mixed_precision: str = "bf16"
     gradient_checkpointing: bool = False
@@ -106,6 +109,14 @@ _CHOICES = {
     ("train", "best_metric"): {"lpips", "dists", "psnr", "ssim", "loss"},
     ("loss_weights", "perceptual_fallback"): {None, "ms_ssim"},
     ("eval", "lpips_net"): {"alex", "vgg"},
+}
+
+# keys that were removed: a clear error that says what replaces them
+_REMOVED = {
+    ("diffusion", "add_noise"): "diffusion.add_noise was removed: the 'NiFi w/o t0' ablation is one setting, "
+                                "diffusion.t0: 1000 (t0 = T: the degraded latent fed without noise at timestep T, "
+                                "sigma 1, as in TSD-SR), used identically by training and inference; "
+                                "delete add_noise (true is the default behaviour) or set diffusion.t0: 1000",
 }
 
 
@@ -175,8 +186,9 @@ def _validate_ranges(cfg: Config, src: str) -> None:
         raise ConfigError(f"{src}: {key} {msg}")
 
     d, t, m, w = cfg.diffusion, cfg.train, cfg.model, cfg.loss_weights
-    if not 0 <= d.t0 < d.num_train_timesteps:
-        bad("diffusion.t0", f"must lie in [0, {d.num_train_timesteps}), got {d.t0}")
+    if not 0 <= d.t0 <= d.num_train_timesteps:
+        bad("diffusion.t0", f"must lie in [0, {d.num_train_timesteps}] ({d.num_train_timesteps} = T: the "
+                            f"un-noised 'w/o t0' ablation), got {d.t0}")
     if not 0 <= d.t_min_index < d.t_max_index < d.num_train_timesteps:
         bad("diffusion.t_min_index/t_max_index", "must satisfy 0 <= t_min_index < t_max_index < num_train_timesteps")
     if d.shift <= 0:
@@ -219,6 +231,8 @@ def config_from_dict(data: dict, source: str = "<dict>") -> Config:
         known = {f.name for f in dataclasses.fields(sec_cls)}
         vals = {}
         for k, v in sec_val.items():
+            if (sec_name, k) in _REMOVED:
+                raise ConfigError(f"{source}: {_REMOVED[(sec_name, k)]}")
             if k not in known:
                 raise ConfigError(f"{source}: unknown key '{sec_name}.{k}' (known: {', '.join(sorted(known))})")
             v = _check_type(v, hints[k], f"{source}: {sec_name}.{k}")

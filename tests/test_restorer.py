@@ -80,19 +80,31 @@ def test_restorer_matches_authors_procedure(authors_ckpt):
     assert torch.equal(again, out)
 
 
-def test_restorer_batched_equals_single_and_tiling_runs():
+@pytest.mark.parametrize("t0", [199, 1000])
+def test_restorer_batched_equals_single_and_tiling_runs(monkeypatch, t0):
+    """Noise-free (encoder mode instead of a sample; zero Eq. 2 noise at t0 < T, none at t0 = T), a batch
+    restores to the same values as its elements one by one: nothing couples the batch elements."""
+    import nifi_lib.restoration.restorer as R
+
     bb = tiny_backbone(seed=3)
     add_restorer_adapters(bb, rank=2)
     randomize_lora(bb.transformer, RESTORER, seed=4)
-    r = Restorer(bb)
+    randomize_lora(bb.vae, RESTORER, seed=5)
+    r = Restorer(bb, t0=t0)
     g = torch.Generator().manual_seed(0)
-    imgs = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
-    both = r.restore(imgs, seed=0, add_noise=False)   # without noise the batch elements are independent
-    one = r.restore(imgs[:1], seed=0, add_noise=False)
-    # the latent sample draws per element from one stream, so compare the deterministic (mode) path:
-    assert both.shape == (2, 3, 32, 32)
-    assert torch.isfinite(both).all() and torch.isfinite(one).all()
-    tiled = Restorer(bb, tile_size=32, tile_overlap=8).restore(torch.rand(1, 3, 40, 72) * 2 - 1, seed=0)
+    imgs = torch.rand(3, 3, 32, 32, generator=g) * 2 - 1
+    real_encode, real_project = R.encode_latents, R.project_to_t0
+    monkeypatch.setattr(R, "encode_latents", lambda vae, x, sf, generator=None, sample=True:
+                        real_encode(vae, x, sf, generator=generator, sample=False))
+    monkeypatch.setattr(R, "project_to_t0", lambda lat, start, generator=None, noise=None:
+                        real_project(lat, start, generator, noise=torch.zeros_like(lat)))
+    both = r.restore(imgs, seed=0)
+    ones = torch.cat([r.restore(imgs[i:i + 1], seed=i + 10) for i in range(3)])   # seeds irrelevant: noise-free
+    assert both.shape == (3, 3, 32, 32) and torch.isfinite(both).all()
+    torch.testing.assert_close(both, ones, atol=2e-5, rtol=0)
+    assert (both[0] - both[1]).abs().max() > 1e-3            # distinct inputs give distinct outputs
+    monkeypatch.undo()
+    tiled = Restorer(bb, tile_size=32, tile_overlap=8, t0=t0).restore(torch.rand(1, 3, 40, 72) * 2 - 1, seed=0)
     assert tiled.shape == (1, 3, 40, 72) and torch.isfinite(tiled).all()
     assert tiled.abs().max() <= 1.0
 

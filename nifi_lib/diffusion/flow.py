@@ -5,8 +5,14 @@ Conventions (SD3 / diffusers ``FlowMatchEulerDiscreteScheduler``):
 and the network predicts the velocity ``v = eps - x``. The paper writes that prediction as
 ``eps_theta``; the denoised estimate used by Eq. 4 and Eq. 7 is ``x_t - sigma_t v``.
 Sigmas in the scheduler *decrease* along its timestep list (t = 1000 -> sigma = 1).
+
+Eq. 7's start for a given t0 is decided in ONE place, :func:`eq7_start` (+ :func:`project_to_t0`), used by
+both the trainer and the restorer: Eq. 2 noise at sigma(t0) for t0 < T; at t0 = T (1000) the "NiFi w/o t0"
+ablation, the degraded latent fed un-noised at timestep T with sigma 1 (TSD-SR's input).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -50,6 +56,61 @@ def one_step_restore(x_t0: torch.Tensor, v: torch.Tensor, sigma_t0, sigma_end=0.
     that ``sigma_end`` to match their outputs.
     """
     return euler_step(x_t0, v, sigma_t0, sigma_end)
+
+
+@dataclass(frozen=True)
+class Eq7Start:
+    """Where Eq. 7 starts and ends on the scheduler's table, for one t0 (see :func:`eq7_start`).
+
+    ``t0``: the timestep value passed to the transformer; ``sigma_t0``: the sigma of ``x~_t0``;
+    ``sigma_end``: the sigma nearest timestep 0 (the authors' end point, about 0.003); ``add_noise``:
+    whether ``x~_t0`` is the Eq. 2 projection of the latent (False only at t0 = T, the "w/o t0" ablation).
+    """
+
+    t0: float
+    sigma_t0: float
+    sigma_end: float
+    add_noise: bool = True
+
+    @property
+    def is_terminal(self) -> bool:
+        """t0 = T: the "NiFi w/o t0" ablation (TSD-SR's input: the un-noised latent at t = T)."""
+        return not self.add_noise
+
+
+def eq7_start(scheduler: FlowMatchEulerDiscreteScheduler, t0: float) -> Eq7Start:
+    """The one rule for the start of Eq. 7, shared by training and inference.
+
+    - ``0 <= t0 < T`` (NiFi: t0 = 199): ``x~_t0 = (1 - sigma_t0) x~ + sigma_t0 eps`` (Eq. 2) with
+      ``sigma_t0 = sigma_at(scheduler, t0)`` (about 0.198 for SD3, shift 3);
+    - ``t0 = T = num_train_timesteps`` ("NiFi w/o t0", Sec. 4.2, as in TSD-SR): the degraded latent is fed
+      *un-noised* at timestep T with ``sigma_t0 = 1`` (= ``sigma_at(scheduler, T)``, the table's first entry),
+      so the step is ``x^ = x~ - (1 - sigma_end) v``.
+
+    Both end at ``sigma_end = sigma_at(scheduler, 0)`` (Eq. 7 with the authors' end point).
+    """
+    big_t = int(scheduler.config.num_train_timesteps)
+    t0 = float(t0)
+    if not 0 <= t0 <= big_t:
+        raise ValueError(f"t0 must lie in [0, {big_t}] (T = {big_t}: the un-noised 'w/o t0' ablation), got {t0:g}")
+    sigma_end = sigma_at(scheduler, 0)
+    if t0 == big_t:
+        return Eq7Start(t0=float(big_t), sigma_t0=1.0, sigma_end=sigma_end, add_noise=False)
+    return Eq7Start(t0=t0, sigma_t0=sigma_at(scheduler, t0), sigma_end=sigma_end, add_noise=True)
+
+
+def project_to_t0(latents: torch.Tensor, start: Eq7Start, generator: torch.Generator | None = None,
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
+    """``x~_t0`` of Eq. 7 from the degraded latent ``x~``: Eq. 2 at ``start.sigma_t0``, or ``x~`` itself at t0 = T.
+
+    ``noise`` (else drawn from ``generator``, after the latent sample, in the latents' dtype and device, as
+    the authors' code) is used only when ``start.add_noise``; at t0 = T nothing is drawn.
+    """
+    if not start.add_noise:
+        return latents
+    if noise is None:
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    return forward_noise(latents, noise.to(device=latents.device, dtype=latents.dtype), start.sigma_t0)
 
 
 def make_scheduler(num_train_timesteps: int = 1000, shift: float = 3.0) -> FlowMatchEulerDiscreteScheduler:

@@ -10,15 +10,26 @@ from ..paths import repo_path
 
 
 def t0_sweep(pairs_root: str | Path, ckpt: str, base_model: str, t0s: list[int], split: str = "test",
-             limit: int | None = None, include_T: bool = True) -> dict[str, dict]:
-    """LPIPS/DISTS after restoration with the same phi- at several t0 (Eq. 7), plus t0 = T fed un-noised."""
-    from .baselines import create_method
+             limit: int | None = None, include_T: bool = True, ckpt_wo_t0: str | None = None) -> dict[str, dict]:
+    """LPIPS/DISTS after restoration with the same phi- (``ckpt``) at several t0 < T (Eq. 7), plus the row
+    ``"t0=T (no noise)"``: NiFi w/o t0, i.e. the phi- TRAINED with ``diffusion.t0: 1000`` (``ckpt_wo_t0``) fed
+    the un-noised latent at t = T. Without ``ckpt_wo_t0`` that row is omitted (with a warning): evaluating
+    ``ckpt`` at t = T would borrow a phi- trained for another t0, which is not the paper's ablation."""
+    import warnings
+
+    from .baselines import WO_T0_T, create_method
     from .evaluate import discover_pairs, evaluate_items, mean_of, metric_keys
 
+    if any(int(t) >= WO_T0_T for t in t0s):
+        raise ValueError(f"t0_sweep: t0 = T ({WO_T0_T}) is the 'w/o t0' ablation with its own trained phi-; "
+                         "pass that checkpoint as ckpt_wo_t0 instead of listing T in t0s")
     items = discover_pairs(pairs_root, split)[: limit or None]
     methods = {f"t0={t}": create_method("nifi", ckpt=ckpt, base_model=base_model, t0=t) for t in t0s}
-    if include_T:
-        methods["t0=T (no noise)"] = create_method("nifi_wo_t0", ckpt=ckpt, base_model=base_model)
+    if include_T and ckpt_wo_t0:
+        methods["t0=T (no noise)"] = create_method("nifi_wo_t0", ckpt_wo_t0=ckpt_wo_t0, base_model=base_model)
+    elif include_T:
+        warnings.warn("t0_sweep: no ckpt_wo_t0 (a phi- trained with diffusion.t0: 1000) given; the t0 = T row is "
+                      "omitted", RuntimeWarning, stacklevel=2)
     for name, m in methods.items():
         m.name = name
     records = evaluate_items(items, methods, ("lpips", "dists"), progress=False)

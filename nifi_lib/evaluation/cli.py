@@ -115,7 +115,9 @@ def cmd_weights(args: argparse.Namespace) -> int:
 def _add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", default=None, help="restorer phi- (the authors' .ckpt, .safetensors adapters or "
                                                 "latest.pt/best.pt); needed by nifi / nifi_wo_t0")
-    p.add_argument("--ckpt_wo_t0", default=None, help="phi- of the 'w/o t0' ablation (default: --ckpt)")
+    p.add_argument("--ckpt_wo_t0", default=None, help="phi- of the 'w/o t0' ablation, trained with diffusion.t0: 1000 "
+                                                       "(default: --ckpt if that one records t0 = 1000; a t0 = 199 "
+                                                       "checkpoint is refused)")
     p.add_argument("--base_model", default=None, help="diffusers backbone folder or hub id "
                                                       "(default data/embedded/backbone; paper: SD3-medium)")
     p.add_argument("--embeddings", default=None, help="prompt-embedding .npz")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -184,6 +185,9 @@ def evaluate_items(items: Sequence[PairItem], methods: dict[str, RestorationMeth
                 rec[f"{k}_before"] = before[k]
                 rec[f"{k}_after"] = after[k]
             rec["restore_seconds"] = dt
+            used = getattr(method, "last_sigmas", None)   # BM3D/FFDNet: the sigma this frame was denoised with
+            if used:
+                rec["sigma"] = float(used[0])
             records.append(rec)
     return records
 
@@ -192,13 +196,24 @@ def metric_keys(metric_names: Iterable[str]) -> list[str]:
     return [f"{m}_{w}" for m in metric_names for w in ("before", "after")]
 
 
-def mean_of(records: Sequence[dict], keys: Sequence[str]) -> dict:
-    """Mean of each key over records (non-finite values are skipped and counted), plus ``n_images``."""
+def mean_of(records: Sequence[dict], keys: Sequence[str], warn: bool = True) -> dict:
+    """Mean of each key over the records with a finite value, plus ``n_images`` and ``n_nonfinite``
+    (``{key: how many NaN/inf values were left out of that mean}``, every key listed, 0 when none); a
+    missing or None value is not counted there. Any non-finite value also raises a ``RuntimeWarning``
+    naming the keys and counts (``warn=False`` to silence it)."""
     out: dict = {}
+    bad: dict[str, int] = {}
     for k in keys:
-        vals = [r[k] for r in records if k in r and r[k] is not None and math.isfinite(r[k])]
+        present = [r[k] for r in records if k in r and r[k] is not None]
+        vals = [v for v in present if math.isfinite(v)]
+        bad[k] = len(present) - len(vals)
         out[k] = sum(vals) / len(vals) if vals else None
     out["n_images"] = len(records)
+    out["n_nonfinite"] = bad
+    if warn and any(bad.values()):
+        warnings.warn("non-finite metric values left out of the means: "
+                      + ", ".join(f"{k}: {n} of {len(records)}" for k, n in bad.items() if n),
+                      RuntimeWarning, stacklevel=2)
     return out
 
 
@@ -211,6 +226,98 @@ def group(records: Sequence[dict], *fields: str) -> dict:
             node = node.setdefault(r[f], {})
         node.setdefault(r[fields[-1]], []).append(r)
     return out
+
+
+HIGHER_IS_BETTER = frozenset({"psnr", "ssim", "ms_ssim"})
+DEFAULT_SIGMA_SWEEP = (2.0, 5.0, 10.0, 15.0, 25.0)
+
+
+def _center_crop(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    if not size:
+        return x
+    h, w = x.shape[-2:]
+    th, tw = min(size, h), min(size, w)
+    y, z = (h - th) // 2, (w - tw) // 2
+    return x[..., y:y + th, z:z + tw]
+
+
+def choose_sigma(method_name: str, val_items_by_rate: dict[str, Sequence[PairItem]] | Sequence[PairItem],
+                 sigmas: Sequence[float] = DEFAULT_SIGMA_SWEEP, metric: str = "lpips", max_items: int = 4,
+                 crop: int | None = 64, device: str | torch.device | None = None,
+                 method: RestorationMethod | None = None, **method_options) -> dict:
+    """Pick BM3D's / FFDNet's sigma (8-bit levels) per rate from a small sweep on VALIDATION views.
+
+    ``val_items_by_rate``: ``{rate: [PairItem]}`` or a flat list (grouped by ``item.rate``); items of the
+    ``test`` split are refused (the choice must not see the frames it is evaluated on). Per rate, the first
+    ``max_items`` pairs, centre-cropped to ``crop`` pixels (BM3D is slow; a few 64x64 views suffice), are
+    restored at each sigma and scored with ``metric`` (lower is better, except PSNR/SSIM). Returns::
+
+        {"method", "metric", "sigmas", "sigma_by_rate": {rate: best sigma among ``sigmas``},
+         "table": {rate: {sigma: mean metric}},   # sigma 0.0 = no restoration ("none")
+         "none": {rate: metric of the degraded views}, "best": {rate: metric at the chosen sigma},
+         "loses_to_none": {rate: bool}, "n_items": {rate: int}, "crop", "split", "notes": [str]}
+
+    ``notes`` says, with the sigma, where even the best sigma is worse than no restoration. Pass the
+    result's ``sigma_by_rate`` (and the result as ``sigma_sweep``) to ``create_method`` to use it.
+    """
+    if isinstance(val_items_by_rate, dict):
+        by_rate = {str(r): list(v) for r, v in val_items_by_rate.items()}
+    else:
+        by_rate = {}
+        for it in val_items_by_rate:
+            by_rate.setdefault(str(it.rate), []).append(it)
+    if not by_rate or not any(by_rate.values()):
+        raise PairError("choose_sigma: no validation pairs given")
+    test = sorted({it.key for v in by_rate.values() for it in v if it.split == "test"})
+    if test:
+        raise PairError(f"choose_sigma: {len(test)} pair(s) of the 'test' split given (e.g. {test[0]}); choose "
+                        "sigma on validation views, not on the frames it is evaluated on")
+    sweep = [float(x) for x in sigmas]
+    if not sweep or any(not x >= 0 for x in sweep):
+        raise ValueError(f"choose_sigma: sigmas must be a non-empty list of values >= 0, got {list(sigmas)}")
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    m = method or create_method(method_name, sigma=sweep[0], device=device, **method_options)
+    if not hasattr(m, "sigma") or not hasattr(m, "sigma_by_rate"):
+        raise ValueError(f"choose_sigma: method '{m.name}' has no sigma to choose")
+    saved = (m.sigma, m.sigma_by_rate)
+    sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
+    table: dict = {}
+    none: dict = {}
+    best_sigma: dict = {}
+    best_val: dict = {}
+    n_items: dict = {}
+    try:
+        m.sigma_by_rate = None
+        for rate, items in sorted(by_rate.items()):
+            pairs = []
+            for it in items[:max(1, int(max_items))]:
+                clean, deg = load_pair(it)
+                pairs.append((_center_crop(clean, crop)[None].to(dev), _center_crop(deg, crop)[None].to(dev)))
+            n_items[rate] = len(pairs)
+
+            def score(outs) -> float:
+                vals = [float(compute_metrics(o, c, [metric], device=dev)[metric][0]) for o, (c, _) in zip(outs, pairs)]
+                return sum(vals) / len(vals)
+
+            row = {0.0: score([d for _, d in pairs])}
+            for sg in sweep:
+                if sg == 0.0:
+                    continue
+                m.sigma = sg
+                row[sg] = score([run_method(m, d) for _, d in pairs])
+            table[rate] = row
+            none[rate] = row[0.0]
+            best = min(sweep, key=lambda sg: (sign * row[sg], sg))   # ties: the smaller sigma
+            best_sigma[rate], best_val[rate] = best, row[best]
+    finally:
+        m.sigma, m.sigma_by_rate = saved
+    loses = {r: bool(sign * best_val[r] > sign * none[r]) for r in table}
+    notes = [f"rate {r}: {m.name} at its best sigma {best_sigma[r]:g} gives {metric} {best_val[r]:.4f}, worse than "
+             f"no restoration ({none[r]:.4f})" for r in sorted(table) if loses[r]]
+    splits = sorted({it.split for v in by_rate.values() for it in v})
+    return {"method": m.name, "metric": metric, "sigmas": sweep, "sigma_by_rate": best_sigma, "table": table,
+            "none": none, "best": best_val, "loses_to_none": loses, "n_items": n_items, "crop": crop,
+            "split": splits[0] if len(splits) == 1 else splits, "notes": notes}
 
 
 def run_eval(data_root: str | Path, split: str = "test", out: str | Path | None = None, method: str = "nifi",
@@ -243,4 +350,5 @@ def run_eval(data_root: str | Path, split: str = "test", out: str | Path | None 
 
 __all__ = ["PairError", "PairItem", "discover_pairs", "discover_scene_pairs", "pairs_in_rate_dir", "load_pair",
            "check_pairs",
-           "evaluate_items", "mean_of", "group", "metric_keys", "run_eval", "DEFAULT_METRICS", "CONVENTIONS"]
+           "evaluate_items", "mean_of", "group", "metric_keys", "run_eval", "DEFAULT_METRICS", "CONVENTIONS",
+           "choose_sigma", "DEFAULT_SIGMA_SWEEP"]

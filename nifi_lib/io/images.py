@@ -5,7 +5,7 @@ import contextlib
 import io
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,18 @@ MAX_PIXELS = MAX_PIXELS_SIDE * MAX_PIXELS_SIDE
 
 class ImageError(NifiError, ValueError):
     """An image file cannot be used: unreadable, wrong mode or bit depth, wrong size."""
+
+
+class ImageModeError(ImageError):
+    """An 8-bit image that is not RGB (greyscale, palette, RGBA...), refused without ``allow_convert``."""
+
+    def __init__(self, message: str, path: Path | None = None, mode: str | None = None):
+        super().__init__(message)
+        self.path, self.mode = path, mode
+
+
+# Named backgrounds for compositing RGBA images (``allow_convert``), RGB in [0, 1].
+BACKGROUNDS = {"black": (0.0, 0.0, 0.0), "white": (1.0, 1.0, 1.0)}
 
 
 _OPEN_LOCK = threading.Lock()
@@ -69,8 +81,26 @@ def _check_header(path: Path, im: Image.Image, allow_convert: bool) -> None:
         raise ImageError(f"{path}: {wide[0] if wide else mode} image with more than 8 bits per channel; "
                          "convert it to 8-bit RGB (e.g. PIL: im.convert('RGB') after scaling)")
     if mode != "RGB" and not allow_convert:
-        raise ImageError(f"{path}: image mode is {mode}, expected 8-bit RGB; "
-                         "convert it to RGB first (pass allow_convert=True to composite/convert)")
+        raise ImageModeError(f"{path}: image mode is {mode}, expected 8-bit RGB; convert it to RGB first "
+                             "(or, from Python, allow_convert=True converts it, compositing transparency on a "
+                             "background)", path=path, mode=mode)
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info)
+
+
+def _background_rgb(background: str | Sequence[float] | None) -> np.ndarray:
+    if background is None:
+        return np.zeros(3, dtype=np.float32)
+    if isinstance(background, str):
+        if background not in BACKGROUNDS:
+            raise ValueError(f"unknown background {background!r} (one of {', '.join(BACKGROUNDS)} or an r,g,b triple)")
+        background = BACKGROUNDS[background]
+    bg = np.asarray(background, dtype=np.float32).reshape(-1)
+    if bg.shape != (3,) or not np.all((bg >= 0) & (bg <= 1)):
+        raise ValueError(f"background must be 3 values in [0, 1], got {background!r}")
+    return bg
 
 
 def probe_rgb(path: str | Path, allow_convert: bool = False) -> tuple[int, int]:
@@ -89,14 +119,17 @@ def probe_rgb(path: str | Path, allow_convert: bool = False) -> tuple[int, int]:
         raise ImageError(f"{path}: cannot decode image ({e.__class__.__name__}: {e})") from e
 
 
-def read_rgb(path: str | Path, allow_convert: bool = False) -> np.ndarray:
+def read_rgb(path: str | Path, allow_convert: bool = False,
+             background: str | Sequence[float] | None = None) -> np.ndarray:
     """Read an 8-bit RGB image as an ``(H, W, 3)`` uint8 array.
 
     Anything else (RGBA, greyscale, palette, 16-bit, corrupt or truncated files, more than
     :data:`MAX_PIXELS` pixels) raises :class:`ImageError` naming the file, unless ``allow_convert`` asks
-    for a conversion of 8-bit greyscale/palette/RGBA images (RGBA is composited on black). The size,
-    bit depth and mode are checked from the header, before decoding.
+    for a conversion of 8-bit greyscale/palette/RGBA images: images with transparency (RGBA, LA, palette
+    with a transparent colour) are composited on ``background`` (``"black"``, ``"white"`` or an RGB triple in
+    [0, 1]; default black). The size, bit depth and mode are checked from the header, before decoding.
     """
+    bg = _background_rgb(background)
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: image file not found")
@@ -107,9 +140,10 @@ def read_rgb(path: str | Path, allow_convert: bool = False) -> np.ndarray:
             im.load()
             if mode == "RGB":
                 return np.asarray(im, dtype=np.uint8).copy()
-            if mode == "RGBA":
-                arr = np.asarray(im, dtype=np.float32) / 255.0
-                rgb = arr[..., :3] * arr[..., 3:4]
+            if _has_alpha(im):
+                arr = np.asarray(im if mode == "RGBA" else im.convert("RGBA"), dtype=np.float32) / 255.0
+                a = arr[..., 3:4]
+                rgb = arr[..., :3] * a + bg * (1.0 - a)
                 return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except ImageError:
@@ -129,9 +163,11 @@ def to_uint8(t: torch.Tensor) -> np.ndarray:
     return arr
 
 
-def load_image(path: str | Path, allow_convert: bool = False) -> torch.Tensor:
-    """Read an 8-bit RGB file as a ``(3, H, W)`` float tensor in [0, 1]."""
-    return to_tensor(read_rgb(path, allow_convert=allow_convert))
+def load_image(path: str | Path, allow_convert: bool = False,
+               background: str | Sequence[float] | None = None) -> torch.Tensor:
+    """Read an 8-bit RGB file as a ``(3, H, W)`` float tensor in [0, 1] (``allow_convert``/``background``:
+    as :func:`read_rgb`)."""
+    return to_tensor(read_rgb(path, allow_convert=allow_convert, background=background))
 
 
 def save_image(path: str | Path, img: torch.Tensor | np.ndarray) -> None:

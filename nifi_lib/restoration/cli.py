@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -9,12 +10,52 @@ from tqdm import tqdm
 
 from ..diffusion.backbone import DTYPES
 from ..errors import NifiError
-from ..io.images import IMAGE_EXTS, ImageError, list_images, load_image, save_image
+from ..io.images import BACKGROUNDS, IMAGE_EXTS, ImageError, ImageModeError, list_images, load_image, save_image
 from ..paths import repo_path
 
 
 class RestoreInputError(NifiError, ValueError):
     pass
+
+
+# The authors' inference.py spellings of --dtype, on top of the canonical names of DTYPES.
+DTYPE_ALIASES = {"f16": "fp16", "f32": "fp32"}
+DTYPE_CHOICES = sorted(set(DTYPES) | set(DTYPE_ALIASES))
+
+
+def _canonical_dtype(name: str | None) -> str | None:
+    return None if name is None else DTYPE_ALIASES.get(name, name)
+
+
+def _check_device(device: str) -> str:
+    """``--device`` as torch understands it, or a one-line error when that device is not there."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise RestoreInputError(f"--device {device}: not a device torch knows ({e}); use cpu or cuda") from e
+    if dev.type == "cuda":
+        build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
+        if not torch.cuda.is_available():
+            raise RestoreInputError(f"--device {device} requested but no CUDA GPU is available ({build}); "
+                                    "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RestoreInputError(f"--device {device} requested but only {torch.cuda.device_count()} CUDA "
+                                    f"GPU(s) are visible ({build}); use --device cuda:0 or --device cpu")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise RestoreInputError(f"--device {device} requested but no Apple MPS device is available "
+                                    f"(torch {torch.__version__}); use --device cpu")
+    return device
+
+
+def _read_input(src: Path, allow_convert: bool, background: str) -> torch.Tensor:
+    try:
+        return load_image(src, allow_convert=allow_convert, background=background)
+    except ImageModeError as e:   # the library's hint names the Python keyword; name the flag instead
+        raise RestoreInputError(f"{src}: image mode is {e.mode}, expected 8-bit RGB; convert it to RGB first "
+                                f"or pass --allow_convert (greyscale/palette -> RGB, transparency composited on "
+                                f"--background, default white)") from e
 
 
 def _resolve_io(lq: Path, out: Path) -> list[tuple[Path, Path]]:
@@ -34,16 +75,18 @@ def _resolve_io(lq: Path, out: Path) -> list[tuple[Path, Path]]:
 def cmd_restore(args: argparse.Namespace) -> int:
     from .restorer import Restorer, to_model_range, to_unit_range
 
+    device = _check_device(args.device) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
     pairs = _resolve_io(Path(args.lq), Path(args.out))
     # Read and check every input before loading the model or writing anything.
     images = []
     for src, _ in pairs:
-        images.append(load_image(src))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("bf16" if device.startswith("cuda") else "fp32")
+        images.append(_read_input(src, args.allow_convert, args.background))
+    dtype = _canonical_dtype(args.dtype) or ("bf16" if device.startswith("cuda") else "fp32")
     restorer = Restorer.from_pretrained(str(repo_path(args.base_model)) if Path(repo_path(args.base_model)).exists()
                                         else args.base_model, ckpt=args.ckpt, embeddings=args.embeddings,
                                         device=device, dtype=dtype, t0=args.t0, tile_size=args.tile_size)
+    # frames beyond the transformer's position table are tiled automatically: said once, on stderr
+    restorer.notify = lambda msg: print(f"nifi restore: {msg}", file=sys.stderr)
     results = []
     for (src, dst), img in tqdm(list(zip(pairs, images)), desc="restore", disable=len(pairs) < 2):
         out = restorer.restore(to_model_range(img)[None], seed=args.seed)
@@ -67,19 +110,34 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("restore", help="one-step restoration of rendered frames (Eq. 7)")
+    p = sub.add_parser("restore", help="one-step restoration of rendered frames (Eq. 7)",
+                       description="One-step restoration of rendered frames (Eq. 7). Frames larger than the "
+                                   "transformer's position table are restored in overlapping tiles automatically.")
     p.add_argument("--base_model", default="data/embedded/backbone",
-                   help="diffusers folder or hub id (paper: stabilityai/stable-diffusion-3-medium-diffusers)")
+                   help="diffusers folder or hub id (paper: stabilityai/stable-diffusion-3-medium-diffusers) "
+                        "(default: %(default)s)")
     p.add_argument("--ckpt", default=None, help="phi- weights: the authors' .ckpt, a .safetensors adapter file or "
-                                                "a training checkpoint (latest.pt/best.pt); omit for the frozen base")
+                                                "a training checkpoint (latest.pt/best.pt) (default: none, the "
+                                                "frozen base)")
     p.add_argument("--lq", required=True, help="degraded image or folder of images")
     p.add_argument("--out", required=True, help="output image or folder")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--embeddings", default=None, help="prompt-embedding .npz (prompt_embeds, pooled_prompt_embeds)")
-    p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--t0", type=int, default=199, help="intermediate timestep of Eq. 7 (of 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the latent sample and the noise")
-    p.add_argument("--tile_size", type=int, default=None, help="process frames larger than this in tiles (pixels)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)")
+    p.add_argument("--embeddings", default=None, help="prompt-embedding .npz (prompt_embeds, pooled_prompt_embeds) "
+                                                      "(default: the backbone folder's own prompt_embeds.npz)")
+    p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, metavar="{bf16,f16,f32,fp16,fp32,...}",
+                   help="compute dtype; f16/f32 are the authors' spellings of fp16/fp32; choices: "
+                        f"{', '.join(DTYPE_CHOICES)} (default: bf16 on CUDA, fp32 otherwise)")
+    p.add_argument("--t0", type=int, default=None,
+                   help="intermediate timestep of Eq. 7 (of 1000) (default: the checkpoint's t0, else 199)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the latent sample and the noise (default: %(default)s)")
+    p.add_argument("--tile_size", type=int, default=None,
+                   help="process frames larger than this in tiles (pixels) (default: none; frames beyond the "
+                        "transformer's position table are tiled automatically)")
+    p.add_argument("--allow_convert", action="store_true",
+                   help="convert greyscale/palette inputs to RGB and composite RGBA on --background instead of "
+                        "refusing them (default: off, only 8-bit RGB accepted)")
+    p.add_argument("--background", default="white", choices=sorted(BACKGROUNDS),
+                   help="background for RGBA inputs with --allow_convert (default: %(default)s)")
     p.set_defaults(func=cmd_restore)
 
     e = sub.add_parser("export-ckpt", help="export phi- to the authors' checkpoint format")

@@ -4,11 +4,17 @@
 - our adapter file (``.safetensors`` with ``transformer/...`` and ``vae/...`` groups);
 - a training checkpoint (``latest.pt`` / ``best.pt``, ``format: nifi-train-v1``).
 Every torch file is read with ``weights_only=True``.
+
+:func:`load_restorer_checkpoint` also returns the Eq. 7 start ``t0`` the weights were trained for, when the
+file records it (training checkpoints: ``"t0"``, else ``config.diffusion.t0``; ``.safetensors``: metadata
+``t0``); the authors' ``.ckpt`` records none (it was trained at t0 = 199, :data:`DEFAULT_T0`).
 """
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,6 +24,34 @@ from .lora import RESTORER, AdapterError, adapter_names, add_restorer_adapters, 
     load_adapters, normalize_lora_keys
 
 TRAIN_FORMAT = "nifi-train-v1"
+DEFAULT_T0 = 199   # the paper's t0 (and the authors' released 3dgs-sd3-restorer-t=199.ckpt)
+
+
+@dataclass
+class RestorerWeights:
+    """What :func:`load_restorer_checkpoint` loaded: the file's format and the t0 it records (or None)."""
+
+    format: str
+    t0: int | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def t0_or_default(self) -> int:
+        return DEFAULT_T0 if self.t0 is None else int(self.t0)
+
+
+def _train_checkpoint_t0(obj: dict, path: Path) -> tuple[int | None, dict]:
+    """t0 of a training checkpoint: the recorded ``"t0"``, else the stored config's ``diffusion.t0``."""
+    meta: dict = {}
+    cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+    diff = cfg.get("diffusion") if isinstance(cfg.get("diffusion"), dict) else {}
+    if diff.get("add_noise") is False:   # a checkpoint of the removed switch: un-noised latent at t0 < T
+        meta["legacy_add_noise_false"] = True
+        warnings.warn(f"{path}: trained with the removed diffusion.add_noise: false (an un-noised latent at "
+                      f"timestep {diff.get('t0')}); neither NiFi nor the 'w/o t0' ablation (diffusion.t0: 1000)",
+                      stacklevel=3)
+    t0 = obj.get("t0", diff.get("t0"))
+    return (None if t0 is None else int(t0)), meta
 RESTORER_GROUPS = {"transformer": ("transformer", RESTORER), "vae": ("vae", RESTORER)}
 
 
@@ -36,6 +70,32 @@ def safe_torch_load(path: str | Path) -> object:
                            f"{torch_error_summary(e)}") from e
 
 
+def read_checkpoint_t0(path: str | Path) -> int | None:
+    """The t0 a weight file records, without loading it into a backbone (None: it records none, e.g. the
+    authors' ``.ckpt``, trained at :data:`DEFAULT_T0`). Torch files are memory-mapped (weights only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterError(f"{path}: checkpoint not found")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                t0 = (f.metadata() or {}).get("t0")
+        except Exception as e:
+            raise AdapterError(f"{path}: not a readable safetensors file ({e})") from e
+        return None if t0 in (None, "", "None") else int(float(t0))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        obj = safe_torch_load(path)   # not a zip-format file (no mmap): read it, with the usual errors
+    if isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _train_checkpoint_t0(obj, path)[0]
+    return None
+
+
 def split_groups(flat: dict[str, torch.Tensor], source: str) -> dict[str, dict[str, torch.Tensor]]:
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for k, v in flat.items():
@@ -46,6 +106,12 @@ def split_groups(flat: dict[str, torch.Tensor], source: str) -> dict[str, dict[s
 
 def load_restorer_weights(path: str | Path, backbone, rank: int | None = None) -> str:
     """Load phi- into ``backbone`` (adding adapters if needed); returns the detected format."""
+    return load_restorer_checkpoint(path, backbone, rank=rank).format
+
+
+def load_restorer_checkpoint(path: str | Path, backbone, rank: int | None = None) -> RestorerWeights:
+    """Load phi- into ``backbone`` (adding adapters if needed); returns the format and the stored t0
+    (None when the file records none, e.g. the authors' ``.ckpt``: use :data:`DEFAULT_T0`)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         if RESTORER not in adapter_names(backbone.transformer):
@@ -57,8 +123,13 @@ def load_restorer_weights(path: str | Path, backbone, rank: int | None = None) -
                 raise AdapterError(f"{path}: not a readable safetensors file ({e})") from e
             r = checkpoint_rank(split_groups(flat, str(path)).get("transformer", {}))
             add_restorer_adapters(backbone, rank=r, alpha=r)
-        load_adapters(path, backbone, RESTORER_GROUPS)
-        return "safetensors"
+        meta = load_adapters(path, backbone, RESTORER_GROUPS)
+        t0 = meta.get("t0")
+        try:
+            t0 = None if t0 in (None, "", "None") else int(float(t0))
+        except ValueError as e:
+            raise AdapterError(f"{path}: metadata t0 {t0!r} is not an integer timestep") from e
+        return RestorerWeights("safetensors", t0, dict(meta))
     obj = safe_torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
         groups = split_groups(obj["adapters"], str(path))
@@ -72,10 +143,11 @@ def load_restorer_weights(path: str | Path, backbone, rank: int | None = None) -
             add_restorer_adapters(backbone, rank=r, alpha=alpha)
         load_adapter_state_dict(backbone.transformer, sd_t, RESTORER, f"{path} [transformer]")
         load_adapter_state_dict(backbone.vae, sd_v, RESTORER, f"{path} [vae]")
-        return TRAIN_FORMAT
+        t0, meta = _train_checkpoint_t0(obj, path)
+        return RestorerWeights(TRAIN_FORMAT, t0, {"step": obj.get("step"), **meta})
     if isinstance(obj, dict) and {"vae", "transformer"} <= set(obj):
         load_authors_checkpoint(path, backbone, rank=rank)
-        return "authors"
+        return RestorerWeights("authors", None)
     keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
     raise AdapterError(f"{path}: unknown checkpoint layout ({keys}); expected the authors' "
                        "{'vae','transformer'} file, a nifi training checkpoint or a .safetensors adapter file")

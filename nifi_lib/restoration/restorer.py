@@ -6,7 +6,9 @@ The procedure matches the authors' inference code step by step (PAPER.md):
 3. latents reflect-padded to a multiple of the patch size (2);
 4. sigma_t0 = the scheduler sigma whose timestep is nearest t0 in the initial 1000-step table
    (SD3, shift 3: t0 = 199 -> 0.198); x~_t0 = sigma * noise + (1 - sigma) * latents (Eq. 2), the latent
-   sample drawn first and the noise second from one generator seeded with ``seed``;
+   sample drawn first and the noise second from one generator seeded with ``seed``; at t0 = T (1000, the
+   "NiFi w/o t0" ablation) the latent is fed un-noised with sigma_t0 = 1 (:func:`~nifi_lib.diffusion.flow.eq7_start`,
+   the same rule the trainer uses);
 5. one Euler step x^ = x~_t0 - (sigma_t0 - sigma_end) v with v = eps_{theta,phi-}(x~_t0, t0) (timestep
    value t0 passed to the transformer, the fixed prompt embedding, no CFG), sigma_end being the sigma
    nearest timestep 0 (about 0.003) -- Eq. 7 with the authors' end point;
@@ -21,16 +23,33 @@ the device, to bound the decoder's memory on large frames; an approximation, see
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Iterator
+import logging
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
 from ..diffusion.backbone import DTYPES, Backbone, optimize_backbone, vae_channels_last
-from ..diffusion.flow import forward_noise, one_step_restore, sigma_at
+from ..diffusion.flow import Eq7Start, eq7_start, forward_noise, one_step_restore, project_to_t0
+from ..errors import NifiError
 from .lora import RESTORER, AdapterError, adapter_names
+
+_log = logging.getLogger("nifi_lib.restoration")
+
+
+class FrameSizeError(NifiError, ValueError):
+    """A frame the restorer cannot handle at any tiling (a side smaller than the VAE factor, a bad tile size)."""
+
+
+def position_table_limit(backbone: Backbone) -> int | None:
+    """The largest frame side (image pixels) the transformer's position table covers:
+    ``pos_embed_max_size`` x patch size (latent pixels) x the VAE factor; ``None`` when the transformer
+    has no such table (no limit). SD3-medium: 192 x 2 x 8 = 3072 px; the embedded backbone: 48 x 2 x 4 = 384."""
+    m = getattr(backbone.transformer.config, "pos_embed_max_size", None)
+    if not m:
+        return None
+    return int(m) * int(backbone.patch_size) * int(backbone.vae_scale_factor)
 
 
 def _tuner_layers(model) -> list:
@@ -159,14 +178,9 @@ def transformer_velocity(transformer, x_t: torch.Tensor, timestep: torch.Tensor 
                        timestep=timestep.to(x_t.dtype), return_dict=False)[0]
 
 
-@dataclass
-class RestoreSchedule:
-    """Where Eq. 7 starts and ends on the scheduler's table."""
-
-    t0: float
-    sigma_t0: float
-    sigma_end: float
-    add_noise: bool = True
+# Where Eq. 7 starts and ends on the scheduler's table: the one rule of
+# :func:`nifi_lib.diffusion.flow.eq7_start`, shared with the trainer (t0 = T: un-noised, sigma 1).
+RestoreSchedule = Eq7Start
 
 
 class Restorer:
@@ -174,6 +188,9 @@ class Restorer:
 
     ``adapter=None`` runs the frozen base alone (the "w/o phi-" reference and Img2Img's denoiser).
     """
+
+    checkpoint_t0: int | None = None      # the t0 the loaded checkpoint records (set by from_pretrained)
+    checkpoint_format: str | None = None
 
     def __init__(self, backbone: Backbone, t0: int = 199, adapter: str | None = RESTORER,
                  tile_size: int | None = None, tile_overlap: int = 32, *, compile: bool = False,
@@ -214,10 +231,19 @@ class Restorer:
     def dtype(self) -> torch.dtype:
         return next(self.backbone.transformer.parameters()).dtype
 
-    def schedule(self, t0: float | None = None, add_noise: bool = True) -> RestoreSchedule:
+    def schedule(self, t0: float | None = None, add_noise: bool | None = None) -> RestoreSchedule:
+        """The Eq. 7 start for ``t0`` (default: the restorer's), by :func:`~nifi_lib.diffusion.flow.eq7_start`:
+        Eq. 2 noise at sigma(t0) for t0 < T; the un-noised latent at t0 = T (sigma 1, "NiFi w/o t0").
+
+        ``add_noise`` is a removed switch kept only to fail clearly: ``False`` with t0 < T raises (the
+        ablation is ``t0 = T``, not an un-noised latent at another timestep)."""
         t0 = self.t0 if t0 is None else t0
-        s = self.backbone.scheduler
-        return RestoreSchedule(t0=float(t0), sigma_t0=sigma_at(s, t0), sigma_end=sigma_at(s, 0), add_noise=add_noise)
+        sched = eq7_start(self.backbone.scheduler, t0)
+        if add_noise is False and sched.add_noise:
+            big_t = int(self.backbone.scheduler.config.num_train_timesteps)
+            raise ValueError(f"add_noise=False is no longer supported: the 'NiFi w/o t0' ablation is t0 = T "
+                             f"(t0={big_t}: the un-noised latent at timestep {big_t}); got t0={t0}")
+        return sched
 
     @torch.no_grad()
     def restore(self, images: torch.Tensor, t0: float | None = None, seed: int | None = None,
@@ -225,7 +251,9 @@ class Restorer:
         """Restore a batch ``(N, 3, H, W)`` in [-1, 1]; returns the same shape in [-1, 1].
 
         ``seed`` seeds one generator used first for the latent sample and then for the noise, so the
-        result is reproducible. Frames larger than ``tile_size`` are processed in overlapping tiles.
+        result is reproducible. Frames larger than ``tile_size`` are processed in overlapping tiles, and so
+        are frames whose latent exceeds the transformer's position table (:func:`position_table_limit`; tiles
+        of the largest size it allows, announced once per restorer through ``notify``, see :meth:`_tile_plan`).
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}")
@@ -233,8 +261,9 @@ class Restorer:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(0 if seed is None else int(seed))
         h, w = images.shape[-2:]
-        if self.tile_size and max(h, w) > self.tile_size:
-            return self._restore_tiled(images, t0, generator, add_noise)
+        plan = self._tile_plan(h, w)
+        if plan is not None:
+            return self._restore_tiled(images, t0, generator, add_noise, *plan)
         return self._restore_batch(images, self.schedule(t0, add_noise), generator)
 
     def _restore_batch(self, images: torch.Tensor, sched: RestoreSchedule, generator: torch.Generator) -> torch.Tensor:
@@ -246,11 +275,8 @@ class Restorer:
         with record_function("nifi.restore.encode"), adapter_scope(bb.vae, self.adapter):
             latents = encode_latents(bb.vae, x, bb.scaling_factor, generator=generator)
         latents, _ = pad_to_multiple(latents, bb.patch_size)
-        if sched.add_noise:
-            noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-            x_t0 = forward_noise(latents, noise, sched.sigma_t0)                       # Eq. 2
-        else:  # the "w/o t0" ablation: the un-noised latent fed at t0 (TSD-SR's input at t = T)
-            x_t0 = latents
+        # Eq. 2 at sigma_t0 (the noise drawn after the latent sample); at t0 = T the un-noised latent
+        x_t0 = project_to_t0(latents, sched, generator)
         pe, pp = bb.prompt_batch(x_t0.shape[0], device=self.device, dtype=self.dtype)
         with record_function("nifi.restore.transformer"), adapter_scope(bb.transformer, self.adapter):
             v = transformer_velocity(bb.transformer, x_t0, sched.t0, pe, pp)
@@ -265,21 +291,66 @@ class Restorer:
             return decode_latents_tiled(bb.vae, latents, bb.scaling_factor, self.vae_tile, self.vae_tile_overlap)
         return decode_latents(bb.vae, latents, bb.scaling_factor)
 
-    def _restore_tiled(self, images, t0, generator, add_noise) -> torch.Tensor:
+    # Called once per restorer with the tiling notice (default: a warning of the "nifi_lib.restoration" logger).
+    notify: Callable[[str], None] | None = None
+    _table_noted: bool = False
+
+    def _tile_plan(self, h: int, w: int, auto_only: bool = False) -> tuple[int, int] | None:
+        """``(tile, overlap)`` in image pixels for an ``h`` x ``w`` frame, or ``None`` to restore it whole.
+
+        Tiles when the frame is larger than ``tile_size`` (unless ``auto_only``) and, automatically, when
+        its padded latent exceeds the transformer's position table (:func:`position_table_limit`): tiles of
+        the largest side the table allows, overlapping by about 1/8 of it (a multiple of VAE factor x patch),
+        announced once per restorer. Raises :class:`FrameSizeError` for what no tiling can handle.
+        """
+        bb = self.backbone
+        f = int(bb.vae_scale_factor)
+        if min(h, w) < f:
+            raise FrameSizeError(f"frame {w}x{h} is too small: each side must be at least the backbone's VAE "
+                                 f"factor ({f} px)")
+        user = None if auto_only or not self.tile_size else int(self.tile_size)
+        if user is not None and user < f:
+            raise FrameSizeError(f"frame {w}x{h} cannot be tiled with tile_size {user}: tiles must be at least "
+                                 f"the backbone's VAE factor ({f} px)")
+        limit = position_table_limit(bb)
+        if limit is not None and max(h, w) > limit and (user is None or user > limit):
+            ts, ov = limit, _auto_overlap(limit, f * int(bb.patch_size))
+            if not self._table_noted:
+                self._table_noted = True
+                stride = max(ts - ov, 1)
+                n = len(_tile_starts(h, ts, stride)) * len(_tile_starts(w, ts, stride))
+                msg = (f"frame {w}x{h} exceeds the backbone's position table (max {limit} px): "
+                       f"restoring in {n} overlapping tiles")
+                (self.notify or _log.warning)(msg)
+            return ts, ov
+        if user is not None and max(h, w) > user:
+            return user, int(self.tile_overlap)
+        return None
+
+    def _restore_tiled(self, images, t0, generator, add_noise, tile: int | None = None,
+                       overlap: int | None = None) -> torch.Tensor:
         """Overlapping tiles blended with linear ramps; each tile follows the exact procedure."""
+        sched = self.schedule(t0, add_noise)
+        ts = int(self.tile_size if tile is None else tile)
+        ov = int(self.tile_overlap if overlap is None else overlap)
+        return self._blend_tiles(images, ts, ov, lambda t: self._restore_batch(t, sched, generator))
+
+    def _blend_tiles(self, images: torch.Tensor, ts: int, ov: int,
+                     fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``fn`` on overlapping ``ts`` x ``ts`` tiles (``ov`` pixels shared; the last row/column shifted
+        inwards), blended with linear ramps."""
         n, _, h, w = images.shape
-        ts, ov = int(self.tile_size), int(self.tile_overlap)
+        ov = max(0, min(ov, ts // 2))   # ramps of both sides must fit in one tile
         stride = max(ts - ov, 1)
         ys = _tile_starts(h, ts, stride)
         xs = _tile_starts(w, ts, stride)
         # accumulated on the compute device (no device-to-host copy, i.e. no synchronisation, per tile)
         out = torch.zeros(n, 3, h, w, dtype=torch.float32, device=self.device)
         weight = torch.zeros(1, 1, h, w, dtype=torch.float32, device=self.device)
-        sched = self.schedule(t0, add_noise)
         for y in ys:
             for x in xs:
                 tile = images[..., y:y + ts, x:x + ts]
-                res = self._restore_batch(tile, sched, generator)
+                res = fn(tile).to(device=self.device, dtype=torch.float32)
                 wy = _ramp(tile.shape[-2], ov if y > 0 else 0, ov if y + ts < h else 0, device=self.device)
                 wx = _ramp(tile.shape[-1], ov if x > 0 else 0, ov if x + ts < w else 0, device=self.device)
                 wt = (wy[:, None] * wx[None, :])[None, None]
@@ -291,6 +362,9 @@ class Restorer:
     def img2img(self, images: torch.Tensor, t0: float | None = None, steps: int = 10, seed: int | None = 0) -> torch.Tensor:
         """Training-free Img2Img baseline (Sec. 4.2): the frozen base denoises x~_t0 with ``steps`` Euler
         steps (Eq. 3) from t0 to the end of the schedule; no adapters, the fixed prompt, no CFG."""
+        plan = self._tile_plan(*images.shape[-2:], auto_only=True)
+        if plan is not None:  # beyond the transformer's position table: overlapping tiles, each seeded alike
+            return self._blend_tiles(images, *plan, lambda t: self.img2img(t, t0=t0, steps=steps, seed=seed))
         bb = self.backbone
         _mark_step(bb)
         g = torch.Generator(device=self.device)
@@ -328,8 +402,7 @@ class Restorer:
         with adapter_scope(bb.vae, self.adapter):
             latents = encode_latents(bb.vae, x, bb.scaling_factor, generator=g)
         latents, _ = pad_to_multiple(latents, bb.patch_size)
-        noise = torch.randn(latents.shape, generator=g, device=latents.device, dtype=latents.dtype)
-        x_t0 = forward_noise(latents, noise, sched.sigma_t0)
+        x_t0 = project_to_t0(latents, sched, g)                              # Eq. 2 (un-noised at t0 = T)
         pe, pp = bb.prompt_batch(x_t0.shape[0], device=self.device, dtype=self.dtype)
         with adapter_scope(bb.transformer, self.adapter):
             v = transformer_velocity(bb.transformer, x_t0, sched.t0, pe, pp)
@@ -341,26 +414,35 @@ class Restorer:
 
     @classmethod
     def from_pretrained(cls, base_model: str, ckpt: str | None = None, embeddings: str | None = None,
-                        device: str = "cpu", dtype: str = "fp32", t0: int = 199, kind: str | None = None,
+                        device: str = "cpu", dtype: str = "fp32", t0: int | None = None, kind: str | None = None,
                         tile_size: int | None = None, compile: bool = False, fuse_lora: bool = False,
                         vae_tile: int | None = None) -> "Restorer":
         """Backbone + phi- from a checkpoint (the authors' ``.ckpt``, our ``.safetensors`` adapters, or a
         training checkpoint ``latest.pt``/``best.pt``). Without ``ckpt``: the frozen base alone.
+        ``t0`` (Eq. 7's start): default the t0 the checkpoint was trained for (training checkpoints record
+        it; 1000 = T is the "w/o t0" ablation), else 199 (the authors' ``.ckpt`` records none). The stored
+        value is kept as ``restorer.checkpoint_t0`` (None if absent).
         ``compile``/``fuse_lora``/``vae_tile``: the fast paths of :class:`Restorer` (the backbone is
         private to the restorer here, so fusing phi- into it is safe)."""
         from ..diffusion.backbone import load_backbone
-        from .io import load_restorer_weights
+        from .io import DEFAULT_T0, load_restorer_checkpoint
 
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype '{dtype}'")
         bb = load_backbone(base_model, kind=kind, embeddings=embeddings, device=device, dtype=dtype)
-        adapter = None
+        adapter, weights = None, None
         if ckpt:
-            load_restorer_weights(ckpt, bb)
+            weights = load_restorer_checkpoint(ckpt, bb)
             bb.to(device=device, dtype=DTYPES[dtype])
             adapter = RESTORER
-        return cls(bb, t0=t0, adapter=adapter, tile_size=tile_size, compile=compile, fuse_lora=fuse_lora,
-                   vae_tile=vae_tile)
+        if t0 is None:
+            t0 = weights.t0_or_default if weights is not None else DEFAULT_T0
+        eq7_start(bb.scheduler, t0)   # a t0 outside [0, T] fails here, before any restore
+        r = cls(bb, t0=int(t0), adapter=adapter, tile_size=tile_size, compile=compile, fuse_lora=fuse_lora,
+                vae_tile=vae_tile)
+        r.checkpoint_t0 = weights.t0 if weights is not None else None
+        r.checkpoint_format = weights.format if weights is not None else None
+        return r
 
 
 def fuse_adapter(backbone: Backbone, adapter: str = RESTORER) -> None:
@@ -387,6 +469,12 @@ def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
     return sorted(set(starts))
 
 
+def _auto_overlap(tile: int, unit: int) -> int:
+    """About 1/8 of ``tile``, rounded to a multiple of ``unit`` (VAE factor x patch), at most a quarter of it."""
+    ov = max(unit, int(round(tile / 8 / unit)) * unit)
+    return ov if 2 * ov <= tile else tile // 4
+
+
 def _ramp(n: int, left: int, right: int, device=None) -> torch.Tensor:
     r = torch.ones(n, device=device)
     if left:
@@ -406,6 +494,6 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return ((images + 1.0) / 2.0).clamp(0, 1)
 
 
-__all__ = ["Restorer", "adapter_scope", "encode_latents", "decode_latents", "decode_latents_tiled", "fuse_adapter",
+__all__ = ["Restorer", "FrameSizeError", "position_table_limit", "adapter_scope", "encode_latents", "decode_latents", "decode_latents_tiled", "fuse_adapter",
            "transformer_velocity", "pad_to_multiple",
            "to_model_range", "to_unit_range"]

@@ -64,9 +64,15 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _splits(split: str) -> list[str]:
+    """``all`` means both folders ``nifi train``/``nifi eval`` read (train/ and test/), never a folder ``all/``."""
+    return ["train", "test"] if split == "all" else [split]
+
+
 def _cmd_pairs(args: argparse.Namespace) -> int:
-    m = codec_pairs(args.scene, args.split, args.out, backend=args.backend, overwrite=args.overwrite,
-                    device=args.device)
+    for split in _splits(args.split):
+        m = codec_pairs(args.scene, split, args.out, backend=args.backend, overwrite=args.overwrite,
+                        device=args.device)
     for lv in m["levels"]:
         print(f"rate {lv['label']}: {lv['num_gaussians']} Gaussians, {lv['bytes']} B, PSNR {lv['psnr']:.2f} dB "
               f"({lv['psnr_split']})")
@@ -75,10 +81,11 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     s = _settings(args)
-    res = prepare_benchmark(args.dataset, args.dataset_root, args.out, [str(r) for r in args.rates],
-                            args.compression_method, compressed_root=args.compressed_root, shard=args.shard,
-                            split=args.split, downscale=args.downscale, settings=s, artifacts_root=args.artifacts_root,
-                            overwrite=args.overwrite)
+    for split in _splits(args.split):
+        res = prepare_benchmark(args.dataset, args.dataset_root, args.out, [str(r) for r in args.rates],
+                                args.compression_method, compressed_root=args.compressed_root, shard=args.shard,
+                                split=split, downscale=args.downscale, settings=s,
+                                artifacts_root=args.artifacts_root, overwrite=args.overwrite)
     done = sum(r["status"] == "done" for r in res)
     print(f"{args.dataset}: {done} scene(s) written, {len(res) - done} already complete")
     return 0
@@ -99,7 +106,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("pairs", help="render the decoded levels: pairs/<scene>/rate_<label>/<split>/{clean,degraded}")
     p.add_argument("--scene", required=True, help="artifact folder written by `nifi synthesize`")
-    p.add_argument("--split", default="train", choices=("train", "test", "all"))
+    p.add_argument("--split", default="train", choices=("train", "test", "all"),
+                   help="views to render; all = both train/ and test/ (default: %(default)s)")
     p.add_argument("--out", required=True, help="pairs/<scene>/ (a trailing /<split>/ is accepted and dropped)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "gsplat"))
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -115,7 +123,8 @@ def register(sub) -> None:
     p.add_argument("--compressed_root", default=None,
                    help="precomputed renders: <compressed_root>/<scene>/rate_<label>/<split>/*.png")
     p.add_argument("--shard", default=None, help="i/n: only scenes i, i+n, ... (sorted by name)")
-    p.add_argument("--split", default="test", choices=("train", "test", "all"))
+    p.add_argument("--split", default="test", choices=("train", "test", "all"),
+                   help="views to write; all = both train/ and test/ (default: %(default)s)")
     p.add_argument("--downscale", type=int, default=None, choices=(1, 2, 4, 8),
                    help="use images_<d>/ of COLMAP, nerfstudio and image-only scenes (default: images/)")
     p.add_argument("--artifacts_root", default="artifacts/benchmarks", help="nifi-codec: where artifacts go")

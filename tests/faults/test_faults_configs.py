@@ -1,5 +1,5 @@
 """Bad configs through ``nifi train --config`` (and the same values through ``--set``): an unknown key, a
-wrong type, a negative learning rate, t0 outside [0, 1000). Each is refused while loading the config, with a
+wrong type, a negative learning rate, t0 outside [0, 1000]. Each is refused while loading the config, with a
 one-line error naming the config file and the key, before the data, the model or the run folder is touched."""
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ CASES = {
                    ["train.max_steps", "expected an integer", "'ten'"]),
     "negative_lr": ("train:\n  lr_phi_minus: -1.0e-5\n", "train.lr_phi_minus=-1.0e-5",
                     ["train.lr_phi_minus", "must be positive", "-1e-05"]),
-    "t0_too_large": ("diffusion:\n  t0: 1000\n", "diffusion.t0=1000", ["diffusion.t0", "[0, 1000)", "1000"]),
-    "t0_negative": ("diffusion:\n  t0: -1\n", "diffusion.t0=-1", ["diffusion.t0", "[0, 1000)", "-1"]),
+    "t0_too_large": ("diffusion:\n  t0: 1001\n", "diffusion.t0=1001", ["diffusion.t0", "[0, 1000]", "1001"]),
+    "t0_negative": ("diffusion:\n  t0: -1\n", "diffusion.t0=-1", ["diffusion.t0", "[0, 1000]", "-1"]),
 }
 
 

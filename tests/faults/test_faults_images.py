@@ -131,6 +131,23 @@ def test_restore_refuses_bad_image(defect, models, nifi, tmp_path):
     assert snapshot(out) == before and not leftovers(out)
 
 
+@pytest.mark.parametrize("defect", ["rgba", "grey"])
+def test_restore_offers_allow_convert(defect, models, nifi, tmp_path):
+    """A greyscale or RGBA input: the refusal names the CLI flag (not the Python keyword); with
+    ``--allow_convert`` it is restored (RGBA composited on ``--background``)."""
+    lq = tmp_path / "lq"
+    lq.mkdir()
+    bad = plant(defect, lq, "frame")
+    out = tmp_path / "out"
+    res = nifi("restore", "--base_model", models["backbone"], "--lq", lq, "--out", out, "--device", "cpu")
+    msg = assert_cli_error(res, "restore", bad.name, "--allow_convert", *DEFECTS[defect][2])
+    assert "allow_convert=True" not in msg and not out.exists()
+    res = nifi("restore", "--base_model", models["backbone"], "--lq", lq, "--out", out, "--device", "cpu",
+               "--allow_convert", "--background", "black")
+    assert res.rc == 0, res.err
+    assert np.asarray(Image.open(out / "frame.png")).shape == (32, 32, 3)
+
+
 def test_restore_refuses_empty_folder(models, nifi, tmp_path):
     (tmp_path / "lq").mkdir()
     res = nifi("restore", "--base_model", models["backbone"], "--lq", tmp_path / "lq", "--out", tmp_path / "out")
