@@ -42,3 +42,25 @@ def image_rows(rows: list[tuple[str, torch.Tensor]], ncols: int | None = None):
         axes[r, 0].set_title(label, fontsize=8, loc="left")
     fig.tight_layout()
     return fig
+
+
+def plot_guidance_probe(probe, paper_scale: float = 7.5):
+    """The CFG probe (:func:`nifi_lib.evaluation.guidance.guidance_probe`): the guided velocity's error to the
+    flow target per noise level for each scale (left), and the error of the denoised estimate averaged over
+    the teacher's timestep range against the scale (right; the chosen scale marked)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    for s in probe.scales:
+        axes[0].plot(probe.sigmas, probe.mse[s], marker="o", ms=3, label=f"w = {s:g}",
+                     lw=2.0 if s in (probe.best, paper_scale) else 1.0)
+    axes[0].set(xlabel="noise level sigma", ylabel="MSE(v_cfg, eps - x)",
+                title="guided velocity vs the flow target")
+    axes[0].legend(fontsize=7, ncol=2)
+    xs = list(probe.scales)
+    axes[1].plot(xs, [probe.mean_denoised[s] for s in xs], marker="o")
+    axes[1].axvline(probe.best, ls="--", color="C2", label=f"lowest error: w = {probe.best:g}")
+    axes[1].axvline(paper_scale, ls=":", color="gray", label=f"paper (SD3): w = {paper_scale:g}")
+    axes[1].set(xlabel="CFG scale w", ylabel="mean sigma^2 MSE (denoised estimate)",
+                title=f"score error over the teacher's t range ({probe.n_images} views)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
