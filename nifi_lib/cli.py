@@ -14,6 +14,7 @@ from .errors import NifiError
 COMMAND_MODULES = [
     "nifi_lib.data.cli",            # download, prompts
     "nifi_lib.gs.cli",              # scenes build, fit
+    "nifi_lib.diffusion.cli",       # embed-prompts, backbone build-random
     "nifi_lib.synthesis.cli",       # synthesize, pairs, prepare-benchmark
     "nifi_lib.training.cli",        # prior train, train, verify
     "nifi_lib.restoration.cli",     # restore, ckpt import/export

@@ -16,6 +16,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
 from ..errors import NifiError
+from ..warnings_policy import install_known_harmless_filters
 from .flow import make_scheduler
 from .prompts import PromptEmbeddings, check_embeddings_fit, load_embeddings_npz
 
@@ -82,8 +83,16 @@ class Backbone:
         return next(self.transformer.parameters()).device
 
     def to(self, device=None, dtype=None) -> "Backbone":
-        self.vae.to(device=device, dtype=dtype)
-        self.transformer.to(device=device, dtype=dtype)
+        """Move/cast both models. Only the arguments that change something are passed on: diffusers'
+        ``ModelMixin.to`` logs a float32 notice whenever ``dtype=`` is given, even a no-op one."""
+        for m in (self.vae, self.transformer):
+            kw = {}
+            if device is not None:
+                kw["device"] = device
+            if dtype is not None and next(m.parameters()).dtype != dtype:
+                kw["dtype"] = dtype
+            if kw:
+                m.to(**kw)
         return self
 
     def freeze(self) -> "Backbone":
@@ -286,6 +295,7 @@ def load_backbone(path_or_id: str, kind: str | None = None, embeddings: str | Pa
     folder's own ``prompt_embeds.npz``. Hub ids need network access and, for SD3-medium, a token
     (``HF_TOKEN`` or ``huggingface-cli login``) after accepting the licence.
     """
+    install_known_harmless_filters()
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise BackboneError(f"unknown dtype '{dtype}' (use fp32, bf16 or fp16)")
