@@ -16,15 +16,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job: every notebook in order on the embedded default (papermill), executed copies in
-# runs/notebooks/, figures in figures/, and a run report in runs/report.md (+ runs/report.json).
+# runs/notebooks/, figures in figures/ (the committed ones), and a run report in runs/report.md (+ runs/report.json).
 run: $(STAMP)
 	$(PY) -m nifi_lib.cli run-notebooks --profile embedded --out runs/notebooks
 
-# The tests: pytest on tests/, then nbval on every notebook with its smoke parameters.
+# The tests: pytest on tests/, then nbval on every notebook with its smoke parameters. Nothing is written
+# into tracked paths: the prepared notebooks carry figures_dir = runs/nbval/figures (configs/notebooks/
+# _profiles.yaml), and NIFI_FIGURES_DIR catches any figure saved without a folder.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	NIFI_FIGURES_DIR=runs/test_figures $(PY) -m pytest -q tests
 	$(PY) -m nifi_lib.cli run-notebooks --profile smoke --prepare-only --out runs/nbval
-	$(PY) -m pytest -q --nbval-lax -p no:cacheprovider runs/nbval
+	NIFI_FIGURES_DIR=runs/nbval/figures $(PY) -m pytest -q --nbval-lax -p no:cacheprovider runs/nbval
 
 clean-runs:
 	rm -rf runs

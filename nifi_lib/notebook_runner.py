@@ -4,11 +4,21 @@ Parameters per notebook live in ``configs/notebooks/<stem>.yaml`` with one secti
 (``embedded`` for the main job, ``smoke`` for the tests, ``paper`` for the paper setting). The run
 report (``runs/report.md`` and ``runs/report.json``) lists which notebooks ran, how long they took and
 the key numbers they recorded with :func:`nifi_lib.report.record_numbers`.
+
+Parameters shared by every notebook of a profile live in ``configs/notebooks/_profiles.yaml`` (today:
+``figures_dir``, where the figures go; ``{out}`` stands for the ``--out`` folder). They are injected only into
+notebooks whose parameters cell declares them, and ``$NIFI_FIGURES_DIR`` is set to the same folder while a
+notebook executes (for any figure saved without an explicit folder). So ``make run`` (embedded) refreshes
+``figures/`` and ``make test`` (smoke, ``--out runs/nbval``) writes ``runs/nbval/figures``, never a tracked path.
+
+While a notebook executes, one line per code cell is printed (``[embedded] 05_... cell 7/23 done in 4.2 s
+(42 s so far)``): readable in a log, no progress-bar control characters.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,10 +27,11 @@ import yaml
 
 from .errors import NifiError
 from .io.atomic import atomic_write_json, atomic_write_text
-from .paths import CONFIGS_DIR, NOTEBOOKS_DIR, REPO_ROOT, repo_path
+from .paths import CONFIGS_DIR, ENV_FIGURES_DIR, NOTEBOOKS_DIR, REPO_ROOT, repo_path
 from .report import NUMBERS_DIR
 
 PROFILES = ("embedded", "smoke", "paper")
+PROFILE_FILE = "_profiles.yaml"      # parameters shared by every notebook of a profile (configs/notebooks/)
 
 
 class NotebookRunError(NifiError):
@@ -50,6 +61,91 @@ def notebook_parameters(stem: str, profile: str, params_dir: Path = CONFIGS_DIR 
     return section
 
 
+def _out_token(out_dir: Path) -> str:
+    """``out_dir`` as written into parameters: repo-relative when inside the repo (portable), else absolute."""
+    out_dir = repo_path(out_dir)
+    return out_dir.relative_to(REPO_ROOT).as_posix() if out_dir.is_relative_to(REPO_ROOT) else str(out_dir)
+
+
+def profile_parameters(profile: str, out_dir: str | Path, params_dir: Path = CONFIGS_DIR / "notebooks") -> dict:
+    """The parameters every notebook of ``profile`` shares (``_profiles.yaml``), ``{out}`` replaced by ``out_dir``."""
+    if profile not in PROFILES:
+        raise NotebookRunError(f"unknown profile '{profile}' (use one of {', '.join(PROFILES)})")
+    path = params_dir / PROFILE_FILE
+    data = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    if not isinstance(data, dict) or any(k not in PROFILES for k in data):
+        raise NotebookRunError(f"{path}: top-level keys must be profiles ({', '.join(PROFILES)})")
+    section = data.get(profile) or {}
+    if not isinstance(section, dict):
+        raise NotebookRunError(f"{path}: section '{profile}' must be a mapping of parameter: value")
+    out = _out_token(Path(out_dir))
+    return {k: (v.replace("{out}", out) if isinstance(v, str) else v) for k, v in section.items()}
+
+
+def declared_parameters(nb: Path) -> set[str]:
+    """Names assigned in the notebook's ``parameters`` cell."""
+    import papermill as pm
+
+    return set(pm.inspect_notebook(str(nb)))
+
+
+def prepared_parameters(nb: Path, profile: str, out_dir: str | Path,
+                        params_dir: Path = CONFIGS_DIR / "notebooks") -> dict:
+    """What is injected into ``nb``: the profile's shared parameters that the notebook declares, then the
+    notebook's own section (which wins)."""
+    shared = profile_parameters(profile, out_dir, params_dir)
+    declared = declared_parameters(nb) if shared else set()
+    return {**{k: v for k, v in shared.items() if k in declared},
+            **notebook_parameters(nb.stem, profile, params_dir)}
+
+
+def profile_figures_dir(profile: str, out_dir: str | Path, params_dir: Path = CONFIGS_DIR / "notebooks") -> Path | None:
+    """The profile's figure folder (absolute), or None when ``_profiles.yaml`` names none."""
+    v = profile_parameters(profile, out_dir, params_dir).get("figures_dir")
+    return repo_path(v) if v else None
+
+
+def cell_progress(label: str, stream=None):
+    """A ``NotebookExecutionManager.cell_complete`` wrapper factory: prints one line per finished code cell."""
+    def attach(nb_man) -> None:
+        code_idx = [i for i, c in enumerate(nb_man.nb.cells) if c.cell_type == "code"]
+        n, t_start, t_cell = len(code_idx), time.perf_counter(), {}
+        orig_start, orig_complete = nb_man.cell_start, nb_man.cell_complete
+
+        def cell_start(cell, cell_index=None, **kw):
+            t_cell[cell_index] = time.perf_counter()
+            return orig_start(cell, cell_index, **kw)
+
+        def cell_complete(cell, cell_index=None, **kw):
+            res = orig_complete(cell, cell_index, **kw)
+            if cell.cell_type == "code" and cell_index in code_idx:
+                now = time.perf_counter()
+                failed = cell.get("metadata", {}).get("papermill", {}).get("status") == "failed"
+                print(f"{label} cell {code_idx.index(cell_index) + 1}/{n} {'FAILED' if failed else 'done'} in "
+                      f"{now - t_cell.get(cell_index, now):.1f} s ({now - t_start:.0f} s so far)",
+                      file=stream or sys.stdout, flush=True)
+            return res
+
+        nb_man.cell_start, nb_man.cell_complete = cell_start, cell_complete
+    return attach
+
+
+def _progress_engine():
+    """papermill's nbclient engine plus :func:`cell_progress` (registered once as ``nifi-progress``)."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class ProgressEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, nifi_progress=None, **kwargs):
+            if nifi_progress is not None:
+                nifi_progress(nb_man)
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    if "nifi-progress" not in papermill_engines._engines:
+        papermill_engines.register("nifi-progress", ProgressEngine)
+    return "nifi-progress"
+
+
 def run_notebooks(profile: str, out_dir: Path, prepare_only: bool = False, only: list[str] | None = None,
                   kernel: str = "python3", report: bool = True) -> list[dict]:
     """Execute (or only parameterise) every notebook in order; return one record per notebook."""
@@ -61,18 +157,29 @@ def run_notebooks(profile: str, out_dir: Path, prepare_only: bool = False, only:
     if not notebooks:
         raise NotebookRunError(f"no notebooks found in {NOTEBOOKS_DIR}")
     records = []
+    fig_dir = profile_figures_dir(profile, out_dir)
+    saved_env = os.environ.get(ENV_FIGURES_DIR)
+    engine = _progress_engine()
     for nb in notebooks:
-        params = notebook_parameters(nb.stem, profile)
+        params = prepared_parameters(nb, profile, out_dir)
         target = out_dir / nb.name
         t0 = time.perf_counter()
         status, error = "ok", None
         print(f"[{profile}] {'preparing' if prepare_only else 'running'} {nb.name} {params or ''}", flush=True)
+        extra = {} if prepare_only else {"engine_name": engine, "nifi_progress": cell_progress(f"[{profile}] {nb.stem}")}
         try:
+            if fig_dir is not None:   # the kernel inherits it: figures saved without a folder land there too
+                os.environ[ENV_FIGURES_DIR] = str(fig_dir)
             pm.execute_notebook(str(nb), str(target), parameters=params, kernel_name=kernel,
                                 prepare_only=prepare_only, cwd=str(REPO_ROOT), progress_bar=False,
-                                log_output=False)
+                                log_output=False, **extra)
         except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
             status, error = "failed", f"{e.__class__.__name__}: {str(e)[:2000]}"
+        finally:
+            if saved_env is None:
+                os.environ.pop(ENV_FIGURES_DIR, None)
+            else:
+                os.environ[ENV_FIGURES_DIR] = saved_env
         seconds = time.perf_counter() - t0
         numbers_file = NUMBERS_DIR / f"{nb.stem}.json"
         numbers = json.loads(numbers_file.read_text()) if numbers_file.is_file() and not prepare_only else {}

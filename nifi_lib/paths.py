@@ -10,9 +10,21 @@ EMBEDDED_DIR = DATA_DIR / "embedded"
 FIGURES_DIR = REPO_ROOT / "figures"
 RUNS_DIR = REPO_ROOT / "runs"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+# Where save_figure() writes when a notebook passes no folder: $NIFI_FIGURES_DIR if set, else figures/.
+# `nifi run-notebooks` sets it per profile (configs/notebooks/_profiles.yaml: figures_dir); the tests'
+# profile writes under runs/, so only `make run` refreshes the committed figures/.
+ENV_FIGURES_DIR = "NIFI_FIGURES_DIR"
 
 
 def repo_path(p: str | Path) -> Path:
     """Absolute paths stay; relative ones are taken from the repo root (so notebooks run from any cwd)."""
     p = Path(p).expanduser()
     return p if p.is_absolute() else REPO_ROOT / p
+
+
+def figures_dir(folder: str | Path | None = None) -> Path:
+    """The figure folder: ``folder`` if given, else ``$NIFI_FIGURES_DIR``, else ``figures/`` (repo-relative)."""
+    import os
+
+    chosen = folder if folder not in (None, "") else (os.environ.get(ENV_FIGURES_DIR) or FIGURES_DIR)
+    return repo_path(chosen)

@@ -13,6 +13,7 @@ from nifi_lib.evaluation.outputs import ViewImages, ViewKey
 from nifi_lib.viz.compare import (CropBox, PanelGrid, as_image, comparison_grid, crop, diff_grid, diff_map,
                                   draw_box, paste_boxes, pick_boxes, split_composite, split_view, upscale)
 from nifi_lib.viz.figures import contact_sheet, fig3_overlay
+from nifi_lib.viz.compare import frame_with_zooms, resize_nearest
 from nifi_lib.viz.style import METHOD_COLORS
 
 H, W = 10, 14
@@ -125,20 +126,43 @@ def _views(n=2):
     return out
 
 
-def test_fig3_overlay_pastes_restorations_in_boxes():
+def test_fig3_overlay_shows_each_methods_full_frame_with_zooms_beside():
     views = _views(2)
     boxes = [[CropBox(1, 1, 4, 4)], [CropBox(6, 3, 5, 5), CropBox(0, 0, 3, 3)]]
     g = fig3_overlay(views, ["bm3d", "nifi"], boxes=boxes)
     assert g.shape == (2, 4) and g.columns == ["compressed", "bm3d", "nifi", "clean"]
     for row, ex, bx in zip(g.rows, views, boxes):
-        assert np.array_equal(row[0].image, ex.degraded) and row[0].boxes == bx
+        H, W = ex.clean.shape[:2]
+        for p, img in zip(row, [ex.degraded, ex.restored["bm3d"], ex.restored["nifi"], ex.clean]):
+            # the column's full frame is that image, everywhere (not the compressed render outside the boxes)
+            assert np.array_equal(p.image[:H, :W], img)
+            assert p.boxes[:len(bx)] == bx
+            zooms = p.boxes[len(bx):]
+            assert len(zooms) == len(bx)
+            for b, z in zip(bx, zooms):        # each zoom, beside the frame, is that image's crop enlarged
+                assert z.x >= W and z.h >= b.h
+                got = p.image[z.y:z.y + z.h, z.x:z.x + z.w]
+                assert np.array_equal(got, resize_nearest(img[b.y:b.y + b.h, b.x:b.x + b.w], z.h, z.w))
         for p, m in zip(row[1:3], ["bm3d", "nifi"]):
-            assert np.array_equal(p.image, paste_boxes(ex.degraded, ex.restored[m], bx))
-            assert p.color == METHOD_COLORS[m] and p.boxes == bx
-        assert np.array_equal(row[3].image, paste_boxes(ex.degraded, ex.clean, bx))
+            assert p.color == METHOD_COLORS[m]
+        assert not np.array_equal(row[3].image[:H, :W], row[0].image[:H, :W])
     assert "LPIPS 0.125" in g.rows[0][2].title and "12.0 dB" in g.rows[0][0].title
     auto = fig3_overlay(views[:1], ["nifi"], n_boxes=2)   # default: where the compressed render is worst
-    assert auto.rows[0][1].boxes == pick_boxes(views[0].clean, views[0].degraded, 2, 0.3)
+    assert auto.rows[0][1].boxes[:2] == pick_boxes(views[0].clean, views[0].degraded, 2, 0.3)
+    fig = g.figure()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_frame_with_zooms_layout():
+    img = np.random.default_rng(7).random((12, 10, 3)).astype(np.float32)
+    out, zooms = frame_with_zooms(img, [CropBox(2, 3, 4, 4), CropBox(0, 0, 2, 3)], gap=2)
+    assert np.array_equal(out[:, :10], img) and out.shape[0] == 12
+    assert zooms[0] == CropBox(12, 0, 5, 5) and zooms[1].y == 7 and zooms[1].h == 5
+    assert np.all(out[5:7, 10:] == 1.0)          # the gap between the zooms is background
+    same, none = frame_with_zooms(img, [])
+    assert np.array_equal(same, img) and none == []
 
 
 def test_contact_sheet_rows_are_views(tmp_path):

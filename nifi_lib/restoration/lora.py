@@ -10,6 +10,8 @@ the transformer. All are named peft adapters added with diffusers' ``add_adapter
 from __future__ import annotations
 
 import contextlib
+import re
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import NifiError
 from ..io.atomic import atomic_path
+from ..warnings_policy import PEFT_MULTI_ADAPTER
 
 RESTORER = "default"   # phi-; the authors' adapter name, so their checkpoint maps 1:1
 CRITIC = "critic"      # phi+
@@ -66,7 +69,11 @@ def add_critic_adapter(backbone, rank: int = 64, alpha: int | None = None, seed:
     """Add phi+ (adapter "critic") to the transformer."""
     if seed is not None:
         torch.manual_seed(seed)
-    backbone.transformer.add_adapter(lora_config(rank, alpha, CRITIC_TARGETS), adapter_name=CRITIC)
+    # a second named adapter on the same transformer is intended: peft's "Already found a peft_config"
+    # notice is silenced for this call only (nifi_lib.warnings_policy)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape(PEFT_MULTI_ADAPTER), category=UserWarning)
+        backbone.transformer.add_adapter(lora_config(rank, alpha, CRITIC_TARGETS), adapter_name=CRITIC)
     _match_dtype(backbone)
 
 

@@ -5,39 +5,52 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..evaluation import paper
+from .rates import rate_labels
 from .style import METHOD_COLORS
 
 
 def table1_side_by_side(per_dataset_rate: dict, dataset: str = "embedded", methods=("none", "bm3d", "ffdnet",
-                        "img2img", "nifi", "nifi_wo_t0"), paper_dataset: str = "mipnerf360") -> str:
-    """Markdown: Table 1's rows for one paper dataset beside ours (LPIPS / DISTS at each rate)."""
+                        "img2img", "nifi", "nifi_wo_t0"), paper_dataset: str = "mipnerf360",
+                        sizes_mb: dict[str, float] | None = None) -> str:
+    """Markdown: Table 1's rows for one paper dataset beside ours, one column per rate, every cell
+    ``LPIPS / DISTS`` (the header says so). Rates are labelled with their file size (:func:`rate_label`):
+    the paper's from Table 1's sizes, ours from ``sizes_mb`` (measured bytes) when given."""
     rates = sorted(per_dataset_rate[dataset])
     ours_title = {"none": "compressed (our codec)", "nifi_wo_t0": "+ NiFi w/o t0",
                   "base_t0": "+ frozen base at t0 (Eq. 7 without phi-)"}
-    lines = [f"| method | paper {paper.DATASET_TITLES[paper_dataset]} (HAC++ λ {', '.join(paper.RATES)}) | "
-             f"ours, {dataset} (our codec, rates {', '.join(rates)}) |", "|---|---|---|"]
+    ptitle = paper.DATASET_TITLES[paper_dataset]
+    plab = rate_labels(paper.RATES, paper.SIZES_MB.get(paper_dataset))
+    olab = rate_labels(rates, sizes_mb)
+    head = (["method"] + [f"paper {ptitle}, HAC++ {plab[r]}: LPIPS / DISTS" for r in paper.RATES]
+            + [f"ours ({dataset}, our codec) {olab[r]}: LPIPS / DISTS" for r in rates])
+    lines = ["Each cell: **LPIPS / DISTS** (lower is better). The smallest λ keeps the most and is the largest file.",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         prow = paper.OUR_METHOD_TO_PAPER.get(m)
-        pvals = ", ".join(f"{paper.TABLE1[prow][paper_dataset][r]['lpips']:.3f}/{paper.TABLE1[prow][paper_dataset][r]['dists']:.3f}"
-                          for r in paper.RATES) if prow else "—"
+        pvals = [f"{paper.TABLE1[prow][paper_dataset][r]['lpips']:.3f} / {paper.TABLE1[prow][paper_dataset][r]['dists']:.3f}"
+                 if prow else "—" for r in paper.RATES]
         ovals = []
         for r in rates:
             v = per_dataset_rate[dataset][r].get(m)
             key = "after" if m != "none" else "before"
-            ovals.append(f"{v['lpips_' + key]:.3f}/{v['dists_' + key]:.3f}" if v else "—")
-        lines.append(f"| {ours_title.get(m, '+ ' + m)} | {pvals} | {', '.join(ovals)} |")
+            ovals.append(f"{v['lpips_' + key]:.3f} / {v['dists_' + key]:.3f}" if v else "—")
+        lines.append("| " + " | ".join([ours_title.get(m, "+ " + m), *pvals, *ovals]) + " |")
     return "\n".join(lines)
 
 
-def per_rate_bars(per_dataset_rate: dict, dataset: str, methods: list[str], metric: str = "lpips"):
+def per_rate_bars(per_dataset_rate: dict, dataset: str, methods: list[str], metric: str = "lpips",
+                  sizes_mb: dict[str, float] | None = None):
+    """Bars of ``metric`` per rate and method; the rates say which file is largest (:func:`rate_label`)."""
     rates = sorted(per_dataset_rate[dataset])
+    labels = rate_labels(rates, sizes_mb)
     fig, ax = plt.subplots(figsize=(7, 3.2))
     w = 0.8 / len(methods)
     for i, m in enumerate(methods):
         key = f"{metric}_{'before' if m == 'none' else 'after'}"
         vals = [per_dataset_rate[dataset][r].get(m, {}).get(key, np.nan) for r in rates]
         ax.bar(np.arange(len(rates)) + i * w, vals, w, label=m, color=METHOD_COLORS.get(m))
-    ax.set_xticks(np.arange(len(rates)) + 0.4 - w / 2, [f"rate {r}" for r in rates])
+    ax.set_xticks(np.arange(len(rates)) + 0.4 - w / 2, [labels[r].replace(" (", "\n(", 1) for r in rates])
+    ax.set_xlabel("rate (our codec's levels, named like the paper's HAC++ λ)")
     ax.set_ylabel(f"{metric.upper()} (lower is better)")
     ax.legend(fontsize=7, ncol=3)
     return fig
@@ -53,20 +66,54 @@ def rate_perception_plot(sizes_mb: dict[str, float], per_rate: dict, uncompresse
         ys = [per_rate[r][m][key] for r in rates if m in per_rate.get(r, {})]
         xs = [sizes_mb[r] for r in rates if m in per_rate.get(r, {})]
         ax.plot(xs, ys, marker="o", label="compressed" if m == "none" else m, color=METHOD_COLORS.get(m))
+        if m == methods[0]:
+            labels = rate_labels(rates, sizes_mb)
+            for r, x, y in zip([r for r in rates if m in per_rate.get(r, {})], xs, ys):
+                ax.annotate(labels[r].split(" (")[0], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if uncompressed:
         ax.scatter([uncompressed["mb"]], [uncompressed[metric]], marker="*", s=120, color=METHOD_COLORS["uncompressed"],
                    label="uncompressed 3DGS", zorder=3)
     ax.set_xscale("log")
-    ax.set_xlabel("size (MB, measured bytes, log scale)")
+    ax.set_xlabel("size (MB, measured bytes, log scale; λ=0.1 is the largest file)")
     ax.set_ylabel(f"{metric.upper()} (lower is better)")
     ax.legend(fontsize=8)
     return fig
 
 
-def sweep_plot(xs, series: dict[str, list[float]], xlabel: str, title: str):
+def sweep_plot(xs, series: dict[str, list[float]], xlabel: str, title: str,
+               ylabel: str = "LPIPS / DISTS (lower is better)"):
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     for name, ys in series.items():
         ax.plot(xs, ys, marker="o", label=name)
-    ax.set(xlabel=xlabel, title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
+    return fig
+
+
+T_ROW = "t0=T (no noise)"
+METRIC_COLORS = {"lpips": "C0", "dists": "C1"}
+
+
+def t0_sweep_plot(sweep: dict[str, dict], t0_values, paper_t0: int | None = 199,
+                  title: str = "restoration quality vs t0 (lower is better)"):
+    """Sec. 4.2's t0 ablation: LPIPS and DISTS after restoration against t0, with reference lines per metric:
+    the compressed input (dotted) and, when the sweep has the ``"t0=T (no noise)"`` row, NiFi w/o t0 (dashed);
+    the paper's t0 as a vertical line. Both axes are labelled."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    xs = [t for t in t0_values if f"t0={t}" in sweep]
+    first = next(iter(sweep.values()), {})
+    for metric, color in METRIC_COLORS.items():
+        name = metric.upper()
+        ax.plot(xs, [sweep[f"t0={t}"][f"{metric}_after"] for t in xs], marker="o", color=color,
+                label=f"{name}, NiFi at t0")
+        if f"{metric}_before" in first:
+            ax.axhline(first[f"{metric}_before"], ls=":", color=color, alpha=0.8, label=f"{name} of the compressed input")
+        if T_ROW in sweep:
+            ax.axhline(sweep[T_ROW][f"{metric}_after"], ls="--", color=color, alpha=0.6,
+                       label=f"{name}, t0 = T (no noise: NiFi w/o t0)")
+    if paper_t0 is not None:
+        ax.axvline(paper_t0, color="0.5", lw=0.8, ls="-.", label=f"paper's t0 = {paper_t0}")
+    ax.set(xlabel="t0 (timestep the compressed latent is projected to, of T = 1000)",
+           ylabel="LPIPS / DISTS after restoration (lower is better)", title=title)
+    ax.legend(fontsize=7)
     return fig

@@ -134,6 +134,41 @@ def paste_boxes(base, source, boxes: Sequence[CropBox]) -> np.ndarray:
     return out
 
 
+def resize_nearest(img, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of an ``(H, W[, C])`` array to ``height x width`` (pixels stay visible)."""
+    a = np.asarray(img)
+    ys = (np.arange(max(1, int(height))) * a.shape[0]) // max(1, int(height))
+    xs = (np.arange(max(1, int(width))) * a.shape[1]) // max(1, int(width))
+    return a[ys][:, xs]
+
+
+def frame_with_zooms(img, boxes: Sequence[CropBox], gap: int = 2, background: float = 1.0
+                     ) -> tuple[np.ndarray, list[CropBox]]:
+    """The full frame ``img`` with its ``boxes`` enlarged beside it (right), stacked top to bottom.
+
+    Returns ``(composite, zoom_boxes)``: ``composite[:H, :W]`` is exactly ``img``; zoom ``k`` (the crop of
+    ``boxes[k]`` resized by nearest neighbour to the height of one slot, aspect kept; a slot is ``H / n`` and
+    never smaller than the box, so a zoom never shrinks - the composite then grows below ``H``) sits at
+    ``zoom_boxes[k]`` in the composite; the rest is ``background``. No boxes: just the frame."""
+    a = as_image(img)
+    H, W = a.shape[:2]
+    bxs = [b.clip(W, H) for b in boxes]
+    if not bxs:
+        return a.copy(), []
+    n = len(bxs)
+    slot = max(1, (H - gap * (n - 1)) // n, max(b.h for b in bxs))
+    sizes = [(slot, max(1, int(round(b.w * slot / b.h)))) for b in bxs]
+    zw = max(w for _, w in sizes)
+    out = np.full((max(H, n * slot + gap * (n - 1)), W + gap + zw, 3), background, dtype=np.float32)
+    out[:H, :W] = a
+    zooms = []
+    for k, (b, (h, w)) in enumerate(zip(bxs, sizes)):
+        y, x = k * (slot + gap), W + gap
+        out[y:y + h, x:x + w] = resize_nearest(crop(a, b), h, w)
+        zooms.append(CropBox(x, y, w, h))
+    return out, zooms
+
+
 def hex_rgb(color: str) -> np.ndarray:
     from matplotlib.colors import to_rgb
 
@@ -396,5 +431,5 @@ def split_view(before, after, position: int | float | None = None, labels: tuple
 
 
 __all__ = ["CropBox", "Panel", "PanelGrid", "SplitView", "as_image", "crop", "diff_map", "split_composite",
-           "paste_boxes", "draw_box", "upscale", "colorize", "pick_boxes", "method_color", "comparison_grid",
+           "paste_boxes", "resize_nearest", "frame_with_zooms", "draw_box", "upscale", "colorize", "pick_boxes", "method_color", "comparison_grid",
            "diff_grid", "split_view", "REFERENCE_COLOR", "INPUT_COLOR"]

@@ -1,8 +1,8 @@
 """Paper-style figures of restored frames (notebook 08): the Fig. 3 overlay and contact sheets per rate.
 
-- :func:`fig3_overlay` - the paper's Fig. 3: the full compressed render with 1-2 highlighted boxes in which a
-  method's restored pixels are pasted, outlined in the method's colour; one column per method (plus the plain
-  compressed render and the clean reference pasted the same way), one row per example view.
+- :func:`fig3_overlay` - the paper's Fig. 3: one column per image (the compressed render, each method's
+  restoration, the clean reference), each showing that image's *full frame* with 1-2 highlighted boxes
+  (outlined in the column's colour) and the boxes enlarged beside it; one row per example view.
 - :func:`contact_sheet` - rows: views; columns: clean, degraded, each method.
 
 Both return a :class:`nifi_lib.viz.compare.PanelGrid` (``.figure()``, ``.save(name)``).
@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ..evaluation.outputs import RunIndex, ViewImages
-from .compare import (INPUT_COLOR, REFERENCE_COLOR, CropBox, Panel, PanelGrid, _metric_caption, _title, method_color,
-                      paste_boxes, pick_boxes)
+from .compare import (INPUT_COLOR, REFERENCE_COLOR, CropBox, Panel, PanelGrid, _metric_caption, _title,
+                      frame_with_zooms, method_color, pick_boxes)
+from .rates import pairs_sizes_mb, rate_label
 from .style import PANEL_INCH
 
 
@@ -33,28 +34,34 @@ def display_methods(index: RunIndex, methods: Sequence[str] | None = None) -> li
 
 def fig3_overlay(examples: Sequence[ViewImages], methods: Sequence[str], boxes: Sequence[Sequence[CropBox]] | None = None,
                  n_boxes: int = 2, box_frac: float = 0.3, title: str | None = None, note: str | None = None,
-                 reference: bool = True) -> PanelGrid:
-    """Fig. 3 style: per example, the compressed frame with ``methods``' restorations pasted inside the boxes.
+                 reference: bool = True, sizes_mb: dict[str, float] | None = None,
+                 rates: Sequence[str] | None = None) -> PanelGrid:
+    """Fig. 3 style: per example, every column is one image's full frame (compressed, each of ``methods``, the
+    clean reference) with the same boxes outlined and enlarged beside it (:func:`frame_with_zooms`).
 
     ``boxes[i]`` are example ``i``'s boxes; default: :func:`pick_boxes` (where the compressed render is worst).
+    Row labels name the rate with its file size (``sizes_mb``, measured) or its place among ``rates``.
     """
     rows, labels = [], []
+
+    def panel(name: str, img, color: str, bxs: list[CropBox], metrics=None) -> Panel:
+        composite, zooms = frame_with_zooms(img, bxs)
+        return Panel(_title(name, metrics), composite, color=color, boxes=[*bxs, *zooms])
+
     for i, ex in enumerate(examples):
         bxs = list(boxes[i]) if boxes is not None else pick_boxes(ex.clean, ex.degraded, n_boxes, box_frac)
-        row = [Panel(_title("compressed", ex.metrics.get("degraded")), ex.degraded, color=INPUT_COLOR, boxes=bxs)]
+        row = [panel("compressed", ex.degraded, INPUT_COLOR, bxs, ex.metrics.get("degraded"))]
         for m in methods:
             if m not in ex.restored:
                 row.append(Panel(f"{m}\n(no output)", None, kind="blank"))
                 continue
-            row.append(Panel(_title(m, ex.metrics.get(m)), paste_boxes(ex.degraded, ex.restored[m], bxs),
-                             color=method_color(m), boxes=bxs))
+            row.append(panel(m, ex.restored[m], method_color(m), bxs, ex.metrics.get(m)))
         if reference:
-            row.append(Panel("clean (reference)", paste_boxes(ex.degraded, ex.clean, bxs), color=REFERENCE_COLOR,
-                             boxes=bxs))
+            row.append(panel("clean (reference)", ex.clean, REFERENCE_COLOR, bxs))
         rows.append(row)
-        labels.append(f"{ex.view.label} (rate {ex.view.rate})")
+        labels.append(f"{ex.view.label}\n{rate_label(ex.view.rate, sizes_mb, rates)}")
     cols = ["compressed", *methods] + (["clean"] if reference else [])
-    return PanelGrid(rows, labels, title, None, cols, note=note)
+    return PanelGrid(rows, labels, title, None, cols, panel_inch=PANEL_INCH * 1.4, note=note)
 
 
 def contact_sheet(views: Sequence[ViewImages], methods: Sequence[str], title: str | None = None,
@@ -81,15 +88,26 @@ def fig3_for_rate(index: RunIndex, rate: str, methods: Sequence[str] | None = No
     """:func:`fig3_overlay` of the first ``per_scene`` view(s) of each scene at ``rate``."""
     ms = display_methods(index, methods)
     ex = index.load_rate(rate, ms, max_views=max_rows, per_scene=per_scene)
-    return fig3_overlay(ex, ms, title=kw.pop("title", f"Restorations pasted into the compressed render, rate {rate}"),
-                        **kw)
+    sizes, rates = _sizes(index), index.rates()
+    label = rate_label(rate, sizes, rates)
+    return fig3_overlay(ex, ms, title=kw.pop("title", f"Full frames with enlarged boxes, {label}"),
+                        sizes_mb=sizes, rates=rates, **kw)
+
+
+def _sizes(index: RunIndex) -> dict[str, float]:
+    """Measured bytes per rate of the run's pairs (``manifest.json``), ``{}`` when the run has none (demo runs)."""
+    try:
+        return pairs_sizes_mb(index.pairs_root)
+    except OSError:
+        return {}
 
 
 def contact_sheet_for_rate(index: RunIndex, rate: str, methods: Sequence[str] | None = None,
                            max_views: int | None = 8, **kw) -> PanelGrid:
     ms = display_methods(index, methods)
     views = index.load_rate(rate, ms, max_views=max_views)
-    return contact_sheet(views, ms, title=kw.pop("title", f"Contact sheet, rate {rate} (split '{index.split}')"), **kw)
+    label = rate_label(rate, _sizes(index), index.rates())
+    return contact_sheet(views, ms, title=kw.pop("title", f"Contact sheet, {label} (split '{index.split}')"), **kw)
 
 
 def export_rate_figures(index: RunIndex, prefix: str = "08_visual_comparison", methods: Sequence[str] | None = None,

@@ -1,11 +1,12 @@
-"""One figure style for the series, defined once; every figure is also written to figures/<name>.png."""
+"""One figure style for the series, defined once; every figure is also written to <figures_dir>/<name>.png
+(``figures/`` for ``make run``; the smoke profile of the tests writes under ``runs/``)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
 
-from ..paths import FIGURES_DIR
+from ..paths import FIGURES_DIR, figures_dir  # noqa: F401 (FIGURES_DIR: the default)
 
 STYLE = {
     "figure.dpi": 100,
@@ -30,15 +31,23 @@ PANEL_INCH = 2.4             # width of one image panel in grids
 
 
 def apply_style() -> None:
-    """Apply the series' matplotlib style (call once at the top of a notebook)."""
+    """Apply the series' matplotlib style (call once at the top of a notebook); also silences the
+    known-harmless library warnings of :mod:`nifi_lib.warnings_policy` in the notebook's kernel."""
+    from ..warnings_policy import install_known_harmless_filters
+
     matplotlib.rcParams.update(STYLE)
+    install_known_harmless_filters()
 
 
 def save_figure(fig, name: str, folder: str | Path | None = None) -> Path:
-    """Write ``fig`` to ``figures/<name>.png`` (stable name so batch reruns refresh it); return the path."""
+    """Write ``fig`` to ``<folder>/<name>.png`` (stable name so batch reruns refresh it); return the path.
+
+    ``folder`` None: ``$NIFI_FIGURES_DIR`` if set, else ``figures/``; a relative folder is taken from the repo
+    root (nbval runs kernels in the notebook's folder). Notebooks pass their ``figures_dir`` parameter.
+    """
     from ..io.atomic import atomic_path
 
-    folder = Path(folder) if folder is not None else FIGURES_DIR
+    folder = figures_dir(folder)
     path = folder / f"{name}.png"
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")

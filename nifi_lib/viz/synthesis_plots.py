@@ -72,7 +72,10 @@ def _crop_box(h: int, w: int, crop: Sequence[float] | None) -> tuple[int, int, i
 def plot_rate_grid(clean, degraded: dict, psnrs: dict | None = None, crop: Sequence[float] | None = None,
                    title: str | None = None):
     """Row 1: clean | one panel per rate (largest level first); row 2: the same zoomed crop of each."""
-    cols = [("clean (ground truth)", clean)] + [(f"rate {k}" + (f"\n{psnrs[k]:.2f} dB" if psnrs and k in psnrs else ""), v)
+    from .rates import rate_labels
+
+    rl = {k: v.replace(" (", "\n(", 1) for k, v in rate_labels(list(degraded)).items()}   # which file is largest
+    cols = [("clean (ground truth)", clean)] + [(rl[k] + (f"\n{psnrs[k]:.2f} dB" if psnrs and k in psnrs else ""), v)
                                                 for k, v in degraded.items()]
     imgs = [_to_hwc(im) for _, im in cols]
     h, w = imgs[0].shape[:2]
@@ -119,9 +122,12 @@ def plot_rate_distortion(levels: Sequence[dict], full: dict | None = None, title
     xs = [d["bytes"] / 1e6 for d in lv]
     ys = [d["psnr"] for d in lv]
     ax.plot(xs, ys, "-", color=METHOD_COLORS["nifi"], lw=1.2, label="pruned + 8-bit + range coded")
+    from .rates import rate_labels
+
+    rl = rate_labels([d["label"] for d in lv], {d["label"]: d["bytes"] / 1e6 for d in lv})
     for d, x, y in zip(lv, xs, ys):
         ax.plot(x, y, "o", ms=7, color=LEVEL_COLORS.get(d["label"], "C0"))
-        note = f"rate {d['label']}"
+        note = rl[d["label"]].replace(" (", "\n(", 1)
         if full:
             note += f"\n{full['bytes'] / d['bytes']:.0f}x smaller"
         ax.annotate(note, (x, y), xytext=(6, -16), textcoords="offset points", fontsize=8)
