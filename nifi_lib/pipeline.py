@@ -64,27 +64,103 @@ def embedded_config(overrides: dict | None = None, path: str | Path = "configs/e
     return load_config(repo_path(path), overrides=overrides)
 
 
+def _run_is_current(out: Path, cfg) -> bool:
+    """``out`` holds a finished run of ``cfg`` whose ``best.pt`` was chosen on held-out training views."""
+    import json
+
+    try:
+        summary = json.loads((out / "train_summary.json").read_text())
+        if not isinstance(summary, dict):
+            return False
+    except (OSError, ValueError):
+        return False
+    if not (out / "best.pt").is_file() or summary.get("val_split") in (None, "test"):
+        return False
+    if hasattr(cfg, "train") and int(summary.get("steps", 0)) < int(cfg.train.max_steps):
+        return False
+    if hasattr(cfg, "diffusion"):
+        trained_t0 = (summary.get("config") or {}).get("diffusion", {}).get("t0")
+        if trained_t0 is not None and float(trained_t0) != float(cfg.diffusion.t0):
+            return False
+    return True
+
+
 def ensure_trained(run_dir: str | Path = "runs/embedded", cfg: Config | None = None, exp: str = "nifi",
                    progress: bool = False, **pairs_kw) -> Path:
     """A trained phi- for the embedded pairs: ``<run_dir>/<exp>/best.pt`` (trains if missing).
 
     ``best.pt`` is chosen on held-out *training* views (``train_summary.json`` ``"val_split"``), never on the
-    test split that notebooks 06/07 score. A run whose summary lacks ``"val_split"`` or has ``"test"`` (an
-    older run that selected its checkpoint on the test pairs), or is unreadable, is stale: it is retrained."""
-    import json
-
+    test split that notebooks 06/07 score. A run is reused only when it is finished for ``cfg`` (its steps and
+    t0) and recorded a held-out ``val_split``; a run that selected its checkpoint on the test pairs (no
+    ``"val_split"`` or ``"test"``), an unreadable summary, or a shorter run is stale and trained again. An
+    interrupted run (``latest.pt`` without a summary) is resumed."""
     from .training.trainer import train
 
     run_dir = repo_path(run_dir)
     out = run_dir / exp
-    try:
-        val_split = json.loads((out / "train_summary.json").read_text()).get("val_split")
-    except (OSError, ValueError, AttributeError):
-        val_split = None
-    if not (out / "best.pt").is_file() or val_split in (None, "test"):
+    cfg = cfg or embedded_config()
+    if not _run_is_current(out, cfg):
         pairs = ensure_embedded_pairs(run_dir, **pairs_kw)
-        train(cfg or embedded_config(), pairs, out, progress=progress)
+        if (out / "latest.pt").is_file() and not (out / "train_summary.json").is_file():
+            train(cfg, pairs, out, progress=progress, resume=True)
+        else:
+            train(cfg, pairs, out, progress=progress)
     return out / "best.pt"
+
+
+def embedded_wo_t0_config(overrides: dict | None = None) -> Config:
+    """The "NiFi w/o t0" ablation (Sec. 4.2) trained the way it is evaluated: the embedded config with
+    ``diffusion.t0: 1000`` (the un-noised degraded latent at t = T, sigma 1 in the step), same steps as NiFi."""
+    merged = {"diffusion": {"t0": 1000}}
+    for k, v in (overrides or {}).items():
+        merged[k] = {**merged.get(k, {}), **v}
+    return embedded_config(merged)
+
+
+def validation_items(pairs_root: str | Path, exp_dir: str | Path) -> list:
+    """The held-out *training* views a run validated on (its ``train_summary.json`` ``heldout_views``), as
+    :class:`~nifi_lib.evaluation.evaluate.PairItem` of the benchmark root ``pairs_root``: what baselines'
+    settings are chosen on (never the test split)."""
+    import json
+
+    from .evaluation.benchmark import discover_benchmark_pairs
+
+    summary = json.loads((repo_path(exp_dir) / "train_summary.json").read_text())
+    held = set(summary.get("heldout_views") or ())
+    if summary.get("val_split") != "train_holdout" or not held:
+        raise ValueError(f"{repo_path(exp_dir)}: run has no held-out training views (val_split "
+                         f"{summary.get('val_split')!r})")
+    items = [it for it in discover_benchmark_pairs(repo_path(pairs_root), "train")
+             if f"{it.dataset}/{it.scene}/{Path(it.file).stem}" in held]
+    if not items:
+        raise ValueError(f"{repo_path(pairs_root)}: none of the {len(held)} held-out views of {exp_dir} found")
+    return items
+
+
+SIGMA_METHODS = ("bm3d", "ffdnet")
+
+
+def benchmark_methods(methods, ckpt: str, base_model: str, ckpt_wo_t0: str | None = None,
+                      validation: list | None = None, sigmas=None, max_items: int = 4) -> tuple[dict, dict]:
+    """The restoration methods of Table 1, created for one run: ``nifi``/``base_t0``/``img2img`` on ``ckpt``'s
+    backbone, ``nifi_wo_t0`` on its own ``ckpt_wo_t0`` (trained with t0 = T), and BM3D/FFDNet with their sigma
+    chosen per rate on the ``validation`` items (:func:`~nifi_lib.evaluation.evaluate.choose_sigma`; never the
+    test split). Returns ``(instances, sigma_sweeps)``, the sweeps keyed by method."""
+    from .evaluation.baselines import create_method
+    from .evaluation.evaluate import DEFAULT_SIGMA_SWEEP, choose_sigma
+
+    sweeps: dict = {}
+    instances: dict = {}
+    for name in methods:
+        opts = {"ckpt": ckpt, "base_model": base_model, "ckpt_wo_t0": ckpt_wo_t0}
+        if name in SIGMA_METHODS:
+            if not validation:
+                raise ValueError(f"{name}: its sigma is chosen on validation views; pass validation items")
+            sweeps[name] = choose_sigma(name, validation, sigmas=sigmas or DEFAULT_SIGMA_SWEEP, max_items=max_items)
+            opts.update(sigma_by_rate=sweeps[name]["sigma_by_rate"], sigma_sweep=sweeps[name])
+        m = create_method(name, **opts)
+        instances[m.name] = m
+    return instances, sweeps
 
 
 def before_after_examples(ckpt: str | Path, pairs_root: str | Path, backbone: str = "data/embedded/backbone",

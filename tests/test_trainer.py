@@ -332,3 +332,30 @@ def test_gradient_checkpointing_gives_the_same_step(setup):
     assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)
     for k in ("loss_total", "loss_critic", "grad_norm_minus", "grad_norm_plus"):
         assert torch.allclose(info_a[k], info_b[k], rtol=1e-5, atol=1e-7), k
+
+
+def test_guidance_scale_one_skips_the_null_pass_with_the_same_scores(setup, monkeypatch):
+    """w = 1 (the embedded prior's measured scale): CFG reduces to the conditional velocity, so the trainer runs
+    one transformer pass per score instead of two and returns the CFG formula's value."""
+    import nifi_lib.training.trainer as T
+
+    bb_dir, _ = setup
+    tr = _trainer(bb_dir)
+    tr.cfg.model.guidance_scale = 1.0
+    gz = torch.Generator().manual_seed(2)
+    z = torch.randn(3, tr.bb.transformer.config.in_channels, 4, 4, generator=gz)
+    idx = torch.tensor([60, 400, 900])
+    sigma, timestep = tr.sigmas[idx], tr.timesteps[idx]
+    sizes = []
+    real_velocity = T.transformer_velocity
+
+    def spy(transformer, x, t, pe, pp):
+        sizes.append(x.shape[0])
+        return real_velocity(transformer, x, t, pe, pp)
+    monkeypatch.setattr(T, "transformer_velocity", spy)
+    with torch.no_grad():
+        d = tr.guided_denoise(None, z, sigma, timestep)
+    monkeypatch.setattr(T, "transformer_velocity", real_velocity)
+    assert sizes == [3], "w = 1 must not run the null-prompt pass"
+    pe, pp = tr.bb.prompt_batch(3)
+    assert torch.allclose(d, _manual_cfg_denoise(tr, z, sigma, timestep, pe, pp), atol=1e-5, rtol=1e-5)

@@ -149,3 +149,33 @@ def test_resume_of_a_test_selected_run_restarts_checkpoint_selection(setup, tmp_
     s = train(tiny_config(bb_dir), pairs, exp, progress=False, resume=True)
     assert s["best_metric"]["step"] == 4 and s["best_metric"]["value"] > -1e9
     assert safe_torch_load(exp / "best.pt")["step"] == 4
+
+
+@pytest.mark.parametrize("summary, retrains", [
+    ({"val_split": "train_holdout", "steps": 600, "config": {"diffusion": {"t0": 199}}}, False),
+    ({"val_split": "train_holdout", "steps": 300, "config": {"diffusion": {"t0": 199}}}, True),    # shorter run
+    ({"val_split": "train_holdout", "steps": 600, "config": {"diffusion": {"t0": 1000}}}, True),   # other t0
+])
+def test_ensure_trained_reuses_only_a_finished_run_of_the_same_setting(tmp_path, monkeypatch, summary, retrains):
+    import nifi_lib.pipeline as P
+    import nifi_lib.training.trainer as T
+
+    out = tmp_path / "run" / "nifi"
+    out.mkdir(parents=True)
+    (out / "best.pt").write_bytes(b"x")
+    (out / "train_summary.json").write_text(json.dumps(summary))
+    calls = []
+    monkeypatch.setattr(P, "ensure_embedded_pairs", lambda run_dir, **kw: tmp_path / "pairs")
+    monkeypatch.setattr(T, "train", lambda cfg, pairs, exp, progress=False: calls.append(exp))
+    cfg = P.embedded_config({"train": {"max_steps": 600}})
+    assert cfg.diffusion.t0 == 199
+    P.ensure_trained(tmp_path / "run", cfg=cfg)
+    assert calls == ([out] if retrains else [])
+
+
+def test_embedded_wo_t0_config_is_the_embedded_config_at_T():
+    from nifi_lib.pipeline import embedded_config, embedded_wo_t0_config
+
+    a, b = embedded_config(), embedded_wo_t0_config({"train": {"max_steps": 7}})
+    assert b.diffusion.t0 == 1000 and a.diffusion.t0 == 199 and b.train.max_steps == 7
+    assert b.train.lr_phi_minus == a.train.lr_phi_minus and b.model.lora_rank == a.model.lora_rank

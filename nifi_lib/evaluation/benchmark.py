@@ -28,7 +28,8 @@ from .baselines import RestorationMethod, create_method
 from .evaluate import (CONVENTIONS, DEFAULT_METRICS, PairError, PairItem, discover_scene_pairs, evaluate_items,
                        group, mean_of, metric_keys)
 
-DEFAULT_METHODS = ("none", "bm3d", "ffdnet", "img2img", "nifi", "nifi_wo_t0")
+# nifi_wo_t0 needs its own checkpoint (trained with diffusion.t0: 1000): add it with --ckpt_wo_t0
+DEFAULT_METHODS = ("none", "bm3d", "ffdnet", "img2img", "nifi")
 
 
 def discover_benchmark_pairs(data_root: str | Path, split: str = "test") -> list[PairItem]:
@@ -191,4 +192,32 @@ def run_benchmark(data_root: str | Path, split: str = "test", out: str | Path | 
     return result
 
 
-__all__ = ["DEFAULT_METHODS", "discover_benchmark_pairs", "summarize", "paper_comparison", "run_benchmark"]
+TABLE1_ORDERINGS = (("nifi_wo_t0", "after"), ("img2img", "after"), ("base_t0", "after"), ("none", "before"))
+
+
+def table1_orderings(per_rate: dict, method: str = "nifi", others=TABLE1_ORDERINGS,
+                     metrics: Sequence[str] = ("lpips", "dists")) -> list[dict]:
+    """Table 1's claims as measured: for each rate of ``per_rate`` (``summary.per_dataset_rate[dataset]``),
+    each ``(other, which)`` present and each metric, whether ``method`` is lower than ``other`` (lower is
+    better). One row each: ``rate``, ``other``, ``metric``, ``ours``, ``theirs``, ``margin`` (theirs - ours,
+    > 0 when the ordering holds) and ``holds``. ``which`` is ``"after"`` for a restoration method and
+    ``"before"`` for the unrestored render."""
+    rows = []
+    for rate in sorted(per_rate, key=lambda r: float(r) if str(r).replace(".", "", 1).isdigit() else str(r)):
+        row = per_rate[rate]
+        ours = row.get(method)
+        if not ours:
+            continue
+        for other, which in others:
+            if other not in row:
+                continue
+            for m in metrics:
+                a, b = ours.get(f"{m}_after"), row[other].get(f"{m}_{which}")
+                if a is None or b is None:
+                    continue
+                rows.append({"rate": str(rate), "other": other, "metric": m, "ours": float(a), "theirs": float(b),
+                             "margin": float(b) - float(a), "holds": bool(a < b)})
+    return rows
+
+
+__all__ = ["DEFAULT_METHODS", "TABLE1_ORDERINGS", "table1_orderings", "discover_benchmark_pairs", "summarize", "paper_comparison", "run_benchmark"]

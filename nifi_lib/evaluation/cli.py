@@ -46,7 +46,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark
 
-    res = run_benchmark(repo_path(args.data_root), split=args.split, out=repo_path(args.out), methods=args.methods,
+    methods = args.methods or (["none", "bm3d", "ffdnet", "img2img", "base_t0", "nifi"]
+                               + (["nifi_wo_t0"] if getattr(args, "ckpt_wo_t0", None) else []))
+    res = run_benchmark(repo_path(args.data_root), split=args.split, out=repo_path(args.out), methods=methods,
                         ckpt=args.ckpt, base_model=args.base_model, device=args.device, metric_names=args.metrics,
                         limit=args.limit,
                         save_restored=repo_path(args.save_restored) if args.save_restored else None,
@@ -152,7 +154,9 @@ def register(sub) -> None:
 
     b = sub.add_parser("benchmark", help="Sec. 4.2 protocol over datasets/scenes/rates, beside Table 1")
     _add_method_args(b)
-    b.add_argument("--methods", nargs="+", default=["none", "bm3d", "ffdnet", "img2img", "base_t0", "nifi", "nifi_wo_t0"])
+    b.add_argument("--methods", nargs="+", default=None,
+                   help="methods to compare (default: none bm3d ffdnet img2img base_t0 nifi, plus nifi_wo_t0 when "
+                        "--ckpt_wo_t0 is given)")
     b.set_defaults(func=cmd_benchmark)
 
     w = sub.add_parser("weights", help="perceptual-metric and baseline weights (status, download, path)")

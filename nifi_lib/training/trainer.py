@@ -225,12 +225,17 @@ class NiFiTrainer:
         del drop
         n = z_t.shape[0]
         pe, pp = self._prompts(n)
+        scale = float(self.cfg.model.guidance_scale)
+        if scale == 1.0:   # v_u + 1 (v_c - v_u) = v_c: the null pass would not change the result
+            with adapter_scope(self.bb.transformer, adapter), self._autocast():
+                v = transformer_velocity(self.bb.transformer, z_t, timestep, pe, pp).float()
+            return z_t - sigma.view(-1, 1, 1, 1) * v
         npe, npp = self.bb.prompt_batch(n, device=self.device, null=True)
         with adapter_scope(self.bb.transformer, adapter), self._autocast():
             v = transformer_velocity(self.bb.transformer, torch.cat([z_t, z_t]), torch.cat([timestep, timestep]),
                                      torch.cat([npe, pe]), torch.cat([npp, pp]))
         v_u, v_c = v.float().chunk(2)
-        v = classifier_free_guidance(v_u, v_c, self.cfg.model.guidance_scale)
+        v = classifier_free_guidance(v_u, v_c, scale)
         return z_t - sigma.view(-1, 1, 1, 1) * v
 
     def distribution_matching(self, x_hat: torch.Tensor, x_clean: torch.Tensor, sigma: torch.Tensor,
