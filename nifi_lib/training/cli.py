@@ -42,25 +42,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         for sec, kv in parse_override(o).items():
             overrides.setdefault(sec, {}).update(kv)
     cfg = load_config(repo_path(args.config), overrides=overrides)
-    _check_validation_split(repo_path(args.data_root))
     summary = train(cfg, args.data_root, args.exp, smoke_test=args.smoke_test, resume=args.resume,
                     device=args.device)
     best = summary["best_metric"]
     print(f"trained {summary['steps']} steps in {summary['seconds']} s; best {best['name']}={best['value']} "
           f"at step {best['step']}; outputs in {args.exp}")
     return 0
-
-
-def _check_validation_split(data_root: Path, split: str = "test") -> None:
-    """The held-out split that :func:`~.trainer.train` validates on may be absent (no validation), but
-    when it exists it must be valid: a broken one (unmatched names, a bad file) is an error here, before
-    anything is written, instead of silently turning validation and ``best.pt`` selection off."""
-    from .data import SplitNotFoundError, find_pairs
-
-    try:
-        find_pairs(data_root, split)
-    except SplitNotFoundError:
-        pass
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
