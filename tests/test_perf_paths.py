@@ -16,10 +16,11 @@ from nifi_lib.config import Config
 from nifi_lib.diffusion.backbone import (ChannelsLastGroupNorm, optimize_backbone, set_channels_last_group_norm,
                                          vae_channels_last)
 from nifi_lib.diffusion.flow import forward_noise, one_step_restore
-from nifi_lib.restoration.lora import (CRITIC, RESTORER, TRANSFORMER_TARGETS, active_adapter, add_restorer_adapters)
+from nifi_lib.diffusion.latents import decode_latents, decode_latents_tiled, encode_latents, transformer_velocity
+from nifi_lib.restoration.lora import (CRITIC, RESTORER, TRANSFORMER_TARGETS, active_adapter, adapter_scope,
+                                       add_restorer_adapters)
 from nifi_lib.restoration.lora import add_critic_adapter
-from nifi_lib.restoration.restorer import (Restorer, adapter_scope, decode_latents, decode_latents_tiled,
-                                           encode_latents, fuse_adapter, transformer_velocity)
+from nifi_lib.restoration.restorer import Restorer, fuse_adapter
 from nifi_lib.training import objectives
 from nifi_lib.training.trainer import NiFiTrainer, _ensure_fused, _match_state_layout, info_to_python
 
@@ -143,11 +144,11 @@ class _LocalDecoder:
 
 
 def test_tiled_decode_is_exact_for_a_local_decoder_and_for_one_tile(monkeypatch):
-    import nifi_lib.restoration.restorer as R
+    import nifi_lib.diffusion.latents as L
 
     z = torch.randn(2, 4, 11, 14, generator=torch.Generator().manual_seed(1))
     fake = _LocalDecoder()
-    monkeypatch.setattr(R, "vae_channels_last", lambda vae: False)
+    monkeypatch.setattr(L, "vae_channels_last", lambda vae: False)
     full = decode_latents(fake, z, 1.5)
     for tile, ov in ((4, 1), (5, 2), (8, 3)):
         tiled = decode_latents_tiled(fake, z, 1.5, tile=tile, overlap=ov)

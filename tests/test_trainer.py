@@ -206,8 +206,8 @@ def test_eq4_term_alone_reaches_phi_minus_with_a_random_critic(setup):
 
 @pytest.fixture(scope="module")
 def real_lpips():
-    from nifi_lib.evaluation import metrics as M
-    from nifi_lib.evaluation.weights import WeightsError
+    from nifi_lib.metrics import metrics as M
+    from nifi_lib.metrics.weights import WeightsError
 
     try:
         M.build_lpips("alex")
@@ -247,7 +247,8 @@ def test_eq6_lpips_term_with_real_weights_reaches_phi_minus(setup, real_lpips):
 
 def _manual_cfg_denoise(tr, z, sigma, timestep, pe, pp):
     from nifi_lib.diffusion.flow import classifier_free_guidance
-    from nifi_lib.restoration.restorer import adapter_scope, transformer_velocity
+    from nifi_lib.diffusion.latents import transformer_velocity
+    from nifi_lib.restoration.lora import adapter_scope
 
     npe, npp = tr.bb.prompt_batch(z.shape[0], null=True)
     with torch.no_grad(), adapter_scope(tr.bb.transformer, None):

@@ -116,7 +116,7 @@ def test_fresh_run_drops_a_stale_best_checkpoint(setup, tmp_path):
     ({"val_split": "train_holdout"}, False),
 ])
 def test_ensure_trained_retrains_a_test_selected_run(tmp_path, monkeypatch, summary, retrains):
-    import nifi_lib.pipeline as P
+    import nifi_lib.experiments.embedded as P
     import nifi_lib.training.trainer as T
 
     out = tmp_path / "run" / "nifi"
@@ -157,7 +157,7 @@ def test_resume_of_a_test_selected_run_restarts_checkpoint_selection(setup, tmp_
     ({"val_split": "train_holdout", "steps": 600, "config": {"diffusion": {"t0": 1000}}}, True),   # other t0
 ])
 def test_ensure_trained_reuses_only_a_finished_run_of_the_same_setting(tmp_path, monkeypatch, summary, retrains):
-    import nifi_lib.pipeline as P
+    import nifi_lib.experiments.embedded as P
     import nifi_lib.training.trainer as T
 
     out = tmp_path / "run" / "nifi"
@@ -174,7 +174,7 @@ def test_ensure_trained_reuses_only_a_finished_run_of_the_same_setting(tmp_path,
 
 
 def test_embedded_wo_t0_config_is_the_embedded_config_at_T():
-    from nifi_lib.pipeline import embedded_config, embedded_wo_t0_config
+    from nifi_lib.experiments.embedded import embedded_config, embedded_wo_t0_config
 
     a, b = embedded_config(), embedded_wo_t0_config({"train": {"max_steps": 7}})
     assert b.diffusion.t0 == 1000 and a.diffusion.t0 == 199 and b.train.max_steps == 7

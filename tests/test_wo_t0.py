@@ -95,7 +95,8 @@ def test_trainer_restore_latents_equals_restorer(setup, monkeypatch, t0):
     """Same generator convention (latent sample first, then the noise) -> the same x^ and image, and the
     transformer sees timestep t0 (1000 at t0 = T)."""
     from nifi_lib.diffusion.backbone import load_backbone
-    from nifi_lib.restoration.restorer import Restorer, decode_latents, to_model_range
+    from nifi_lib.diffusion.latents import decode_latents, to_model_range
+    from nifi_lib.restoration.restorer import Restorer
     from nifi_lib.training import trainer as T
 
     bb_dir, _ = setup
@@ -156,9 +157,9 @@ def test_nifi_wo_t0_needs_its_own_checkpoint(setup, wo_t0_run, t199_ckpt, author
 
 
 def test_t0_sweep_uses_the_trained_wo_t0_checkpoint(setup, wo_t0_run, t199_ckpt):
-    from nifi_lib.evaluation import metrics as M
-    from nifi_lib.evaluation.ablations import t0_sweep
-    from nifi_lib.evaluation.weights import WeightsError
+    from nifi_lib.metrics import metrics as M
+    from nifi_lib.experiments.ablations import t0_sweep
+    from nifi_lib.metrics.weights import WeightsError
 
     try:
         M.build_lpips("alex")

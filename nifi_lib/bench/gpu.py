@@ -6,7 +6,7 @@ embedding of shape (1, 333, 4096) / (1, 2048), the phi-/phi+ adapters at rank 64
 ``add_restorer_adapters`` / ``add_critic_adapter``), and times the REAL code paths:
 
 - ``train``: :meth:`NiFiTrainer.train_step` at batch 4, 512x512 (LPIPS-alex from
-  :func:`nifi_lib.evaluation.metrics.lpips_loss_module`), eager, then with the fast paths switched on
+  :func:`nifi_lib.metrics.metrics.lpips_loss_module`), eager, then with the fast paths switched on
   one after another (channels_last + cuDNN autotuning, then torch.compile);
 - ``restore``: :meth:`Restorer.restore` at 512, 1024 and 1920x1080, batch 1 and 4, eager and optimised
   (channels_last + cuDNN autotuning, phi- fused, torch.compile), with an encode/transformer/decode
@@ -226,8 +226,9 @@ def tflops(flop: float, ms: float) -> float:
 def restore_breakdown(restorer, images: torch.Tensor, device: torch.device, warmup: int, iters: int) -> dict:
     """Encode / transformer / decode of one restore, each timed alone on the same inputs."""
     from ..diffusion.flow import forward_noise, one_step_restore
-    from ..restoration.restorer import _mark_step, adapter_scope, encode_latents, pad_to_multiple, \
-        transformer_velocity
+    from ..diffusion.latents import encode_latents, pad_to_multiple, transformer_velocity
+    from ..restoration.lora import adapter_scope
+    from ..restoration.restorer import _mark_step
 
     bb, sched = restorer.backbone, restorer.schedule()
     x = images.to(device=restorer.device, dtype=restorer.dtype)
@@ -503,7 +504,7 @@ def bench_restore(args, device: torch.device, budget: Budget, results: dict, out
 # --------------------------------------------------------------------------------------------------
 def bench_train(args, device: torch.device, budget: Budget, results: dict, out: Path | None) -> None:
     from ..config import Config
-    from ..evaluation.metrics import lpips_loss_module
+    from ..metrics.metrics import lpips_loss_module
     from ..training.trainer import NiFiTrainer, info_to_python
 
     tcfg, vcfg, tokens = model_configs(args.tiny)

@@ -4,7 +4,7 @@
 ``{scene: prompt}``. Any vision-language model that ``transformers`` loads with ``AutoProcessor`` +
 ``AutoModelForImageTextToText`` and a chat template works (a Hub id or a local folder). Hand-written
 files in the same format are read with :func:`load_prompts`; scenes without a prompt use
-:data:`nifi_lib.diffusion.prompts.DEFAULT_PROMPT` (:func:`prompt_for_scene`).
+:data:`DEFAULT_PROMPT` (:func:`prompt_for_scene`; the diffusion layer's text encoders use the same constant).
 """
 from __future__ import annotations
 
@@ -16,10 +16,15 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..diffusion.prompts import DEFAULT_PROMPT
 from ..errors import NifiError
 from ..io.atomic import atomic_write_json
 from .scenes import find_scenes, load_scene
+
+# The fixed default prompt of the authors' release ("cinematic, highly detailed..."); used when a
+# scene has no caption and the embeddings have to be computed from text.
+DEFAULT_PROMPT = ("Cinematic, High Contrast, highly detailed, taken using a Canon EOS R camera, "
+                  "hyper detailed photo - realistic maximum detail, 32k, Color Grading, ultra HD, "
+                  "extreme meticulous detailing, skin pore detailing, hyper sharpness, perfect without deformations.")
 
 DEFAULT_VLM = "Qwen/Qwen2.5-VL-7B-Instruct"
 INSTRUCTION = "Describe this scene in one sentence."

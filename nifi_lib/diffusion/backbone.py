@@ -209,7 +209,7 @@ def optimize_backbone(bb: "Backbone", *, compile: bool = False, channels_last: b
     """Switch on the fast paths of the backbone in place; the computed function does not change.
 
     - ``channels_last`` (default: on when compiling): the VAE's 4-D weights (LoRA convs included) in NHWC
-      order; :func:`~nifi_lib.restoration.restorer.encode_latents`/``decode_latents`` then feed NHWC
+      order; :func:`~nifi_lib.diffusion.latents.encode_latents`/``decode_latents`` then feed NHWC
       inputs, so cuDNN runs its NHWC (tensor-core friendly) kernels without layout transposes; the VAE's
       group norms become :class:`ChannelsLastGroupNorm` (same function, NHWC-friendly reductions).
     - ``cuda_graphs`` (with ``compile``, inference only): inductor's CUDA graphs (``mode=

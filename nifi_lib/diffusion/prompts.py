@@ -13,14 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.prompts import DEFAULT_PROMPT  # noqa: F401 - the authors' default prompt, defined with the captions
 from ..errors import NifiError
 from ..io.atomic import atomic_path
-
-# The fixed default prompt of the authors' release ("cinematic, highly detailed..."); used when a
-# scene has no caption and the embeddings have to be computed from text.
-DEFAULT_PROMPT = ("Cinematic, High Contrast, highly detailed, taken using a Canon EOS R camera, "
-                  "hyper detailed photo - realistic maximum detail, 32k, Color Grading, ultra HD, "
-                  "extreme meticulous detailing, skin pore detailing, hyper sharpness, perfect without deformations.")
 
 
 class PromptError(NifiError, ValueError):

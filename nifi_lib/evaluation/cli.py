@@ -63,7 +63,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from . import weights as W
+    from ..metrics import weights as W
 
     if args.weights_cmd == "status":
         rows = W.status(hash_trunks=not args.no_hash)

@@ -30,7 +30,7 @@ from ..errors import NifiError
 from ..io.atomic import atomic_write_json
 from ..io.images import IMAGE_EXTS, load_image, save_image
 from .baselines import RestorationMethod, create_method, run_method
-from .metrics import compute_metrics
+from ..metrics.metrics import compute_metrics
 
 DEFAULT_METRICS = ("lpips", "dists", "psnr", "ssim")
 CONVENTIONS = {

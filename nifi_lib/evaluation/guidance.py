@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from ..diffusion.flow import classifier_free_guidance, forward_noise, schedule_tables
-from ..restoration.restorer import encode_latents, pad_to_multiple, to_model_range, transformer_velocity
+from ..diffusion.latents import encode_latents, pad_to_multiple, to_model_range, transformer_velocity
 
 
 @dataclass

@@ -33,7 +33,7 @@ def uncompressed_reference(artifacts_root: str | Path, scenes_root: str | Path, 
     from ..gs.model import load_ply
     from ..gs.render import render
     from ..io.images import load_image
-    from . import metrics
+    from ..metrics import metrics
 
     sizes, lp, di = [], [], []
     for art in sorted(p for p in repo_path(artifacts_root).iterdir() if (p / "full.ply").is_file()):

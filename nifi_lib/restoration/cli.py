@@ -73,7 +73,8 @@ def _resolve_io(lq: Path, out: Path) -> list[tuple[Path, Path]]:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from .restorer import Restorer, to_model_range, to_unit_range
+    from ..diffusion.latents import to_model_range, to_unit_range
+    from .restorer import Restorer
 
     device = _check_device(args.device) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
     pairs = _resolve_io(Path(args.lq), Path(args.out))

@@ -131,6 +131,53 @@ def active_adapter(model, adapter: str | None) -> Iterator[None]:
                 p.requires_grad_(flags[n])
 
 
+def _tuner_layers(model) -> list:
+    """peft's LoRA layers of ``model``, found once per set of adapters (cached on the model)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    key = tuple(adapter_names(model))
+    cached = model.__dict__.get("_nifi_tuner_layers")
+    if cached is None or cached[0] != key:
+        cached = (key, [m for m in model.modules() if isinstance(m, BaseTunerLayer)])
+        model.__dict__["_nifi_tuner_layers"] = cached
+    return cached[1]
+
+
+@contextlib.contextmanager
+def adapter_scope(model, adapter: str | None) -> Iterator[None]:
+    """Run ``model`` with only ``adapter`` active (``None``: the frozen base, all adapters off): the same
+    contract as :func:`active_adapter` (no ``requires_grad`` flag changes,
+    the previous state restored on exit), at a fraction of its host cost.
+
+    ``active_adapter`` goes through peft's model-level ``set_adapter``/``enable_adapters``, which walk
+    every module and parameter (about 50 ms per switch on SD3-medium, six switches per training step);
+    this sets the two attributes peft's LoRA layers read in ``forward`` (``_active_adapter``,
+    ``_disable_adapters``) on the cached list of layers (well under 1 ms).
+    """
+    names = adapter_names(model)
+    if not names:
+        if adapter is not None:
+            raise AdapterError(f"model has no adapters, cannot activate '{adapter}'")
+        yield
+        return
+    if adapter is not None and adapter not in names:
+        raise AdapterError(f"adapter '{adapter}' not present (have: {names})")
+    layers = _tuner_layers(model)
+    saved = [(layer._active_adapter, layer._disable_adapters) for layer in layers]
+    target = [adapter]
+    try:
+        for layer in layers:
+            if adapter is None:
+                layer._disable_adapters = True
+            else:
+                layer._active_adapter = target
+                layer._disable_adapters = False
+        yield
+    finally:
+        for layer, (act, dis) in zip(layers, saved):
+            layer._active_adapter, layer._disable_adapters = act, dis
+
+
 def adapter_state_dict(model, adapter: str) -> dict[str, torch.Tensor]:
     """peft's state dict of one adapter (keys without the adapter name, e.g. ``...to_q.lora_A.weight``)."""
     return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name=adapter).items()}

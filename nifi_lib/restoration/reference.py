@@ -53,7 +53,7 @@ def authors_reference_restore(bb, ckpt_path: str | Path, image: torch.Tensor, se
 def check_eq7():
     """``nifi verify`` row: Restorer vs the reference on a tiny random backbone and random LoRA."""
     from ..diffusion.backbone import build_tiny_backbone
-    from ..training.verify import CheckResult
+    from ..verify import CheckResult
     from .checkpoint import save_authors_checkpoint
     from .io import load_restorer_weights
     from .lora import RESTORER, add_restorer_adapters

@@ -18,22 +18,22 @@ Fast paths (``docs/performance.md``; none changes the procedure): ``compile=True
 transformer blocks and the VAE, channels_last VAE, cuDNN autotuning), ``fuse_lora=True`` (phi- merged into
 the base weights once, for inference-only backbones), ``vae_tile`` (decode in overlapping latent tiles on
 the device, to bound the decoder's memory on large frames; an approximation, see
-:func:`decode_latents_tiled`).
+:func:`~nifi_lib.diffusion.latents.decode_latents_tiled`).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import record_function
 
-from ..diffusion.backbone import DTYPES, Backbone, optimize_backbone, vae_channels_last
+from ..diffusion.backbone import DTYPES, Backbone, optimize_backbone
 from ..diffusion.flow import Eq7Start, eq7_start, forward_noise, one_step_restore, project_to_t0
+from ..diffusion.latents import (_ramp, _tile_starts, decode_latents, decode_latents_tiled, encode_latents,
+                                 pad_to_multiple, transformer_velocity)
 from ..errors import NifiError
-from .lora import RESTORER, AdapterError, adapter_names
+from .lora import RESTORER, adapter_names, adapter_scope
 
 _log = logging.getLogger("nifi_lib.restoration")
 
@@ -52,130 +52,10 @@ def position_table_limit(backbone: Backbone) -> int | None:
     return int(m) * int(backbone.patch_size) * int(backbone.vae_scale_factor)
 
 
-def _tuner_layers(model) -> list:
-    """peft's LoRA layers of ``model``, found once per set of adapters (cached on the model)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    key = tuple(adapter_names(model))
-    cached = model.__dict__.get("_nifi_tuner_layers")
-    if cached is None or cached[0] != key:
-        cached = (key, [m for m in model.modules() if isinstance(m, BaseTunerLayer)])
-        model.__dict__["_nifi_tuner_layers"] = cached
-    return cached[1]
-
-
-@contextlib.contextmanager
-def adapter_scope(model, adapter: str | None) -> Iterator[None]:
-    """Run ``model`` with only ``adapter`` active (``None``: the frozen base, all adapters off): the same
-    contract as :func:`nifi_lib.restoration.lora.active_adapter` (no ``requires_grad`` flag changes,
-    the previous state restored on exit), at a fraction of its host cost.
-
-    ``active_adapter`` goes through peft's model-level ``set_adapter``/``enable_adapters``, which walk
-    every module and parameter (about 50 ms per switch on SD3-medium, six switches per training step);
-    this sets the two attributes peft's LoRA layers read in ``forward`` (``_active_adapter``,
-    ``_disable_adapters``) on the cached list of layers (well under 1 ms).
-    """
-    names = adapter_names(model)
-    if not names:
-        if adapter is not None:
-            raise AdapterError(f"model has no adapters, cannot activate '{adapter}'")
-        yield
-        return
-    if adapter is not None and adapter not in names:
-        raise AdapterError(f"adapter '{adapter}' not present (have: {names})")
-    layers = _tuner_layers(model)
-    saved = [(layer._active_adapter, layer._disable_adapters) for layer in layers]
-    target = [adapter]
-    try:
-        for layer in layers:
-            if adapter is None:
-                layer._disable_adapters = True
-            else:
-                layer._active_adapter = target
-                layer._disable_adapters = False
-        yield
-    finally:
-        for layer, (act, dis) in zip(layers, saved):
-            layer._active_adapter, layer._disable_adapters = act, dis
-
-
 def _mark_step(backbone) -> None:
     """A new inference step for inductor's CUDA graphs (their outputs of the previous step may be reused)."""
     if backbone.fast_paths.get("cuda_graphs"):
         torch.compiler.cudagraph_mark_step_begin()
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Reflect-pad the bottom/right of an NCHW tensor to a multiple of ``multiple``; return the pad."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        mode = "reflect" if (ph < h and pw < w) else "replicate"
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return x, (ph, pw)
-
-
-def encode_latents(vae, images: torch.Tensor, scaling_factor: float, generator: torch.Generator | None = None,
-                   sample: bool = True) -> torch.Tensor:
-    """E(I): a sample of the encoder's latent distribution times the scaling factor (no shift, as the
-    authors' code). ``images`` in [-1, 1], already padded."""
-    if vae_channels_last(vae):
-        images = images.contiguous(memory_format=torch.channels_last)
-    dist = vae.encode(images).latent_dist
-    z = dist.sample(generator=generator) if sample else dist.mode()
-    return z * scaling_factor
-
-
-def decode_latents(vae, latents: torch.Tensor, scaling_factor: float) -> torch.Tensor:
-    """D(x): decoded image in (roughly) [-1, 1]."""
-    z = latents / scaling_factor
-    if vae_channels_last(vae):
-        z = z.contiguous(memory_format=torch.channels_last)
-    return vae.decode(z).sample
-
-
-def decode_latents_tiled(vae, latents: torch.Tensor, scaling_factor: float, tile: int = 64,
-                         overlap: int = 16) -> torch.Tensor:
-    """D(x) in overlapping latent tiles of ``tile`` x ``tile`` (``overlap`` latent pixels shared), each
-    decoded on its own and blended with linear ramps in pixel space, all on the latents' device.
-
-    Bounds the decoder's activation memory by the tile size (the full decoder at 1920x1080, batch 4,
-    holds several GiB per layer). It is an approximation of :func:`decode_latents`: the decoder's group
-    norms and mid-block attention see one tile instead of the frame (``tests/test_perf_paths.py`` states
-    the tolerance); frames no larger than one tile are decoded exactly as :func:`decode_latents`.
-    Every tile has the same shape (the last row/column is shifted inwards), so a compiled decoder sees
-    one shape.
-    """
-    n, _, h, w = latents.shape
-    if h <= tile and w <= tile:
-        return decode_latents(vae, latents, scaling_factor)
-    th, tw = min(tile, h), min(tile, w)
-    ov = max(0, min(int(overlap), th - 1, tw - 1))
-    ys, xs = _tile_starts(h, th, max(th - ov, 1)), _tile_starts(w, tw, max(tw - ov, 1))
-    out = weight = None
-    for y in ys:
-        for x in xs:
-            dec = decode_latents(vae, latents[..., y:y + th, x:x + tw], scaling_factor)
-            if out is None:
-                f = dec.shape[-2] // th
-                out = torch.zeros(n, dec.shape[1], h * f, w * f, dtype=torch.float32, device=dec.device)
-                weight = torch.zeros(1, 1, h * f, w * f, dtype=torch.float32, device=dec.device)
-            wy = _ramp(th * f, ov * f if y > 0 else 0, ov * f if y + th < h else 0, device=dec.device)
-            wx = _ramp(tw * f, ov * f if x > 0 else 0, ov * f if x + tw < w else 0, device=dec.device)
-            wt = (wy[:, None] * wx[None, :])[None, None]
-            out[..., y * f:(y + th) * f, x * f:(x + tw) * f] += dec.float() * wt
-            weight[..., y * f:(y + th) * f, x * f:(x + tw) * f] += wt
-    return (out / weight).to(dec.dtype)
-
-
-def transformer_velocity(transformer, x_t: torch.Tensor, timestep: torch.Tensor | float,
-                         prompt_embeds: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-    """v = eps_theta(x_t, t) for a batch (the SD3 transformer's output)."""
-    n = x_t.shape[0]
-    if not torch.is_tensor(timestep) or timestep.ndim == 0:
-        timestep = torch.full((n,), float(timestep), device=x_t.device, dtype=x_t.dtype)
-    return transformer(hidden_states=x_t, encoder_hidden_states=prompt_embeds, pooled_projections=pooled,
-                       timestep=timestep.to(x_t.dtype), return_dict=False)[0]
 
 
 # Where Eq. 7 starts and ends on the scheduler's table: the one rule of
@@ -461,39 +341,10 @@ def fuse_adapter(backbone: Backbone, adapter: str = RESTORER) -> None:
     backbone.fast_paths["fused_lora"] = adapter
 
 
-def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, stride))
-    starts.append(size - tile)
-    return sorted(set(starts))
-
-
 def _auto_overlap(tile: int, unit: int) -> int:
     """About 1/8 of ``tile``, rounded to a multiple of ``unit`` (VAE factor x patch), at most a quarter of it."""
     ov = max(unit, int(round(tile / 8 / unit)) * unit)
     return ov if 2 * ov <= tile else tile // 4
 
 
-def _ramp(n: int, left: int, right: int, device=None) -> torch.Tensor:
-    r = torch.ones(n, device=device)
-    if left:
-        r[:left] = torch.linspace(0, 1, left + 2, device=device)[1:-1]
-    if right:
-        r[-right:] = torch.linspace(1, 0, right + 2, device=device)[1:-1]
-    return r
-
-
-def to_model_range(images01: torch.Tensor) -> torch.Tensor:
-    """[0, 1] -> [-1, 1]."""
-    return images01 * 2.0 - 1.0
-
-
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1]."""
-    return ((images + 1.0) / 2.0).clamp(0, 1)
-
-
-__all__ = ["Restorer", "FrameSizeError", "position_table_limit", "adapter_scope", "encode_latents", "decode_latents", "decode_latents_tiled", "fuse_adapter",
-           "transformer_velocity", "pad_to_multiple",
-           "to_model_range", "to_unit_range"]
+__all__ = ["Restorer", "FrameSizeError", "RestoreSchedule", "position_table_limit", "fuse_adapter"]

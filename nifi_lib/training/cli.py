@@ -10,7 +10,7 @@ from ..paths import EMBEDDED_DIR, repo_path
 
 
 def cmd_prior_train(args: argparse.Namespace) -> int:
-    from .prior import PriorConfig, train_prior
+    from ..diffusion.prior import PriorConfig, train_prior
 
     from ..data.scenes import load_scene
     from ..errors import NifiError
@@ -52,7 +52,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from ..restoration.reference import check_eq7
-    from .verify import print_table, register_check, run_checks
+    from ..verify import print_table, register_check
+    from .verify import run_checks
 
     register_check(check_eq7)
     results = run_checks()

@@ -41,14 +41,14 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..diffusion.backbone import Backbone, load_backbone, optimize_backbone
 from ..diffusion.flow import classifier_free_guidance, forward_noise, one_step_restore, schedule_tables, sigma_at
+from ..diffusion.latents import decode_latents, encode_latents, to_model_range, transformer_velocity
 from ..errors import NifiError
 from ..io.atomic import WriteError, atomic_path, atomic_save, atomic_write_json
 from ..paths import repo_path
 from ..restoration.io import TRAIN_FORMAT, safe_torch_load, split_groups
-from ..restoration.lora import (CRITIC, RESTORER, adapter_parameters, adapter_state_dict, add_critic_adapter,
-                                add_restorer_adapters, load_adapter_state_dict)
-from ..restoration.restorer import (Restorer, adapter_scope, decode_latents, encode_latents, to_model_range,
-                                    transformer_velocity)
+from ..restoration.lora import (CRITIC, RESTORER, adapter_parameters, adapter_scope, adapter_state_dict,
+                                add_critic_adapter, add_restorer_adapters, load_adapter_state_dict)
+from ..restoration.restorer import Restorer
 from .data import PairError, PairSampler, find_pairs, holdout_views
 from .objectives import (critic_inputs, critic_loss, distribution_matching_grad, distribution_matching_loss,
                          gradient_weight, perceptual_matching_loss)
@@ -552,7 +552,7 @@ def _append_log(path: Path, rows: list[dict]) -> None:
 
 def build_perceptual(cfg: Config, device) -> tuple[object, str, dict]:
     """LPIPS with real weights; if unavailable, the configured weight-free fallback or a clear error."""
-    from ..evaluation import metrics
+    from ..metrics import metrics
 
     if cfg.loss_weights.lpips == 0:
         return None, "none (loss_weights.lpips = 0)", {}
@@ -643,7 +643,7 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
                 stale.unlink()
     sampler = PairSampler(pairs, resolution=t.resolution)
     val_sampler = PairSampler(val_pairs, resolution=None) if val_pairs else None
-    from ..evaluation import metrics as M
+    from ..metrics import metrics as M
 
     metric_fn = {"lpips": lambda a, b: M.lpips(a, b, net=cfg.eval.lpips_net), "dists": M.dists,
                  "psnr": lambda a, b: -M.psnr(a, b), "ssim": lambda a, b: -M.ssim(a, b)}.get(t.best_metric)

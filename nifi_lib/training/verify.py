@@ -3,8 +3,8 @@
 ``run_checks()`` returns one :class:`CheckResult` per check; ``print_table(results)`` prints them.
 The measurement helpers (``toy_*``) are shared with ``tests/test_objectives.py`` (which also asserts
 on their outputs with its own independent computations) and with notebook 04. Other modules add
-checks with :func:`register_check` (e.g. the Eq. 7 restorer check of the restoration package): a
-registered function takes no argument and returns a ``CheckResult`` or a list of them.
+checks with :func:`nifi_lib.verify.register_check` (e.g. the Eq. 7 restorer check of the restoration
+package): a registered function takes no argument and returns a ``CheckResult`` or a list of them.
 
 The toy problem: isotropic Gaussians under Eq. 2 with closed-form denoisers
 (:mod:`nifi_lib.training.toy`). Real data ``N(REAL_MEAN, REAL_STD^2 I)``, restored/fake distribution
@@ -13,13 +13,13 @@ The toy problem: isotropic Gaussians under Eq. 2 with closed-form denoisers
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..diffusion import flow
+# the registry lives in the core (nifi_lib.verify); print_table/register_check are also reached from here (notebook 04)
+from ..verify import _REGISTRY, CheckResult, print_table, register_check, run_check_functions  # noqa: F401
 from . import objectives as obj
 from .toy import IsotropicGaussian, gaussian_kl, mc_denoiser, particle_flow
 
@@ -28,25 +28,6 @@ REAL_MEAN, REAL_STD = (0.0, 0.0), 1.0
 FAKE_MEAN, FAKE_STD = (2.0, -1.0), 0.6
 GT_OFFSET = (1.0, 0.5)          # x^ = x + GT_OFFSET + 0.3 * noise in the ground-truth-term toy
 STEP_LR = 0.05
-
-
-@dataclass
-class CheckResult:
-    equation: str
-    function: str
-    check: str
-    passed: bool
-    detail: str = ""
-
-
-_REGISTRY: list[Callable[[], "CheckResult | list[CheckResult]"]] = []
-
-
-def register_check(fn: Callable[[], "CheckResult | list[CheckResult]"]) -> Callable:
-    """Add a check to :func:`run_checks` (usable as a decorator). Registering the same function twice is a no-op."""
-    if fn not in _REGISTRY:
-        _REGISTRY.append(fn)
-    return fn
 
 
 def toy_real() -> IsotropicGaussian:
@@ -414,23 +395,5 @@ BUILTIN_CHECKS = (_check_flow, _check_toy_denoiser, _check_eq4, _check_eq5, _che
 
 def run_checks(include_builtin: bool = True, include_registered: bool = True) -> list[CheckResult]:
     """Run the built-in checks and the registered ones. An exception becomes a failed result naming it."""
-    results: list[CheckResult] = []
     fns = (list(BUILTIN_CHECKS) if include_builtin else []) + (list(_REGISTRY) if include_registered else [])
-    for fn in fns:
-        try:
-            r = fn()
-            results.extend(r if isinstance(r, list) else [r])
-        except Exception as e:  # a broken check must show up as a failure, not abort the table
-            results.append(CheckResult("?", getattr(fn, "__name__", str(fn)), "raised", False, f"{type(e).__name__}: {e}"))
-    return results
-
-
-def print_table(results: list[CheckResult], width: int = 110) -> None:
-    """One line per check: status, equation, function, what was checked, detail (truncated to ``width``)."""
-    for r in results:
-        line = f"{'PASS' if r.passed else 'FAIL'}  {r.equation:<18} {r.function:<55} {r.check}"
-        print(line)
-        if r.detail:
-            print(f"      {r.detail[:width]}")
-    n_ok = sum(r.passed for r in results)
-    print(f"{n_ok}/{len(results)} checks passed")
+    return run_check_functions(fns)

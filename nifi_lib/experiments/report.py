@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .io.atomic import atomic_write_json
-from .paths import RUNS_DIR
+from ..io.atomic import atomic_write_json
+from ..paths import RUNS_DIR
 
 NUMBERS_DIR = RUNS_DIR / "report_numbers"
 

