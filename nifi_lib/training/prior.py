@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..diffusion.backbone import Backbone, build_tiny_backbone
 from ..diffusion.flow import forward_noise
 from ..errors import NifiError
+from ..image_quality import psnr_from_mse
 from ..io.atomic import atomic_write_json
 from ..io.images import list_images, load_image
 from ..restoration.restorer import encode_latents, transformer_velocity
@@ -107,7 +108,7 @@ def train_vae(bb: Backbone, images: torch.Tensor, cfg: PriorConfig, progress: bo
         opt.step()
         sched.step()
         if step % 10 == 0 or step == cfg.vae_steps - 1:
-            psnr = -10 * math.log10(max(F.mse_loss((rec + 1) / 2, (x + 1) / 2).item(), 1e-10))
+            psnr = psnr_from_mse(F.mse_loss((rec + 1) / 2, (x + 1) / 2).item(), min_mse=1e-10)
             history.append({"step": step, "loss": loss.item(), "l1": l1.item(), "kl": kl.item(), "psnr": psnr})
     vae.eval().requires_grad_(False)
     with torch.no_grad():
