@@ -43,7 +43,7 @@ from ..diffusion.backbone import Backbone, load_backbone, optimize_backbone
 from ..diffusion.flow import classifier_free_guidance, forward_noise, one_step_restore, schedule_tables, sigma_at
 from ..errors import NifiError
 from ..io.atomic import WriteError, atomic_path, atomic_save, atomic_write_json
-from ..paths import repo_path
+from ..paths import repo_path, resolve_model_ref
 from ..restoration.io import TRAIN_FORMAT, safe_torch_load, split_groups
 from ..restoration.lora import (CRITIC, RESTORER, adapter_parameters, adapter_state_dict, add_critic_adapter,
                                 add_restorer_adapters, load_adapter_state_dict)
@@ -613,8 +613,7 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
             raise TrainingError(f"val_split='{val_split}': {e}") from e
     if smoke_test:
         pairs = pairs[:8]
-    bb = load_backbone(str(repo_path(cfg.model.backbone)) if repo_path(cfg.model.backbone).exists()
-                       else cfg.model.backbone, kind=cfg.model.backbone_kind,
+    bb = load_backbone(resolve_model_ref(cfg.model.backbone), kind=cfg.model.backbone_kind,
                        embeddings=repo_path(cfg.model.embeddings) if cfg.model.embeddings else None,
                        device=device, dtype="bf16" if (device.startswith("cuda") and cfg.model.dtype == "bf16") else "fp32")
     if bb.prompt is None or bb.null_prompt is None:
