@@ -85,10 +85,3 @@ def cmd_prompts(args: argparse.Namespace) -> int:
                              overwrite=args.overwrite, progress=not args.no_progress, split=args.split)
     print(f"{len(prompts)} prompt(s) written to {out}")
     return 0
-
-
-def download_main(argv: list[str] | None = None) -> int:
-    """Entry point for thin scripts (``scripts/download_*.py``): ``nifi download`` with the same arguments."""
-    from ..cli import main
-
-    return main(["download", *(sys.argv[1:] if argv is None else argv)])
