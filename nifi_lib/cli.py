@@ -62,11 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     return int(rc or 0)
 
 
-def download_main(argv: list[str] | None = None) -> int:
-    """Entry point for thin scripts (``scripts/download_*.py``): ``nifi download`` with the same arguments."""
-    return main(["download", *(sys.argv[1:] if argv is None else argv)])
-
-
 def _close_progress_bars() -> None:
     """Close the tqdm bars an exception left open, so that the error starts on its own line."""
     try:

@@ -22,6 +22,14 @@ def repo_path(p: str | Path) -> Path:
     return p if p.is_absolute() else REPO_ROOT / p
 
 
+def resolve_model_ref(ref: str | Path) -> str:
+    """A model argument that is either a local folder or a Hugging Face hub id ("owner/name"): the absolute
+    local path when ``ref`` exists (relative paths from the repo root, as :func:`repo_path`), else ``ref``
+    unchanged, to be looked up on the hub."""
+    local = repo_path(ref)
+    return str(local) if local.exists() else str(ref)
+
+
 def figures_dir(folder: str | Path | None = None) -> Path:
     """The figure folder: ``folder`` if given, else ``$NIFI_FIGURES_DIR``, else ``figures/`` (repo-relative)."""
     import os

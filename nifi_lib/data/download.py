@@ -18,7 +18,6 @@ archives of :mod:`nifi_lib.data.registry` into ``<out>/_archives/`` and installs
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import re
@@ -34,6 +33,7 @@ from tqdm import tqdm
 
 from ..errors import NifiError
 from ..io.atomic import atomic_write_json
+from ..io.hashing import sha256_file
 from . import registry
 from .extract import ExtractError, Member, extract_members, list_members, remove_tree
 from .registry import Archive, ScenePlacement
@@ -62,16 +62,6 @@ def marker_path(dest: Path) -> Path:
 
 def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            buf = f.read(chunk)
-            if not buf:
-                return h.hexdigest()
-            h.update(buf)
 
 
 def normalize_url(url_or_dir: str) -> str:

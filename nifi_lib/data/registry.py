@@ -91,13 +91,6 @@ ARCHIVES: tuple[Archive, ...] = (
 )
 
 
-def archive_by_name(filename: str) -> Archive:
-    for a in ARCHIVES:
-        if a.filename == filename:
-            return a
-    raise RegistryError(f"unknown archive '{filename}' (known: {', '.join(a.filename for a in ARCHIVES)})")
-
-
 def resolve_datasets(dataset: str) -> list[str]:
     """``"all"`` -> every benchmark dataset; otherwise the one name, validated."""
     if dataset == "all":

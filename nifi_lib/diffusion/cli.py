@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..paths import repo_path
+from ..paths import repo_path, resolve_model_ref
 
 
 def _device(name: str | None) -> str:
@@ -17,10 +17,7 @@ def _device(name: str | None) -> str:
 def cmd_embed_prompts(args: argparse.Namespace) -> int:
     from .text_encoding import embed_prompts_to_npz
 
-    base = args.base_model
-    if repo_path(base).exists():
-        base = str(repo_path(base))
-    summary = embed_prompts_to_npz(base, repo_path(args.out), prompt=args.prompt,
+    summary = embed_prompts_to_npz(resolve_model_ref(args.base_model), repo_path(args.out), prompt=args.prompt,
                                    prompts_json=repo_path(args.prompts) if args.prompts else None,
                                    device=_device(args.device), dtype=args.dtype)
     n = len(summary["files"])

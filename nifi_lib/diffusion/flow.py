@@ -133,19 +133,8 @@ def sigma_at(scheduler: FlowMatchEulerDiscreteScheduler, timestep: float) -> flo
     return float(sig[nearest_schedule_index(scheduler, timestep)])
 
 
-def timestep_of_index(scheduler: FlowMatchEulerDiscreteScheduler, index: int) -> float:
-    """Timestep value of entry ``index`` of the initial schedule (index 0 is t = 1000, sigma = 1)."""
-    return float(_initial_timesteps(scheduler)[index])
-
-
 def sigma_of_index(scheduler: FlowMatchEulerDiscreteScheduler, index: int) -> float:
     return float(_initial_sigmas(scheduler)[index])
-
-
-def sample_timestep_indices(n: int, low: int, high: int, generator: torch.Generator | None = None,
-                            device=None) -> torch.Tensor:
-    """Indices drawn uniformly from ``[low, high]`` of the shifted table (TSD-SR: 50..950)."""
-    return torch.randint(low, high + 1, (n,), generator=generator, device=device)
 
 
 def schedule_tables(scheduler: FlowMatchEulerDiscreteScheduler) -> tuple[torch.Tensor, torch.Tensor]:

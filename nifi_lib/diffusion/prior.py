@@ -23,10 +23,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import NifiError
+from ..image_quality import psnr_from_mse
 from ..io.atomic import atomic_write_json
 from ..io.images import list_images, load_image
 from .backbone import Backbone, build_tiny_backbone
 from .flow import forward_noise
+from .prompts import apply_prompt_dropout, dropout_mask
 from .latents import encode_latents, transformer_velocity
 
 
@@ -107,7 +109,7 @@ def train_vae(bb: Backbone, images: torch.Tensor, cfg: PriorConfig, progress: bo
         opt.step()
         sched.step()
         if step % 10 == 0 or step == cfg.vae_steps - 1:
-            psnr = -10 * math.log10(max(F.mse_loss((rec + 1) / 2, (x + 1) / 2).item(), 1e-10))
+            psnr = psnr_from_mse(F.mse_loss((rec + 1) / 2, (x + 1) / 2).item(), min_mse=1e-10)
             history.append({"step": step, "loss": loss.item(), "l1": l1.item(), "kl": kl.item(), "psnr": psnr})
     vae.eval().requires_grad_(False)
     with torch.no_grad():
@@ -132,7 +134,6 @@ def train_flow_transformer(bb: Backbone, images: torch.Tensor, cfg: PriorConfig,
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / cfg.transformer_steps))))
     history = []
-    n_tok = bb.prompt.prompt_embeds.shape[1]
     for step in tqdm(range(cfg.transformer_steps), desc="prior: flow transformer", disable=not progress):
         idx = torch.randint(0, images.shape[0], (cfg.transformer_batch,), generator=g)
         with torch.no_grad():
@@ -140,11 +141,8 @@ def train_flow_transformer(bb: Backbone, images: torch.Tensor, cfg: PriorConfig,
         eps = torch.randn(x0.shape, generator=g)
         sigma = sample_sigmas(x0.shape[0], cfg.shift, g)
         x_t = forward_noise(x0, eps, sigma)
-        drop = (torch.rand(x0.shape[0], generator=g) < cfg.prompt_dropout)[:, None]
-        pe, pp = bb.prompt_batch(x0.shape[0])
-        npe, npp = bb.prompt_batch(x0.shape[0], null=True)
-        pe = torch.where(drop[:, :, None].expand(-1, n_tok, pe.shape[-1]), npe, pe)
-        pp = torch.where(drop.expand(-1, pp.shape[-1]), npp, pp)
+        drop = dropout_mask(x0.shape[0], cfg.prompt_dropout, g)
+        pe, pp = apply_prompt_dropout(drop, *bb.prompt_batch(x0.shape[0]), *bb.prompt_batch(x0.shape[0], null=True))
         v = transformer_velocity(tr, x_t, sigma * 1000.0, pe, pp)
         loss = F.mse_loss(v, eps - x0)
         opt.zero_grad(set_to_none=True)

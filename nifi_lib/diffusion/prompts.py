@@ -38,6 +38,21 @@ class PromptEmbeddings:
         return (self.prompt_embeds.expand(n, -1, -1), self.pooled_prompt_embeds.expand(n, -1))
 
 
+def dropout_mask(n: int, p: float, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Prompt dropout for classifier-free guidance training: a ``(n,)`` bool mask, True where a sample's prompt
+    is replaced by the null prompt (each with probability ``p``). Exactly one ``torch.rand(n)`` draw from
+    ``generator``, so the training runs' random streams (and resumed runs) stay as they were."""
+    return torch.rand(n, generator=generator, device=device) < p
+
+
+def apply_prompt_dropout(drop: torch.Tensor, prompt_embeds: torch.Tensor, pooled: torch.Tensor,
+                         null_embeds: torch.Tensor, null_pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(prompt_embeds (n, L, D), pooled (n, P))`` with the rows where ``drop`` is True taken from the null
+    prompt (no ``drop.any()`` test: that would read a device mask back to the host)."""
+    return (torch.where(drop[:, None, None], null_embeds, prompt_embeds),
+            torch.where(drop[:, None], null_pooled, pooled))
+
+
 def load_embeddings_npz(path: str | Path) -> tuple[PromptEmbeddings, PromptEmbeddings | None]:
     """Read ``(prompt, null_prompt_or_None)`` from an .npz in the authors' format (no pickle)."""
     path = Path(path)

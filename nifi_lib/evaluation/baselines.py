@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ..errors import NifiError
 from ..io.images import IMAGE_EXTS, load_image
-from ..paths import repo_path
+from ..paths import resolve_model_ref
 
 
 class MethodError(NifiError, ValueError):
@@ -389,9 +389,7 @@ def _load_restorer(base_model: str | None, ckpt: str | None, device, dtype, embe
         from ..restoration.restorer import Restorer
     except ImportError as e:
         raise MethodError(f"the diffusion restorer (nifi_lib.restoration.restorer) is not available: {e}") from e
-    base = base_model or DEFAULT_BASE_MODEL
-    local = repo_path(base)
-    base = str(local) if local.exists() else base
+    base = resolve_model_ref(base_model or DEFAULT_BASE_MODEL)
     dev = _default_device(device)
     dtype = dtype or ("bf16" if dev.startswith("cuda") else "fp32")
     if ckpt is not None and not Path(ckpt).is_file():

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import NifiError
+from ..image_quality import gs_photometric_loss, mse, psnr_from_mse
 from .cameras import Camera, cameras_extent
 from .model import GaussianModel
 from .render import RenderOutput, quat_to_rotmat, render, resolve_backend
@@ -34,45 +34,11 @@ class FitError(NifiError, ValueError):
     """Inputs of a fit are inconsistent (no views, image sizes that do not match the cameras...)."""
 
 
-# --- loss (3DGS Eq. 7) ----------------------------------------------------------------------------
+# --- loss (3DGS Eq. 7: nifi_lib.image_quality.gs_photometric_loss) and PSNR -----------------------
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5, channels: int = 3, device=None) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float32, device=device) - size // 2
-    g = torch.exp(-x * x / (2 * sigma * sigma))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
-
-
-def ssim(img1: torch.Tensor, img2: torch.Tensor, window_size: int = 11) -> torch.Tensor:
-    """Mean SSIM (Wang et al. 2004) with an 11x11 Gaussian window (sigma 1.5), zero padding, as the 3DGS code.
-
-    Inputs ``(3, H, W)`` or ``(B, 3, H, W)`` in [0, 1]; differentiable.
-    """
-    if img1.ndim == 3:
-        img1, img2 = img1[None], img2[None]
-    c = img1.shape[1]
-    w = _gaussian_window(window_size, 1.5, c, img1.device).to(img1.dtype)
-    pad = window_size // 2
-    mu1, mu2 = F.conv2d(img1, w, padding=pad, groups=c), F.conv2d(img2, w, padding=pad, groups=c)
-    mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
-    s1 = F.conv2d(img1 * img1, w, padding=pad, groups=c) - mu1_sq
-    s2 = F.conv2d(img2 * img2, w, padding=pad, groups=c) - mu2_sq
-    s12 = F.conv2d(img1 * img2, w, padding=pad, groups=c) - mu12
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    m = ((2 * mu12 + c1) * (2 * s12 + c2)) / ((mu1_sq + mu2_sq + c1) * (s1 + s2 + c2))
-    return m.mean()
-
-
-def photometric_loss(render_img: torch.Tensor, target: torch.Tensor, lambda_dssim: float = 0.2) -> torch.Tensor:
-    """3DGS Eq. 7: ``(1 - lambda) * L1 + lambda * (1 - SSIM)``, ``lambda = 0.2``."""
-    l1 = (render_img - target).abs().mean()
-    return (1.0 - lambda_dssim) * l1 + lambda_dssim * (1.0 - ssim(render_img, target))
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [0, 1] (``a`` is clamped)."""
-    mse = float(((a.detach().clamp(0, 1) - b) ** 2).mean())
-    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [0, 1] (``a`` is clamped; mse in the inputs' dtype, floored at 1e-12)."""
+    return psnr_from_mse(float(mse(a.detach().clamp(0, 1), b, dtype=None)), min_mse=1e-12)
 
 
 # --- configuration ---------------------------------------------------------------------------------
@@ -432,7 +398,7 @@ def fit_gaussians(
             strategy.step_pre_backward(params, optimizers, strategy_state, step, out.info)
         elif densifier is not None and step <= cfg.stop:
             out.retain_grad()
-        loss = photometric_loss(out.image, target, lambda_dssim)
+        loss = gs_photometric_loss(out.image, target, lambda_dssim)
         loss.backward()
         if strategy is not None:
             strategy.step_post_backward(params, optimizers, strategy_state, step, out.info, packed=False)
@@ -445,7 +411,7 @@ def fit_gaussians(
             densifier.step(step, params, optimizers)
             if cfg.max_gaussians is not None and params["means"].shape[0] > 4 * cfg.max_gaussians:
                 raise FitError("density control exceeded max_gaussians")  # pragma: no cover - safety net
-        p = psnr(out.image, target)
+        p = _psnr(out.image, target)
         history.iteration.append(step)
         history.loss.append(float(loss.detach()))
         history.psnr.append(p)
@@ -463,5 +429,5 @@ def fit_gaussians(
 def evaluate_psnr(model: GaussianModel, cameras: Sequence[Camera], images: torch.Tensor | Sequence[torch.Tensor],
                   background: Sequence[float] | torch.Tensor | None = None, backend: str = "auto") -> list[float]:
     """PSNR (dB) of the model's renders (clamped to [0, 1]) against ``images``, one value per view."""
-    return [psnr(render(model, cam, backend=backend, background=background).image, img.to(model.means))
+    return [_psnr(render(model, cam, backend=backend, background=background).image, img.to(model.means))
             for cam, img in zip(cameras, images)]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -246,10 +245,3 @@ def load_ply(path: str | Path) -> GaussianModel:
     )
     model.validate(str(path))
     return model
-
-
-def model_summary(model: GaussianModel) -> dict[str, Any]:
-    """Small JSON-friendly description (count, degree, bounding box)."""
-    m = model.means.detach()
-    return {"num_gaussians": model.num_gaussians, "sh_degree": model.sh_degree,
-            "bbox_min": m.min(0).values.tolist(), "bbox_max": m.max(0).values.tolist()}

@@ -186,20 +186,3 @@ def list_images(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise ImageError(f"{folder}: not a directory")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-
-
-def skimage_sample(name: str = "astronaut", size: int = 64) -> torch.Tensor:
-    """A natural photo that ships inside scikit-image, center-cropped and resized: ``(3, size, size)`` in [0, 1]."""
-    import skimage.data
-
-    if not hasattr(skimage.data, name):
-        raise ImageError(f"skimage.data has no image '{name}'")
-    arr = np.asarray(getattr(skimage.data, name)())
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, -1)
-    arr = arr[..., :3]
-    h, w = arr.shape[:2]
-    s = min(h, w)
-    arr = arr[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-    im = Image.fromarray(arr.astype(np.uint8)).resize((size, size), Image.LANCZOS)
-    return to_tensor(np.asarray(im))

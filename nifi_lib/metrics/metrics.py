@@ -36,14 +36,14 @@ import types
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .. import image_quality
 from ..errors import NifiError
+from ..image_quality import PSNR_EPS, gaussian_window
 from .weights import dists_alpha_beta, load_trunk_features, lpips_linear_heads
 
 LPIPS_NETS = ("alex", "vgg")
 LUMA = (0.299, 0.587, 0.114)
-PSNR_EPS = 1e-8
 
 
 class MetricInputError(NifiError, ValueError):
@@ -99,39 +99,16 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, mode: str = "rgb") -> torch.T
         x, y = luma(x), luma(y)
     elif mode != "rgb":
         raise MetricInputError(f"psnr: mode must be 'rgb' or 'y', got '{mode}'")
-    mse = ((x - y) ** 2).mean(dim=(1, 2, 3))
-    return (10.0 * torch.log10(1.0 / (mse + PSNR_EPS))).to(pred.dtype)
-
-
-def gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float64, device=None) -> torch.Tensor:
-    """Normalised ``size x size`` Gaussian (MATLAB ``fspecial('gaussian', 11, 1.5)``)."""
-    c = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
-    g = torch.exp(-(c ** 2) / (2 * sigma ** 2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
+    return image_quality.psnr(x, y, eps=PSNR_EPS).to(pred.dtype)
 
 
 def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float, win_size: int = 11,
              sigma: float = 1.5) -> torch.Tensor:
     """SSIM map with 'valid' Gaussian filtering, per channel (Wang et al. 2004). Differentiable."""
-    c = x.shape[1]
     if min(x.shape[-2:]) < win_size:
         raise MetricInputError(f"ssim: images must be at least {win_size}x{win_size} pixels, got "
                                f"{tuple(x.shape[-2:])}")
-    # the 2-D Gaussian is the outer product of a 1-D one: filter rows then columns ('valid', no padding)
-    g = gaussian_window(win_size, sigma, x.dtype, x.device).sum(0)
-    gh = g.view(1, 1, 1, win_size).expand(c, 1, 1, win_size)
-    gv = g.view(1, 1, win_size, 1).expand(c, 1, win_size, 1)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-
-    def filt(z):
-        return F.conv2d(F.conv2d(z, gh, groups=c), gv, groups=c)
-
-    mu_x, mu_y = filt(x), filt(y)
-    sxx = filt(x * x) - mu_x ** 2
-    syy = filt(y * y) - mu_y ** 2
-    sxy = filt(x * y) - mu_x * mu_y
-    return ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+    return image_quality.ssim_map(x, y, data_range, win_size, sigma, padding="valid")
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor, mode: str = "rgb") -> torch.Tensor:

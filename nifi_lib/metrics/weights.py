@@ -51,6 +51,7 @@ import torch
 
 from ..errors import NifiError
 from ..io.atomic import atomic_path, atomic_save
+from ..io.hashing import sha256_file
 from ..paths import DATA_DIR
 
 ENV_WEIGHTS_DIR = "NIFI_WEIGHTS_DIR"
@@ -152,14 +153,6 @@ def pypi_cache_dir() -> Path:
 
 def offline() -> bool:
     return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _offline_hint_trunk(spec: TrunkSpec) -> str:

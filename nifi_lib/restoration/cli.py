@@ -11,7 +11,7 @@ from tqdm import tqdm
 from ..diffusion.backbone import DTYPES
 from ..errors import NifiError
 from ..io.images import BACKGROUNDS, IMAGE_EXTS, ImageError, ImageModeError, list_images, load_image, save_image
-from ..paths import repo_path
+from ..paths import resolve_model_ref
 
 
 class RestoreInputError(NifiError, ValueError):
@@ -83,9 +83,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     for src, _ in pairs:
         images.append(_read_input(src, args.allow_convert, args.background))
     dtype = _canonical_dtype(args.dtype) or ("bf16" if device.startswith("cuda") else "fp32")
-    restorer = Restorer.from_pretrained(str(repo_path(args.base_model)) if Path(repo_path(args.base_model)).exists()
-                                        else args.base_model, ckpt=args.ckpt, embeddings=args.embeddings,
-                                        device=device, dtype=dtype, t0=args.t0, tile_size=args.tile_size)
+    restorer = Restorer.from_pretrained(resolve_model_ref(args.base_model), ckpt=args.ckpt,
+                                        embeddings=args.embeddings, device=device, dtype=dtype, t0=args.t0,
+                                        tile_size=args.tile_size)
     # frames beyond the transformer's position table are tiled automatically: said once, on stderr
     restorer.notify = lambda msg: print(f"nifi restore: {msg}", file=sys.stderr)
     results = []

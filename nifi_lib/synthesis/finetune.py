@@ -13,30 +13,19 @@ import time
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from ..image_quality import gs_photometric_loss
 
 LR = {"sh_dc": 2.5e-3, "sh_rest": 2.5e-3 / 20.0, "opacity_logits": 2.5e-2, "log_scales": 5e-3, "quats": 1e-3}
 MEANS_LR_INIT, MEANS_LR_FINAL = 1.6e-4, 1.6e-6
 LAMBDA_DSSIM = 0.2
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean SSIM of two ``(3, H, W)`` images in [0, 1] (Gaussian window 11, sigma 1.5, as 3DGS)."""
-    r = window // 2
-    g = torch.exp(-0.5 * ((torch.arange(window, dtype=x.dtype, device=x.device) - r) / sigma) ** 2)
-    g = g / g.sum()
-    k = (g[:, None] * g[None, :]).expand(3, 1, window, window).contiguous()
-    blur = lambda t: F.conv2d(t[None], k, padding=r, groups=3)[0]  # noqa: E731
-    mx, my = blur(x), blur(y)
-    sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    return (((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))).mean()
-
-
 def finetune_loss(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """3DGS Eq. 7: ``(1 - 0.2) L1 + 0.2 (1 - SSIM)``."""
-    return (1 - LAMBDA_DSSIM) * (image - target).abs().mean() + LAMBDA_DSSIM * (1 - ssim(image, target))
+    """3DGS Eq. 7: ``(1 - 0.2) L1 + 0.2 (1 - SSIM)`` (:func:`nifi_lib.image_quality.gs_photometric_loss`, with the
+    float rounding this loop was written with, so that the synthesised levels stay bit-identical)."""
+    return gs_photometric_loss(image, target, LAMBDA_DSSIM, rounding="finetune")
 
 
 def finetune(model, cameras: Sequence, images: torch.Tensor, iterations: int, background=None,

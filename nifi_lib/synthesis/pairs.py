@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import NifiError
+from ..image_quality import mse, psnr_from_mse
 from ..io.atomic import atomic_write_json
 from ..io.images import save_image, to_uint8
 from ..paths import REPO_ROOT
@@ -46,8 +47,8 @@ class PairsError(NifiError, ValueError):
 
 def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB between two uint8 images (peak 255); ``inf`` for identical images."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
+    x, y = (torch.from_numpy(v.astype(np.float64).reshape(1, 1, -1)) for v in (a, b))
+    return psnr_from_mse(float(mse(x, y)), data_range=255.0)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -17,7 +17,6 @@ into place at the end, so a failure never leaves a partial output folder.
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import time
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..errors import NifiError
 from ..io.atomic import atomic_write_json
+from ..io.hashing import sha256_file
 from ..paths import repo_path
 from . import codec
 from .finetune import finetune
@@ -295,10 +295,6 @@ def write_scene_pairs(scene: SourceScene, scene_dir: Path, split: str, mode: str
     return manifest
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
 def codec_pairs(artifact_dir: str | Path, split: str, out: str | Path, backend: str = "auto",
                 progress: bool = True, overwrite: bool = False, log: Callable[[str], None] = print,
                 device: str | None = None) -> dict:
@@ -312,7 +308,8 @@ def codec_pairs(artifact_dir: str | Path, split: str, out: str | Path, backend: 
                              f"--scene <scene folder> --out {artifact_dir} --overwrite` first")
     scene_dir = pairs_scene_dir(out, split)
     labels = [lv["label"] for lv in meta["levels"]]
-    identity = {"artifacts": display_path(artifact_dir), "synth_sha256": _sha256(artifact_dir / SYNTH_JSON)}
+    identity = {"artifacts": display_path(artifact_dir),
+                "synth_sha256": sha256_file(artifact_dir / SYNTH_JSON)[:16]}
     old = read_manifest(scene_dir) if scene_dir.is_dir() else None
     if (not overwrite and old is not None and old.get("identity") == identity
             and manifest_complete(scene_dir, labels, [split], mode="nifi-codec")):

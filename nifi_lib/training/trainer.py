@@ -42,9 +42,10 @@ from ..config import Config
 from ..diffusion.backbone import Backbone, load_backbone, optimize_backbone
 from ..diffusion.flow import classifier_free_guidance, forward_noise, one_step_restore, schedule_tables, sigma_at
 from ..diffusion.latents import decode_latents, encode_latents, to_model_range, transformer_velocity
+from ..diffusion.prompts import apply_prompt_dropout, dropout_mask
 from ..errors import NifiError
 from ..io.atomic import WriteError, atomic_path, atomic_save, atomic_write_json
-from ..paths import repo_path
+from ..paths import repo_path, resolve_model_ref
 from ..restoration.io import TRAIN_FORMAT, safe_torch_load, split_groups
 from ..restoration.lora import (CRITIC, RESTORER, adapter_parameters, adapter_scope, adapter_state_dict,
                                 add_critic_adapter, add_restorer_adapters, load_adapter_state_dict)
@@ -209,10 +210,8 @@ class NiFiTrainer:
         that would read the mask back to the host)."""
         pe, pp = self.bb.prompt_batch(n, device=self.device)
         if drop is not None:
-            npe, npp = self.bb.prompt_batch(n, device=self.device, null=True)
-            d = drop.to(self.device)
-            pe = torch.where(d[:, None, None], npe, pe)
-            pp = torch.where(d[:, None], npp, pp)
+            pe, pp = apply_prompt_dropout(drop.to(self.device), pe, pp,
+                                          *self.bb.prompt_batch(n, device=self.device, null=True))
         return pe, pp
 
     def guided_denoise(self, adapter: str | None, z_t: torch.Tensor, sigma: torch.Tensor,
@@ -305,7 +304,7 @@ class NiFiTrainer:
             torch.compiler.cudagraph_mark_step_begin()   # the previous step's graph outputs may be reused
         clean01, degraded01 = self._to_device(clean01), self._to_device(degraded01)
         lo, hi = cfg.diffusion.t_min_index, cfg.diffusion.t_max_index + 1
-        drop = torch.rand(n, generator=g, device=dev) < cfg.model.prompt_dropout   # the student's prompt only
+        drop = dropout_mask(n, cfg.model.prompt_dropout, g, dev)   # the student's prompt only
         # ---- phi- update (Eq. 6 with Eq. 5) ----
         with record_function("nifi.step.restore_latents"):
             x_hat = self.restore_latents(degraded01, drop)
@@ -613,8 +612,7 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
             raise TrainingError(f"val_split='{val_split}': {e}") from e
     if smoke_test:
         pairs = pairs[:8]
-    bb = load_backbone(str(repo_path(cfg.model.backbone)) if repo_path(cfg.model.backbone).exists()
-                       else cfg.model.backbone, kind=cfg.model.backbone_kind,
+    bb = load_backbone(resolve_model_ref(cfg.model.backbone), kind=cfg.model.backbone_kind,
                        embeddings=repo_path(cfg.model.embeddings) if cfg.model.embeddings else None,
                        device=device, dtype="bf16" if (device.startswith("cuda") and cfg.model.dtype == "bf16") else "fp32")
     if bb.prompt is None or bb.null_prompt is None:
