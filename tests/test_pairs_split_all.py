@@ -11,12 +11,7 @@ from nifi_lib.synthesis.pipeline import SynthesisSettings, synthesize_scene
 from nifi_lib.synthesis.toy import make_toy_scene
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,7 @@ from nifi_lib.restoration.lora import RESTORER, add_restorer_adapters
 from nifi_lib.restoration.restorer import FrameSizeError, Restorer, position_table_limit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,7 @@ from nifi_lib.synthesis.toy import make_toy_scene
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP spinning across processes costs 10-30x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FAST = SynthesisSettings(c_min=30, finetune_iterations=3)
 
 
