@@ -23,15 +23,6 @@ SIZE = 48
 main = cli_main   # the real `nifi` entry point (NifiError -> exit code 2, one error line)
 
 
-@pytest.fixture(scope="module")
-def real_weights():
-    try:
-        M.build_lpips("alex")
-        M.build_dists()
-    except WeightsError as e:
-        pytest.skip(f"no real LPIPS/DISTS weights here and none can be fetched or converted: {e}")
-
-
 def _photo(i: int) -> np.ndarray:
     from skimage import data
 

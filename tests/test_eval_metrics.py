@@ -9,19 +9,10 @@ import pytest
 import torch
 
 from nifi_lib.metrics import metrics as M
-from nifi_lib.metrics.weights import WeightsError
 from nifi_lib.io.images import load_image
 from nifi_lib.paths import REPO_ROOT
 
 CALIB = REPO_ROOT.parent / "shared" / "calibration" / "iqa"
-
-
-@pytest.fixture(scope="module")
-def real_weights():
-    try:
-        M.build_lpips("alex")
-    except WeightsError as e:
-        pytest.skip(f"no real LPIPS/DISTS weights here and none can be fetched or converted: {e}")
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,9 @@ import torch
 
 from nifi_lib.cli import main as nifi
 from nifi_lib.synthesis.pipeline import SynthesisSettings, synthesize_scene
-from nifi_lib.synthesis.toy import make_toy_scene
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "toy"
-    make_toy_scene(root, n=300, num_views=9, size=24)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -20,19 +20,11 @@ from nifi_lib.synthesis.pipeline import (SynthesisSettings, codec_pairs, pairs_s
                                          prepare_benchmark, proxy_pairs, synthesize_scene)
 from nifi_lib.synthesis.precomputed import PrecomputedError
 from nifi_lib.synthesis.schedule import level_sizes
-from nifi_lib.synthesis.toy import make_toy_scene
 
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FAST = SynthesisSettings(c_min=30, finetune_iterations=3)
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "toy"
-    make_toy_scene(root, n=300, num_views=9, size=24)
-    return root
 
 
 @pytest.fixture(scope="module")

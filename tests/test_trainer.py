@@ -204,17 +204,6 @@ def test_eq4_term_alone_reaches_phi_minus_with_a_random_critic(setup):
     _assert_base_untouched(tr, base)
 
 
-@pytest.fixture(scope="module")
-def real_lpips():
-    from nifi_lib.metrics import metrics as M
-    from nifi_lib.metrics.weights import WeightsError
-
-    try:
-        M.build_lpips("alex")
-    except WeightsError as e:
-        pytest.skip(f"no real LPIPS weights here and none can be fetched or converted: {e}")
-
-
 def test_eq6_lpips_term_with_real_weights_reaches_phi_minus(setup, real_lpips):
     """Eq. 6's LPIPS(D(x^), I) branch with the real LPIPS-alex weights (the trainer's own build_perceptual),
     alone (kl = l2 = 0): finite and > 0, its gradient reaches phi- through the decoder, and neither the
