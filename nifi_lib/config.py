@@ -36,12 +36,17 @@ class ModelConfig:
     dtype: str = "bf16"
 
 
+# Eq. 7's start t0 of the paper (Sec. 4.1; the authors' released 3dgs-sd3-restorer-t=199.ckpt): the one default,
+# used by the config, the restorer, the CLI and every baseline; checkpoints record the t0 they were trained at.
+DEFAULT_T0 = 199
+
+
 @dataclass
 class DiffusionConfig:
     # Eq. 7's start, for training and inference alike (stored in checkpoints): 199 = NiFi; 1000 (= T,
     # num_train_timesteps) = the "NiFi w/o t0" ablation: the degraded latent fed un-noised at timestep T
     # with sigma 1, as in TSD-SR (nifi_lib.diffusion.flow.eq7_start)
-    t0: int = 199
+    t0: int = DEFAULT_T0
     num_train_timesteps: int = 1000
     shift: float = 3.0
     t_min_index: int = 50

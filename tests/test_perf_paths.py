@@ -13,8 +13,8 @@ import torch
 
 from helpers import SD3_LIKE_VAE, TINY_TRANSFORMER, randomize_lora, tiny_backbone
 from nifi_lib.config import Config
-from nifi_lib.diffusion.backbone import (ChannelsLastGroupNorm, optimize_backbone, set_channels_last_group_norm,
-                                         vae_channels_last)
+from nifi_lib.diffusion.fast_paths import (ChannelsLastGroupNorm, optimize_backbone, set_channels_last_group_norm,
+                                           vae_channels_last)
 from nifi_lib.diffusion.flow import forward_noise, one_step_restore
 from nifi_lib.diffusion.latents import decode_latents, decode_latents_tiled, encode_latents, transformer_velocity
 from nifi_lib.restoration.lora import (CRITIC, RESTORER, TRANSFORMER_TARGETS, active_adapter, adapter_scope,

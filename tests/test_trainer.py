@@ -264,7 +264,10 @@ def test_prompt_dropout_is_the_students_only(setup, monkeypatch):
     def spy(transformer, x, t, pe, pp):
         calls.append(pe.detach().clone())
         return real_velocity(transformer, x, t, pe, pp)
+    import nifi_lib.restoration.restorer as R   # the student's Eq. 7 runs in the restorer's one path
+
     monkeypatch.setattr(T, "transformer_velocity", spy)
+    monkeypatch.setattr(R, "transformer_velocity", spy)
     g = torch.Generator().manual_seed(0)
     tr.train_step(torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g))
     # student (B), real score on x^_t and x_t with CFG (4B: null half, conditional half), critic score (2B),
@@ -278,6 +281,7 @@ def test_prompt_dropout_is_the_students_only(setup, monkeypatch):
         assert is_null(c[:k]) and is_real(c[k:]), "the CFG scores must guide with the real prompt"
     assert is_real(calls[3]), "the critic's Eq. 8 pass must use the real prompt"
     monkeypatch.setattr(T, "transformer_velocity", real_velocity)
+    monkeypatch.setattr(R, "transformer_velocity", real_velocity)
 
     # the teacher's CFG denoiser with every sample "dropped" is the real-prompt CFG, not the all-null one
     gz = torch.Generator().manual_seed(1)
@@ -349,3 +353,28 @@ def test_guidance_scale_one_skips_the_null_pass_with_the_same_scores(setup, monk
     assert sizes == [3], "w = 1 must not run the null-prompt pass"
     pe, pp = tr.bb.prompt_batch(3)
     assert torch.allclose(d, _manual_cfg_denoise(tr, z, sigma, timestep, pe, pp), atol=1e-5, rtol=1e-5)
+
+
+def test_smoke_test_leaves_the_callers_config_alone(setup, tmp_path):
+    bb_dir, pairs = setup
+    cfg = tiny_config(bb_dir, max_steps=50, save_every=25)
+    before = cfg.to_dict()
+    s = train(cfg, pairs, tmp_path / "smoke", progress=False, smoke_test=True)
+    assert s["steps"] == 4 and s["smoke_test"] is True      # the smoke settings did apply to the run
+    assert cfg.to_dict() == before and cfg.train.max_steps == 50
+
+
+def test_schedule_of_the_config_must_be_the_backbones(setup):
+    from nifi_lib.diffusion.backbone import load_backbone
+    from nifi_lib.training.trainer import check_schedule
+
+    bb_dir, _ = setup
+    bb = load_backbone(str(bb_dir))
+    cfg = tiny_config(bb_dir)
+    check_schedule(cfg, bb.scheduler)   # the tiny backbone: 1000 steps, shift 3 = the config's
+    cfg.diffusion.shift = 1.0
+    with pytest.raises(TrainingError, match=r"shift 3, .*diffusion.shift 1 "):
+        NiFiTrainer(cfg, bb, perceptual=None)
+    cfg.diffusion.shift, cfg.diffusion.num_train_timesteps = 3.0, 500
+    with pytest.raises(TrainingError, match="num_train_timesteps 1000.*diffusion.num_train_timesteps 500"):
+        check_schedule(cfg, bb.scheduler)

@@ -106,14 +106,16 @@ def test_trainer_restore_latents_equals_restorer(setup, monkeypatch, t0):
     randomize_lora(tr.bb.transformer, RESTORER, seed=3)
     randomize_lora(tr.bb.vae, RESTORER, seed=4)
     deg01 = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    import nifi_lib.restoration.restorer as R   # the one Eq. 7 path the trainer calls
+
     seen = []
-    real = T.transformer_velocity
+    real = R.transformer_velocity
 
     def spy(transformer, x_t, timestep, *a, **k):
         seen.append(float(timestep))
         return real(transformer, x_t, timestep, *a, **k)
 
-    monkeypatch.setattr(T, "transformer_velocity", spy)
+    monkeypatch.setattr(R, "transformer_velocity", spy)
     tr.noise_generator = torch.Generator().manual_seed(7)
     with torch.no_grad():
         x_hat = tr.restore_latents(deg01, torch.zeros(2, dtype=torch.bool))
@@ -124,8 +126,7 @@ def test_trainer_restore_latents_equals_restorer(setup, monkeypatch, t0):
     assert (out - img_train).abs().max().item() < 1e-5
     # with the encoder's mode (no latent sample), the seed matters exactly where Eq. 2 adds noise: at t0 < T;
     # at t0 = T the latent is fed un-noised, so the output is deterministic
-    import nifi_lib.restoration.restorer as R
-
+    monkeypatch.setattr(R, "transformer_velocity", real)
     real_encode = R.encode_latents
     monkeypatch.setattr(R, "encode_latents", lambda vae, x, sf, generator=None, sample=True:
                         real_encode(vae, x, sf, generator=generator, sample=False))
@@ -174,3 +175,20 @@ def test_t0_sweep_uses_the_trained_wo_t0_checkpoint(setup, wo_t0_run, t199_ckpt)
     assert set(res) == {"t0=199", "t0=T (no noise)"} and res["t0=T (no noise)"]["n_images"] == 1
     with pytest.raises(ValueError, match="ckpt_wo_t0"):
         t0_sweep(pairs, str(t199_ckpt), str(bb_dir), [199, 1000], limit=1)
+
+
+def test_nifi_method_reads_t0_from_its_checkpoint(setup, tmp_path):
+    """``nifi eval``/``benchmark`` without --t0 restore at the t0 the checkpoint was trained for."""
+    from nifi_lib.diffusion.backbone import load_backbone
+    from nifi_lib.evaluation import baselines as B
+    from nifi_lib.training.trainer import NiFiTrainer
+
+    bb_dir, _ = setup
+    cfg = tiny_config(bb_dir)
+    cfg.diffusion.t0 = 399
+    path = tmp_path / "t399.pt"
+    NiFiTrainer(cfg, load_backbone(str(bb_dir)), perceptual=None).save(path)
+    opts = dict(base_model=str(bb_dir), device="cpu", seed=0)
+    assert B.create_method("nifi", ckpt=str(path), **opts).info()["t0"] == 399
+    assert B.create_method("nifi", ckpt=str(path), t0=199, **opts).info()["t0"] == 199   # --t0 overrides
+    assert B.create_method("img2img", **opts).info()["t0"] == 199                          # DEFAULT_T0

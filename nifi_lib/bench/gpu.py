@@ -224,44 +224,41 @@ def tflops(flop: float, ms: float) -> float:
 # Restoration
 # --------------------------------------------------------------------------------------------------
 def restore_breakdown(restorer, images: torch.Tensor, device: torch.device, warmup: int, iters: int) -> dict:
-    """Encode / transformer / decode of one restore, each timed alone on the same inputs."""
-    from ..diffusion.flow import forward_noise, one_step_restore
-    from ..diffusion.latents import encode_latents, pad_to_multiple, transformer_velocity
-    from ..restoration.lora import adapter_scope
-    from ..restoration.restorer import _mark_step
+    """Encode / transformer / decode of one restore, each timed alone on the same inputs, through the one
+    Eq. 7 path (:func:`~nifi_lib.restoration.restorer.encode_degraded`, ``restore_latents``, ``Restorer.decode``);
+    "transformer" includes Eq. 2 and the one-step update (elementwise, negligible next to the transformer)."""
+    from ..diffusion.fast_paths import mark_step
+    from ..restoration.restorer import encode_degraded, restore_latents
 
     bb, sched = restorer.backbone, restorer.schedule()
     x = images.to(device=restorer.device, dtype=restorer.dtype)
-    x, _ = pad_to_multiple(x, bb.vae_scale_factor)
     g = torch.Generator(device=restorer.device).manual_seed(0)
 
     def enc():
-        _mark_step(bb)
-        with torch.no_grad(), adapter_scope(bb.vae, restorer.adapter):
-            return encode_latents(bb.vae, x, bb.scaling_factor, generator=g).clone()
+        mark_step(bb)
+        with torch.no_grad():
+            return encode_degraded(bb, x, restorer.adapter, g).clone()
 
-    lat, _ = pad_to_multiple(enc(), bb.patch_size)
-    x_t0 = forward_noise(lat, torch.randn_like(lat), sched.sigma_t0)
-    pe, pp = bb.prompt_batch(x_t0.shape[0], device=restorer.device, dtype=restorer.dtype)
+    lat = enc()
 
     def tr():
-        _mark_step(bb)
-        with torch.no_grad(), adapter_scope(bb.transformer, restorer.adapter):
-            return transformer_velocity(bb.transformer, x_t0, sched.t0, pe, pp).clone()
+        mark_step(bb)
+        with torch.no_grad():
+            return restore_latents(bb, lat, sched, restorer.adapter, g).x_hat.clone()
 
-    x_hat = one_step_restore(x_t0, tr(), sched.sigma_t0, sched.sigma_end)
+    x_hat = tr()
 
     def dec():
-        _mark_step(bb)
+        mark_step(bb)
         with torch.no_grad():
-            return restorer._decode(x_hat).clone()
+            return restorer.decode(x_hat).clone()
 
     return {name: measure(f, device, warmup=warmup, iters=iters, back_to_back=False)["median_ms"]
             for name, f in (("encode", enc), ("transformer", tr), ("decode", dec))}
 
 
 def _set_vae_layout(bb, channels_last: bool) -> None:
-    from ..diffusion.backbone import set_channels_last_group_norm
+    from ..diffusion.fast_paths import set_channels_last_group_norm
 
     bb.vae.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     set_channels_last_group_norm(bb.vae, channels_last)
@@ -295,9 +292,10 @@ def sdpa_backends(device: torch.device, shapes: list[tuple[int, int, int, int]],
 
 
 def bench_restore(args, device: torch.device, budget: Budget, results: dict, out: Path | None) -> None:
-    from ..diffusion.backbone import optimize_backbone
+    from ..diffusion.fast_paths import optimize_backbone
     from ..restoration.lora import RESTORER, add_restorer_adapters
-    from ..restoration.restorer import Restorer, fuse_adapter
+    from ..restoration.fast_paths import fuse_adapter
+    from ..restoration.restorer import Restorer
 
     tcfg, vcfg, tokens = model_configs(args.tiny)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

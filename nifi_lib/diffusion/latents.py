@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .backbone import vae_channels_last
+from .fast_paths import vae_channels_last
 
 
 def to_model_range(images01: torch.Tensor) -> torch.Tensor:

@@ -190,7 +190,7 @@ def load_prior_log(folder: str | Path) -> dict:
 def sample_images(bb: Backbone, n: int = 8, steps: int = 28, guidance_scale: float = 7.5, seed: int = 0,
                   resolution: int | None = None) -> torch.Tensor:
     """Text-free samples from the prior (Euler, Eq. 3, with CFG), images in [0, 1]."""
-    from .flow import classifier_free_guidance
+    from .flow import classifier_free_guidance, euler_step
 
     res = resolution or bb.vae.config.sample_size
     lat = res // bb.vae_scale_factor
@@ -206,5 +206,5 @@ def sample_images(bb: Backbone, n: int = 8, steps: int = 28, guidance_scale: flo
         v_c = transformer_velocity(bb.transformer, z, s * 1000, pe, pp)
         v_u = transformer_velocity(bb.transformer, z, s * 1000, npe, npp)
         v = classifier_free_guidance(v_u, v_c, guidance_scale)
-        z = z - (s - s_next) * v
+        z = euler_step(z, v, s, s_next)                                                # Eq. 3
     return ((bb.vae.decode(z / bb.scaling_factor).sample + 1) / 2).clamp(0, 1)

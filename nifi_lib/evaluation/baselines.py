@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import DEFAULT_T0
 from ..errors import NifiError
 from ..io.images import IMAGE_EXTS, load_image
 from ..paths import resolve_model_ref
@@ -431,14 +432,15 @@ class DiffusionMethod(RestorationMethod):
         return {**d, **self.meta}
 
 
-def _nifi_factory(ckpt=None, base_model=None, device=None, dtype=None, embeddings=None, t0=199, seed=0,
+def _nifi_factory(ckpt=None, base_model=None, device=None, dtype=None, embeddings=None, t0=None, seed=0,
                   tile_size=None, **_):
+    """phi- at Eq. 7's start ``t0``; default (None) the t0 the checkpoint records, else DEFAULT_T0."""
     if not ckpt:
         raise MethodError("nifi needs a restorer checkpoint (--ckpt: the authors' .ckpt, a .safetensors adapter "
                           "file or a training checkpoint)")
-    r = _load_restorer(base_model, ckpt, device, dtype, embeddings, int(t0), tile_size)
-    trained = r.checkpoint_t0 if r.checkpoint_t0 is not None else 199
-    return DiffusionMethod("nifi", r, "restore", t0=int(t0), seed=int(seed),
+    r = _load_restorer(base_model, ckpt, device, dtype, embeddings, None if t0 is None else int(t0), tile_size)
+    trained = r.checkpoint_t0 if r.checkpoint_t0 is not None else DEFAULT_T0
+    return DiffusionMethod("nifi", r, "restore", t0=int(r.t0), seed=int(seed),
                            meta={"ckpt": str(ckpt), "base_model": base_model or DEFAULT_BASE_MODEL,
                                  "trained_t0": trained, "trained_t0_recorded": r.checkpoint_t0 is not None})
 
@@ -484,17 +486,19 @@ def _nifi_wo_t0_factory(ckpt=None, ckpt_wo_t0=None, base_model=None, device=None
                                          "noise at timestep T (sigma 1), as in TSD-SR"})
 
 
-def _img2img_factory(base_model=None, device=None, dtype=None, embeddings=None, t0=199, seed=0,
+def _img2img_factory(base_model=None, device=None, dtype=None, embeddings=None, t0=None, seed=0,
                      img2img_steps=10, tile_size=None, **_):
+    t0 = DEFAULT_T0 if t0 is None else t0
     r = _load_restorer(base_model, None, device, dtype, embeddings, int(t0), tile_size)
     return DiffusionMethod("img2img", r, "img2img", t0=int(t0), seed=int(seed), steps=int(img2img_steps),
                            meta={"base_model": base_model or DEFAULT_BASE_MODEL, "adapters": "none (frozen base)"})
 
 
-def _base_t0_factory(base_model=None, device=None, dtype=None, embeddings=None, t0=199, seed=0, tile_size=None,
+def _base_t0_factory(base_model=None, device=None, dtype=None, embeddings=None, t0=None, seed=0, tile_size=None,
                      **_):
     """The NiFi pipeline without phi-: Eq. 7 (noise to t0, one velocity step) with the frozen base, the
     comparison the quality bar of the training issue names ("beats the same pipeline without phi-")."""
+    t0 = DEFAULT_T0 if t0 is None else t0
     r = _load_restorer(base_model, None, device, dtype, embeddings, int(t0), tile_size)
     return DiffusionMethod("base_t0", r, "restore", t0=int(t0), seed=int(seed),
                            meta={"base_model": base_model or DEFAULT_BASE_MODEL, "adapters": "none (frozen base)"})

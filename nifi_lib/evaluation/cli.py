@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..config import DEFAULT_T0
 from ..paths import repo_path
 
 
@@ -129,7 +130,8 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu for metrics; cuda if available "
                                                   "for the diffusion methods)")
     p.add_argument("--dtype", default=None, help="restorer dtype (default bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--t0", type=int, default=199, help="Eq. 7 intermediate timestep (nifi, img2img)")
+    p.add_argument("--t0", type=int, default=None, help="Eq. 7 intermediate timestep (nifi, img2img, base_t0; "
+                   f"default: the t0 the --ckpt records for nifi, else {DEFAULT_T0})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sigma", type=float, default=None, help="bm3d/ffdnet noise std in 8-bit levels "
                                                              "(default: estimated per image)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import Config, load_config
+from ..config import DEFAULT_T0, Config, load_config
 from ..paths import EMBEDDED_DIR, repo_path
 
 EMBEDDED_SCENES = EMBEDDED_DIR / "scenes"
@@ -164,7 +164,7 @@ def benchmark_methods(methods, ckpt: str, base_model: str, ckpt_wo_t0: str | Non
 
 
 def before_after_examples(ckpt: str | Path, pairs_root: str | Path, backbone: str = "data/embedded/backbone",
-                          per_rate: int = 2, split: str = "test", seed: int = 0, t0: int = 199) -> list[dict]:
+                          per_rate: int = 2, split: str = "test", seed: int = 0, t0: int = DEFAULT_T0) -> list[dict]:
     """For a few held-out views per rate: degraded, frozen base at t0 (no phi-), NiFi, clean ([0, 1])."""
     import torch
 

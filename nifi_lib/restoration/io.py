@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
+from ..config import DEFAULT_T0
 from .checkpoint import checkpoint_rank, load_authors_checkpoint, torch_error_summary
 from .lora import RESTORER, AdapterError, adapter_names, add_restorer_adapters, load_adapter_state_dict, \
     load_adapters, normalize_lora_keys
 
 TRAIN_FORMAT = "nifi-train-v1"
-DEFAULT_T0 = 199   # the paper's t0 (and the authors' released 3dgs-sd3-restorer-t=199.ckpt)
 
 
 @dataclass

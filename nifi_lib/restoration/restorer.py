@@ -22,40 +22,65 @@ the device, to bound the decoder's memory on large frames; an approximation, see
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, ContextManager
 
 import torch
 from torch.profiler import record_function
 
-from ..diffusion.backbone import DTYPES, Backbone, optimize_backbone
-from ..diffusion.flow import Eq7Start, eq7_start, forward_noise, one_step_restore, project_to_t0
-from ..diffusion.latents import (_ramp, _tile_starts, decode_latents, decode_latents_tiled, encode_latents,
-                                 pad_to_multiple, transformer_velocity)
-from ..errors import NifiError
+from ..config import DEFAULT_T0
+from ..diffusion.backbone import DTYPES, Backbone
+from ..diffusion.fast_paths import mark_step, optimize_backbone
+from ..diffusion.flow import Eq7Start, euler_step, eq7_start, forward_noise, one_step_restore, project_to_t0
+from ..diffusion.latents import decode_latents, decode_latents_tiled, encode_latents, pad_to_multiple, \
+    transformer_velocity
+from .fast_paths import FrameSizeError, blend_tiles, fuse_adapter, position_table_limit, tile_plan
 from .lora import RESTORER, adapter_names, adapter_scope
 
 _log = logging.getLogger("nifi_lib.restoration")
 
 
-class FrameSizeError(NifiError, ValueError):
-    """A frame the restorer cannot handle at any tiling (a side smaller than the VAE factor, a bad tile size)."""
+def encode_degraded(bb: Backbone, images: torch.Tensor, adapter: str | None, generator: torch.Generator | None,
+                    autocast: Callable[[], ContextManager] | None = None) -> torch.Tensor:
+    """Steps 1-3 of the procedure: ``x~ = E_phi-(I~)`` (a sample of the latent distribution x scaling factor),
+    the image (in [-1, 1]) reflect-padded to the VAE factor first and the latent to the patch size after."""
+    x, _ = pad_to_multiple(images, bb.vae_scale_factor)
+    with record_function("nifi.restore.encode"), adapter_scope(bb.vae, adapter), (autocast or contextlib.nullcontext)():
+        latents = encode_latents(bb.vae, x, bb.scaling_factor, generator=generator)
+    return pad_to_multiple(latents, bb.patch_size)[0]
 
 
-def position_table_limit(backbone: Backbone) -> int | None:
-    """The largest frame side (image pixels) the transformer's position table covers:
-    ``pos_embed_max_size`` x patch size (latent pixels) x the VAE factor; ``None`` when the transformer
-    has no such table (no limit). SD3-medium: 192 x 2 x 8 = 3072 px; the embedded backbone: 48 x 2 x 4 = 384."""
-    m = getattr(backbone.transformer.config, "pos_embed_max_size", None)
-    if not m:
-        return None
-    return int(m) * int(backbone.patch_size) * int(backbone.vae_scale_factor)
+@dataclass
+class Eq7Latents:
+    """The intermediates of Eq. 7 for one batch: ``x~_t0`` (Eq. 2), ``v = eps_{theta,phi-}(x~_t0, t0)``, ``x^``."""
+
+    x_t0: torch.Tensor
+    v: torch.Tensor
+    x_hat: torch.Tensor
 
 
-def _mark_step(backbone) -> None:
-    """A new inference step for inductor's CUDA graphs (their outputs of the previous step may be reused)."""
-    if backbone.fast_paths.get("cuda_graphs"):
-        torch.compiler.cudagraph_mark_step_begin()
+def restore_latents(bb: Backbone, latents: torch.Tensor, start: Eq7Start, adapter: str | None,
+                    generator: torch.Generator | None = None,
+                    prompts: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    autocast: Callable[[], ContextManager] | None = None) -> Eq7Latents:
+    """Eq. 7, the one implementation (restorer, trainer, bench and ``nifi verify`` call it):
+    ``x^ = x~_t0 - (sigma_t0 - sigma_end) eps_{theta,phi-}(x~_t0, t0)``.
+
+    ``x~_t0`` is :func:`~nifi_lib.diffusion.flow.project_to_t0` of ``latents`` (Eq. 2 noise drawn from
+    ``generator`` after the latent sample; un-noised at t0 = T, the "w/o t0" ablation); ``prompts`` default to
+    the backbone's fixed prompt (no CFG); the trainer passes its dropped-out batch. ``v`` runs under
+    ``autocast()`` when given and the step is taken in the latents' dtype. Gradients flow when enabled.
+    """
+    x_t0 = project_to_t0(latents, start, generator)                                   # Eq. 2 (t0 < T)
+    pe, pp = prompts if prompts is not None else bb.prompt_batch(x_t0.shape[0], device=x_t0.device,
+                                                                 dtype=x_t0.dtype)
+    with record_function("nifi.restore.transformer"), adapter_scope(bb.transformer, adapter), \
+            (autocast or contextlib.nullcontext)():
+        v = transformer_velocity(bb.transformer, x_t0, start.t0, pe, pp)
+    x_hat = one_step_restore(x_t0, v.to(x_t0.dtype), start.sigma_t0, start.sigma_end)   # Eq. 7
+    return Eq7Latents(x_t0, v, x_hat)
 
 
 # Where Eq. 7 starts and ends on the scheduler's table: the one rule of
@@ -72,7 +97,7 @@ class Restorer:
     checkpoint_t0: int | None = None      # the t0 the loaded checkpoint records (set by from_pretrained)
     checkpoint_format: str | None = None
 
-    def __init__(self, backbone: Backbone, t0: int = 199, adapter: str | None = RESTORER,
+    def __init__(self, backbone: Backbone, t0: int = DEFAULT_T0, adapter: str | None = RESTORER,
                  tile_size: int | None = None, tile_overlap: int = 32, *, compile: bool = False,
                  channels_last: bool | None = None, fuse_lora: bool = False, vae_tile: int | None = None,
                  vae_tile_overlap: int = 16, cuda_graphs: bool | None = None):
@@ -147,25 +172,16 @@ class Restorer:
         return self._restore_batch(images, self.schedule(t0, add_noise), generator)
 
     def _restore_batch(self, images: torch.Tensor, sched: RestoreSchedule, generator: torch.Generator) -> torch.Tensor:
-        bb = self.backbone
-        _mark_step(bb)
+        mark_step(self.backbone)
         x = images.to(device=self.device, dtype=self.dtype)
-        h, w = x.shape[-2:]
-        x, _ = pad_to_multiple(x, bb.vae_scale_factor)
-        with record_function("nifi.restore.encode"), adapter_scope(bb.vae, self.adapter):
-            latents = encode_latents(bb.vae, x, bb.scaling_factor, generator=generator)
-        latents, _ = pad_to_multiple(latents, bb.patch_size)
-        # Eq. 2 at sigma_t0 (the noise drawn after the latent sample); at t0 = T the un-noised latent
-        x_t0 = project_to_t0(latents, sched, generator)
-        pe, pp = bb.prompt_batch(x_t0.shape[0], device=self.device, dtype=self.dtype)
-        with record_function("nifi.restore.transformer"), adapter_scope(bb.transformer, self.adapter):
-            v = transformer_velocity(bb.transformer, x_t0, sched.t0, pe, pp)
-        x_hat = one_step_restore(x_t0, v, sched.sigma_t0, sched.sigma_end)           # Eq. 7
+        latents = encode_degraded(self.backbone, x, self.adapter, generator)
+        x_hat = restore_latents(self.backbone, latents, sched, self.adapter, generator).x_hat     # Eq. 7
         with record_function("nifi.restore.decode"):
-            out = self._decode(x_hat)
-        return out[..., :h, :w].clamp(-1, 1).float()
+            out = self.decode(x_hat)
+        return out[..., :x.shape[-2], :x.shape[-1]].clamp(-1, 1).float()
 
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """D(x^): the full decoder, or overlapping latent tiles with ``vae_tile`` (a fast path)."""
         bb = self.backbone
         if self.vae_tile:
             return decode_latents_tiled(bb.vae, latents, bb.scaling_factor, self.vae_tile, self.vae_tile_overlap)
@@ -176,36 +192,13 @@ class Restorer:
     _table_noted: bool = False
 
     def _tile_plan(self, h: int, w: int, auto_only: bool = False) -> tuple[int, int] | None:
-        """``(tile, overlap)`` in image pixels for an ``h`` x ``w`` frame, or ``None`` to restore it whole.
-
-        Tiles when the frame is larger than ``tile_size`` (unless ``auto_only``) and, automatically, when
-        its padded latent exceeds the transformer's position table (:func:`position_table_limit`): tiles of
-        the largest side the table allows, overlapping by about 1/8 of it (a multiple of VAE factor x patch),
-        announced once per restorer. Raises :class:`FrameSizeError` for what no tiling can handle.
-        """
-        bb = self.backbone
-        f = int(bb.vae_scale_factor)
-        if min(h, w) < f:
-            raise FrameSizeError(f"frame {w}x{h} is too small: each side must be at least the backbone's VAE "
-                                 f"factor ({f} px)")
-        user = None if auto_only or not self.tile_size else int(self.tile_size)
-        if user is not None and user < f:
-            raise FrameSizeError(f"frame {w}x{h} cannot be tiled with tile_size {user}: tiles must be at least "
-                                 f"the backbone's VAE factor ({f} px)")
-        limit = position_table_limit(bb)
-        if limit is not None and max(h, w) > limit and (user is None or user > limit):
-            ts, ov = limit, _auto_overlap(limit, f * int(bb.patch_size))
-            if not self._table_noted:
-                self._table_noted = True
-                stride = max(ts - ov, 1)
-                n = len(_tile_starts(h, ts, stride)) * len(_tile_starts(w, ts, stride))
-                msg = (f"frame {w}x{h} exceeds the backbone's position table (max {limit} px): "
-                       f"restoring in {n} overlapping tiles")
-                (self.notify or _log.warning)(msg)
-            return ts, ov
-        if user is not None and max(h, w) > user:
-            return user, int(self.tile_overlap)
-        return None
+        """``(tile, overlap)`` for an ``h`` x ``w`` frame or ``None`` (:func:`~.fast_paths.tile_plan`; the user's
+        ``tile_size`` ignored with ``auto_only``); the position-table notice is announced once per restorer."""
+        plan, notice = tile_plan(self.backbone, h, w, None if auto_only else self.tile_size, self.tile_overlap)
+        if notice is not None and not self._table_noted:
+            self._table_noted = True
+            (self.notify or _log.warning)(notice)
+        return plan
 
     def _restore_tiled(self, images, t0, generator, add_noise, tile: int | None = None,
                        overlap: int | None = None) -> torch.Tensor:
@@ -217,26 +210,7 @@ class Restorer:
 
     def _blend_tiles(self, images: torch.Tensor, ts: int, ov: int,
                      fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``fn`` on overlapping ``ts`` x ``ts`` tiles (``ov`` pixels shared; the last row/column shifted
-        inwards), blended with linear ramps."""
-        n, _, h, w = images.shape
-        ov = max(0, min(ov, ts // 2))   # ramps of both sides must fit in one tile
-        stride = max(ts - ov, 1)
-        ys = _tile_starts(h, ts, stride)
-        xs = _tile_starts(w, ts, stride)
-        # accumulated on the compute device (no device-to-host copy, i.e. no synchronisation, per tile)
-        out = torch.zeros(n, 3, h, w, dtype=torch.float32, device=self.device)
-        weight = torch.zeros(1, 1, h, w, dtype=torch.float32, device=self.device)
-        for y in ys:
-            for x in xs:
-                tile = images[..., y:y + ts, x:x + ts]
-                res = fn(tile).to(device=self.device, dtype=torch.float32)
-                wy = _ramp(tile.shape[-2], ov if y > 0 else 0, ov if y + ts < h else 0, device=self.device)
-                wx = _ramp(tile.shape[-1], ov if x > 0 else 0, ov if x + ts < w else 0, device=self.device)
-                wt = (wy[:, None] * wx[None, :])[None, None]
-                out[..., y:y + ts, x:x + ts] += res * wt
-                weight[..., y:y + ts, x:x + ts] += wt
-        return (out / weight.clamp_min(1e-8)).to(images.device)
+        return blend_tiles(images, ts, ov, fn, self.device)
 
     @torch.no_grad()
     def img2img(self, images: torch.Tensor, t0: float | None = None, steps: int = 10, seed: int | None = 0) -> torch.Tensor:
@@ -246,51 +220,39 @@ class Restorer:
         if plan is not None:  # beyond the transformer's position table: overlapping tiles, each seeded alike
             return self._blend_tiles(images, *plan, lambda t: self.img2img(t, t0=t0, steps=steps, seed=seed))
         bb = self.backbone
-        _mark_step(bb)
+        mark_step(bb)
         g = torch.Generator(device=self.device)
         g.manual_seed(0 if seed is None else int(seed))
         sched = self.schedule(t0)
         x = images.to(device=self.device, dtype=self.dtype)
-        h, w = x.shape[-2:]
-        x, _ = pad_to_multiple(x, bb.vae_scale_factor)
-        with adapter_scope(bb.vae, None):
-            latents = encode_latents(bb.vae, x, bb.scaling_factor, generator=g)
-        latents, _ = pad_to_multiple(latents, bb.patch_size)
+        latents = encode_degraded(bb, x, None, g)
         noise = torch.randn(latents.shape, generator=g, device=latents.device, dtype=latents.dtype)
-        z = forward_noise(latents, noise, sched.sigma_t0)
+        z = forward_noise(latents, noise, sched.sigma_t0)                                 # Eq. 2
         sigmas = torch.linspace(sched.sigma_t0, sched.sigma_end, steps + 1).tolist()
         pe, pp = bb.prompt_batch(z.shape[0], device=self.device, dtype=self.dtype)
         with adapter_scope(bb.transformer, None):
             for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-                t = s * bb.scheduler.config.num_train_timesteps
-                v = transformer_velocity(bb.transformer, z, t, pe, pp)
-                z = z - (s - s_next) * v                                                  # Eq. 3
-        return self._decode(z)[..., :h, :w].clamp(-1, 1).float()
+                v = transformer_velocity(bb.transformer, z, s * bb.scheduler.config.num_train_timesteps, pe, pp)
+                z = euler_step(z, v, s, s_next)                                           # Eq. 3
+        return self.decode(z)[..., :x.shape[-2], :x.shape[-1]].clamp(-1, 1).float()
 
     @torch.no_grad()
     def trace(self, images: torch.Tensor, t0: float | None = None, seed: int = 0) -> dict[str, torch.Tensor | float]:
         """Every intermediate of Eq. 7 for one batch (for notebooks): the latent x~, its projection x~_t0
         (Eq. 2) decoded, the one-step estimate x^ and the restored image, images in [-1, 1]."""
         bb = self.backbone
-        _mark_step(bb)
+        mark_step(bb)
         sched = self.schedule(t0)
         g = torch.Generator(device=self.device)
         g.manual_seed(int(seed))
         x = images.to(device=self.device, dtype=self.dtype)
         h, w = x.shape[-2:]
-        x, _ = pad_to_multiple(x, bb.vae_scale_factor)
-        with adapter_scope(bb.vae, self.adapter):
-            latents = encode_latents(bb.vae, x, bb.scaling_factor, generator=g)
-        latents, _ = pad_to_multiple(latents, bb.patch_size)
-        x_t0 = project_to_t0(latents, sched, g)                              # Eq. 2 (un-noised at t0 = T)
-        pe, pp = bb.prompt_batch(x_t0.shape[0], device=self.device, dtype=self.dtype)
-        with adapter_scope(bb.transformer, self.adapter):
-            v = transformer_velocity(bb.transformer, x_t0, sched.t0, pe, pp)
-        x_hat = one_step_restore(x_t0, v, sched.sigma_t0, sched.sigma_end)
+        latents = encode_degraded(bb, x, self.adapter, g)
+        eq7 = restore_latents(bb, latents, sched, self.adapter, g)
         dec = lambda z: decode_latents(bb.vae, z, bb.scaling_factor)[..., :h, :w].clamp(-1, 1).float()  # noqa: E731
         return {"t0": sched.t0, "sigma_t0": sched.sigma_t0, "sigma_end": sched.sigma_end,
-                "latents": latents.float(), "x_t0": x_t0.float(), "x_hat": x_hat.float(),
-                "reconstruction": dec(latents), "projected": dec(x_t0), "restored": dec(x_hat)}
+                "latents": latents.float(), "x_t0": eq7.x_t0.float(), "x_hat": eq7.x_hat.float(),
+                "reconstruction": dec(latents), "projected": dec(eq7.x_t0), "restored": dec(eq7.x_hat)}
 
     @classmethod
     def from_pretrained(cls, base_model: str, ckpt: str | None = None, embeddings: str | None = None,
@@ -305,7 +267,7 @@ class Restorer:
         ``compile``/``fuse_lora``/``vae_tile``: the fast paths of :class:`Restorer` (the backbone is
         private to the restorer here, so fusing phi- into it is safe)."""
         from ..diffusion.backbone import load_backbone
-        from .io import DEFAULT_T0, load_restorer_checkpoint
+        from .io import load_restorer_checkpoint
 
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype '{dtype}'")
@@ -325,26 +287,5 @@ class Restorer:
         return r
 
 
-def fuse_adapter(backbone: Backbone, adapter: str = RESTORER) -> None:
-    """Merge one LoRA adapter into the base weights of the transformer and the VAE (peft's ``merge``),
-    in place: ``W <- W + s B A`` for linears, the composed kernel for the VAE's LoRA convs. Runs once per
-    backbone; afterwards peft's layers with the adapter active compute ``base_layer(x)`` only."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for model in (backbone.transformer, backbone.vae):
-        if adapter not in adapter_names(model):
-            continue
-        for module in model.modules():
-            if isinstance(module, BaseTunerLayer) and adapter in getattr(module, "lora_A", {}) \
-                    and adapter not in getattr(module, "merged_adapters", []):
-                module.merge(adapter_names=[adapter])
-    backbone.fast_paths["fused_lora"] = adapter
-
-
-def _auto_overlap(tile: int, unit: int) -> int:
-    """About 1/8 of ``tile``, rounded to a multiple of ``unit`` (VAE factor x patch), at most a quarter of it."""
-    ov = max(unit, int(round(tile / 8 / unit)) * unit)
-    return ov if 2 * ov <= tile else tile // 4
-
-
-__all__ = ["Restorer", "FrameSizeError", "RestoreSchedule", "position_table_limit", "fuse_adapter"]
+__all__ = ["Eq7Latents", "FrameSizeError", "RestoreSchedule", "Restorer", "encode_degraded", "fuse_adapter",
+           "position_table_limit", "restore_latents"]

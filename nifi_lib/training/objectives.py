@@ -176,7 +176,8 @@ def distribution_matching_loss(x_hat: torch.Tensor, grad: torch.Tensor, normaliz
 def restoration_distribution_matching_loss(x_hat: torch.Tensor, x_clean: torch.Tensor | None,
                                            real_denoise: Denoiser, fake_denoise: Denoiser, sigma,
                                            noise: torch.Tensor, alpha: float = 0.7, normalize: str = "dmd",
-                                           eps: float = 1e-5, reduction: str = "sum") -> tuple[torch.Tensor, dict]:
+                                           eps: float = 1e-5, reduction: str = "sum", joint_real: bool = False,
+                                           sync: bool = True) -> tuple[torch.Tensor, dict]:
     """Eq. 5 (Eq. 4 when ``alpha = 1``) end to end: noise with Eq. 2, score, surrogate.
 
     ``x^_t = (1 - sigma) x^ + sigma eps`` and ``x_t = (1 - sigma) x + sigma eps`` with the SAME ``noise``
@@ -186,8 +187,13 @@ def restoration_distribution_matching_loss(x_hat: torch.Tensor, x_clean: torch.T
     real denoiser is called separately on ``x^_t`` and ``x_t`` (callables may hold per-sample prompt
     embeddings of batch size B). ``x_clean`` may be ``None`` when ``alpha == 1``. ``sigma``: float or ``(B,)``.
 
+    ``joint_real``: the real denoiser is called ONCE on ``cat([x^_t, x_t])`` (batch 2B, ``sigma`` repeated; the
+    trainer's choice: one transformer call) instead of twice; same values. ``reduction``: of
+    :func:`distribution_matching_loss` (the trainer uses ``"mean"``, DMD/TSD-SR's scale). ``sync=False``
+    returns ``info`` as 0-dim device tensors (nothing waits for the device).
+
     Returns ``(loss, info)``; ``loss`` has a ``grad_fn`` reaching ``x_hat`` only, with
-    ``d loss / d x^ = g_n / B``. ``info`` (python floats): ``loss``, ``grad_norm`` and
+    ``d loss / d x^ = g_n / B`` (``"sum"``). ``info`` (python floats): ``loss``, ``grad_norm`` and
     ``grad_norm_normalized`` (mean per-sample L2 norm of g and g_n), ``kl_term`` and ``gt_term`` (mean
     absolute value of ``D_fake - D_real`` and ``D_real(x^_t) - D_real(x_t)``), ``weight`` (mean of c),
     ``sigma`` (mean).
@@ -196,14 +202,19 @@ def restoration_distribution_matching_loss(x_hat: torch.Tensor, x_clean: torch.T
         raise ValueError("alpha < 1 needs the clean latent x for Eq. 5's ground-truth term")
     with torch.no_grad():
         x_hat_d = x_hat.detach()
-        xh_t = forward_noise(x_hat_d, noise.to(x_hat_d.dtype), sigma)
-        d_real_xhat = real_denoise(xh_t, sigma)
-        d_fake_xhat = fake_denoise(xh_t, sigma)
+        xh_t = forward_noise(x_hat_d, noise.to(x_hat_d.dtype), sigma)                  # Eq. 2
         d_real_x = None
         if float(alpha) < 1.0:
             x_d = x_clean.detach().to(x_hat_d.dtype)
             x_t = forward_noise(x_d, noise.to(x_d.dtype), sigma)
-            d_real_x = real_denoise(x_t, sigma)
+            if joint_real:
+                s2 = sigma.repeat(2) if torch.is_tensor(sigma) and sigma.ndim == 1 else sigma
+                d_real_xhat, d_real_x = real_denoise(torch.cat([xh_t, x_t]), s2).chunk(2)
+            else:
+                d_real_xhat, d_real_x = real_denoise(xh_t, sigma), real_denoise(x_t, sigma)
+        else:
+            d_real_xhat = real_denoise(xh_t, sigma)
+        d_fake_xhat = fake_denoise(xh_t, sigma)
         g = distribution_matching_grad(d_fake_xhat, d_real_xhat, d_real_x, alpha=alpha if d_real_x is not None else 1.0)
         c = gradient_weight(normalize, x_hat=x_hat_d, d_real_xhat=d_real_xhat, sigma=sigma, eps=eps)
     loss = distribution_matching_loss(x_hat, g, normalize, d_real_xhat=d_real_xhat, sigma=sigma, eps=eps,
@@ -214,15 +225,15 @@ def restoration_distribution_matching_loss(x_hat: torch.Tensor, x_clean: torch.T
         kl = (d_fake_xhat.float() - d_real_xhat.float()).abs().mean()
         gt = (d_real_xhat.float() - d_real_x.float()).abs().mean() if d_real_x is not None else torch.zeros(())
         info = {
-            "loss": float(loss.detach()),
-            "grad_norm": float(g.pow(2).sum(dim=dims).sqrt().mean()) if g.ndim > 1 else float(g.abs().mean()),
-            "grad_norm_normalized": float(g_n.pow(2).sum(dim=dims).sqrt().mean()) if g.ndim > 1 else float(g_n.abs().mean()),
-            "kl_term": float(kl),
-            "gt_term": float(gt),
-            "weight": float(torch.as_tensor(c).float().mean()),
-            "sigma": float(torch.as_tensor(sigma).float().mean()),
+            "loss": loss.detach(),
+            "grad_norm": g.pow(2).sum(dim=dims).sqrt().mean() if g.ndim > 1 else g.abs().mean(),
+            "grad_norm_normalized": g_n.pow(2).sum(dim=dims).sqrt().mean() if g.ndim > 1 else g_n.abs().mean(),
+            "kl_term": kl,
+            "gt_term": gt,
+            "weight": torch.as_tensor(c).float().mean(),
+            "sigma": torch.as_tensor(sigma).float().mean(),
         }
-    return loss, info
+    return loss, ({k: float(v) for k, v in info.items()} if sync else info)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ torchrun (gloo on CPU, NCCL on GPUs): gradients of the adapters are averaged acr
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import math
@@ -39,8 +40,9 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from ..config import Config
-from ..diffusion.backbone import Backbone, load_backbone, optimize_backbone
-from ..diffusion.flow import classifier_free_guidance, forward_noise, one_step_restore, schedule_tables, sigma_at
+from ..diffusion.backbone import Backbone, load_backbone
+from ..diffusion.fast_paths import mark_step, optimize_backbone
+from ..diffusion.flow import classifier_free_guidance, denoised_estimate, eq7_start, schedule_tables, sigma_at
 from ..diffusion.latents import decode_latents, encode_latents, to_model_range, transformer_velocity
 from ..diffusion.prompts import apply_prompt_dropout, dropout_mask
 from ..errors import NifiError
@@ -49,10 +51,9 @@ from ..paths import repo_path, resolve_model_ref
 from ..restoration.io import TRAIN_FORMAT, safe_torch_load, split_groups
 from ..restoration.lora import (CRITIC, RESTORER, adapter_parameters, adapter_scope, adapter_state_dict,
                                 add_critic_adapter, add_restorer_adapters, load_adapter_state_dict)
-from ..restoration.restorer import Restorer
+from ..restoration.restorer import Restorer, encode_degraded, restore_latents
 from .data import PairError, PairSampler, find_pairs, holdout_views
-from .objectives import (critic_inputs, critic_loss, distribution_matching_grad, distribution_matching_loss,
-                         gradient_weight, perceptual_matching_loss)
+from .objectives import critic_inputs, critic_loss, perceptual_matching_loss, restoration_distribution_matching_loss
 
 LOG_FIELDS = ["step", "loss_total", "loss_kl", "loss_l2", "loss_lpips", "loss_critic", "grad_norm_minus",
               "grad_norm_plus", "dm_grad_norm", "sigma", "lr_minus", "lr_plus", "skipped", "wall_time"]
@@ -165,6 +166,7 @@ class NiFiTrainer:
         self.opt_minus = torch.optim.AdamW(self.phi_minus, lr=t.lr_phi_minus, weight_decay=t.weight_decay, **fused)
         self.opt_plus = torch.optim.AdamW(self.phi_plus, lr=t.lr_phi_plus, weight_decay=t.weight_decay, **fused)
         s = backbone.scheduler
+        check_schedule(cfg, s)
         self.t0 = float(cfg.diffusion.t0)
         self.sigma_t0 = sigma_at(s, self.t0)
         self.sigma_end = sigma_at(s, 0)
@@ -228,69 +230,48 @@ class NiFiTrainer:
         if scale == 1.0:   # v_u + 1 (v_c - v_u) = v_c: the null pass would not change the result
             with adapter_scope(self.bb.transformer, adapter), self._autocast():
                 v = transformer_velocity(self.bb.transformer, z_t, timestep, pe, pp).float()
-            return z_t - sigma.view(-1, 1, 1, 1) * v
+            return denoised_estimate(z_t, v, sigma)
         npe, npp = self.bb.prompt_batch(n, device=self.device, null=True)
         with adapter_scope(self.bb.transformer, adapter), self._autocast():
             v = transformer_velocity(self.bb.transformer, torch.cat([z_t, z_t]), torch.cat([timestep, timestep]),
                                      torch.cat([npe, pe]), torch.cat([npp, pp]))
         v_u, v_c = v.float().chunk(2)
         v = classifier_free_guidance(v_u, v_c, scale)
-        return z_t - sigma.view(-1, 1, 1, 1) * v
+        return denoised_estimate(z_t, v, sigma)
 
     def distribution_matching(self, x_hat: torch.Tensor, x_clean: torch.Tensor, sigma: torch.Tensor,
                               timestep: torch.Tensor, noise: torch.Tensor, drop: torch.Tensor | None = None,
                               normalize: str = "dmd") -> tuple[torch.Tensor, dict]:
-        """Eq. 5 (Eq. 4 when alpha = 1) exactly as :func:`~.objectives.restoration_distribution_matching_loss`
-        with the CFG denoisers of :meth:`guided_denoise`, but with the real score on ``x^_t`` and ``x_t``
-        in ONE transformer call (batch 4B with CFG) and the diagnostics as device tensors (no sync).
-        ``tests/test_perf_paths.py`` checks it against the objectives' function. Both scores use CFG with
-        the real prompt; ``drop`` (the student's prompt dropout) is ignored, as in :meth:`guided_denoise`."""
+        """Eq. 5 (Eq. 4 when alpha = 1): :func:`~.objectives.restoration_distribution_matching_loss` with the
+        CFG denoisers of :meth:`guided_denoise`, the real score on ``x^_t`` and ``x_t`` in ONE transformer call
+        (``joint_real``), the surrogate's ``"mean"`` reduction (DMD/TSD-SR's scale, commensurate with the
+        mean-squared l2 term of Eq. 6) and the diagnostics as device tensors (no sync). Both scores use CFG
+        with the real prompt; ``drop`` (the student's prompt dropout) is ignored, as in :meth:`guided_denoise`."""
         del drop
-        alpha = float(self.cfg.loss_weights.alpha)
-        with torch.no_grad():
-            x_hat_d = x_hat.detach()
-            xh_t = forward_noise(x_hat_d, noise.to(x_hat_d.dtype), sigma)                  # Eq. 2
-            d_real_x = None
-            if alpha < 1.0:
-                x_d = x_clean.detach().to(x_hat_d.dtype)
-                x_t = forward_noise(x_d, noise.to(x_d.dtype), sigma)
-                d_real = self.guided_denoise(None, torch.cat([xh_t, x_t]), sigma.repeat(2), timestep.repeat(2))
-                d_real_xhat, d_real_x = d_real.chunk(2)
-            else:
-                d_real_xhat = self.guided_denoise(None, xh_t, sigma, timestep)
-            d_fake_xhat = self.guided_denoise(CRITIC, xh_t, sigma, timestep)
-            g = distribution_matching_grad(d_fake_xhat, d_real_xhat, d_real_x, alpha=alpha if d_real_x is not None else 1.0)
-        # reduction "mean": DMD/TSD-SR scale, commensurate with the mean-squared l2 term of Eq. 6
-        loss = distribution_matching_loss(x_hat, g, normalize, d_real_xhat=d_real_xhat, sigma=sigma,
-                                          reduction="mean")
-        with torch.no_grad():
-            dims = tuple(range(1, g.ndim))
-            info = {"grad_norm": g.pow(2).sum(dim=dims).sqrt().mean() if g.ndim > 1 else g.abs().mean(),
-                    "sigma": torch.as_tensor(sigma).float().mean()}
-        return loss, info
+        n = x_hat.shape[0]
+        real = lambda z, s: self.guided_denoise(None, z, s, timestep.repeat(z.shape[0] // n))   # noqa: E731
+        fake = lambda z, s: self.guided_denoise(CRITIC, z, s, timestep)                          # noqa: E731
+        loss, info = restoration_distribution_matching_loss(
+            x_hat, x_clean, real, fake, sigma, noise, alpha=float(self.cfg.loss_weights.alpha), normalize=normalize,
+            reduction="mean", joint_real=True, sync=False)
+        return loss, {"grad_norm": info["grad_norm"], "sigma": info["sigma"]}
 
     # ---- one step -----------------------------------------------------------------------------
     def restore_latents(self, degraded01: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-        """Eq. 7 with gradients: x^ from the degraded images through E_phi- and eps_{theta,phi-}.
-
-        The start is :func:`~nifi_lib.diffusion.flow.eq7_start` of ``diffusion.t0``, the rule
-        :class:`~nifi_lib.restoration.restorer.Restorer` uses: Eq. 2 noise at sigma(t0) for t0 < T (the
-        latent sample drawn first, the noise second, from the step's generator); at t0 = T (1000, "NiFi
-        w/o t0") the un-noised latent at timestep T with sigma 1, and no noise is drawn."""
-        from ..diffusion.flow import eq7_start, project_to_t0
-
+        """Eq. 7 with gradients: x^ from the degraded images through E_phi- and eps_{theta,phi-}, by the one
+        Eq. 7 path of the restorer (:func:`~nifi_lib.restoration.restorer.encode_degraded` +
+        :func:`~nifi_lib.restoration.restorer.restore_latents`) from :func:`~nifi_lib.diffusion.flow.eq7_start`
+        of ``diffusion.t0``: Eq. 2 noise at sigma(t0) for t0 < T (the latent sample drawn first, the noise
+        second, from the step's generator); at t0 = T (1000, "NiFi w/o t0") the un-noised latent at timestep
+        T with sigma 1. The student's prompt carries the dropout ``drop``."""
         bb = self.bb
         start = self.__dict__.get("_eq7_start")
         if start is None or start.t0 != float(self.cfg.diffusion.t0):   # computed once (host-only lookup)
             start = self.__dict__["_eq7_start"] = eq7_start(bb.scheduler, self.cfg.diffusion.t0)
         x = to_model_range(self._to_device(degraded01))
-        with adapter_scope(bb.vae, RESTORER), self._autocast():
-            z = encode_latents(bb.vae, x, bb.scaling_factor, generator=self.noise_generator)
-        x_t0 = project_to_t0(z.float(), start, self.noise_generator)                           # Eq. 2
-        pe, pp = self._prompts(z.shape[0], drop)
-        with adapter_scope(bb.transformer, RESTORER), self._autocast():
-            v = transformer_velocity(bb.transformer, x_t0, start.t0, pe, pp)
-        return one_step_restore(x_t0, v.float(), start.sigma_t0, start.sigma_end)             # Eq. 7
+        z = encode_degraded(bb, x, RESTORER, self.noise_generator, autocast=self._autocast)
+        return restore_latents(bb, z.float(), start, RESTORER, self.noise_generator,
+                               prompts=self._prompts(z.shape[0], drop), autocast=self._autocast).x_hat
 
     def train_step(self, clean01: torch.Tensor, degraded01: torch.Tensor) -> dict:
         """One phi- update and one phi+ update. Returns 0-dim device tensors (and the two learning
@@ -300,8 +281,7 @@ class NiFiTrainer:
         list of such dicts with one synchronisation."""
         cfg, w = self.cfg, self.cfg.loss_weights
         bb, g, n, dev = self.bb, self.noise_generator, clean01.shape[0], self.device
-        if bb.fast_paths.get("cuda_graphs"):
-            torch.compiler.cudagraph_mark_step_begin()   # the previous step's graph outputs may be reused
+        mark_step(bb)   # CUDA graphs: the previous step's graph outputs may be reused
         clean01, degraded01 = self._to_device(clean01), self._to_device(degraded01)
         lo, hi = cfg.diffusion.t_min_index, cfg.diffusion.t_max_index + 1
         drop = dropout_mask(n, cfg.model.prompt_dropout, g, dev)   # the student's prompt only
@@ -573,6 +553,17 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
+def check_schedule(cfg: Config, scheduler) -> None:
+    """``diffusion.shift`` and ``diffusion.num_train_timesteps`` state the schedule the config's t0 and timestep
+    ranges refer to; the backbone's scheduler (it travels with the model) must be that schedule."""
+    d, sc = cfg.diffusion, scheduler.config
+    got = (int(sc.num_train_timesteps), float(sc.shift))
+    if got != (int(d.num_train_timesteps), float(d.shift)):
+        raise TrainingError(f"the backbone's scheduler has num_train_timesteps {got[0]}, shift {got[1]:g}, but the config "
+                            f"says diffusion.num_train_timesteps {d.num_train_timesteps}, diffusion.shift {d.shift:g} "
+                            "(t0 and t_min_index/t_max_index refer to that table): fix the config or the backbone")
+
+
 def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool = False, resume: bool = False,
           device: str | None = None, progress: bool = True, val_split: str = "train_holdout",
           stop_after: int | None = None) -> dict:
@@ -593,9 +584,11 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     exp = repo_path(exp)
     data_root = repo_path(data_root)
-    t = cfg.train
-    if smoke_test:
+    if smoke_test:   # a copy: the caller's config stays as it was
+        cfg = copy.deepcopy(cfg)
+        t = cfg.train
         t.max_steps, t.save_every, t.val_every, t.val_max_images = min(t.max_steps, 4), 2, 4, 2
+    t = cfg.train
     if t.batch_size % world:
         raise TrainingError(f"train.batch_size {t.batch_size} must be divisible by the {world} processes")
     pairs = find_pairs(data_root, "train")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..config import DEFAULT_T0
 from ..evaluation import paper
 from .rates import rate_labels
 from .style import METHOD_COLORS
@@ -94,7 +95,7 @@ T_ROW = "t0=T (no noise)"
 METRIC_COLORS = {"lpips": "C0", "dists": "C1"}
 
 
-def t0_sweep_plot(sweep: dict[str, dict], t0_values, paper_t0: int | None = 199,
+def t0_sweep_plot(sweep: dict[str, dict], t0_values, paper_t0: int | None = DEFAULT_T0,
                   title: str = "restoration quality vs t0 (lower is better)"):
     """Sec. 4.2's t0 ablation: LPIPS and DISTS after restoration against t0, with reference lines per metric:
     the compressed input (dotted) and, when the sweep has the ``"t0=T (no noise)"`` row, NiFi w/o t0 (dashed);

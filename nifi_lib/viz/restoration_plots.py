@@ -5,6 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from ..config import DEFAULT_T0
 from ..diffusion.flow import make_scheduler, schedule_tables, sigma_at
 from .style import PANEL_INCH
 
@@ -17,7 +18,7 @@ def to_display(img: torch.Tensor) -> np.ndarray:
     return img.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def plot_sigma_schedule(shifts=(1.0, 3.0), t0: int = 199, num_train_timesteps: int = 1000):
+def plot_sigma_schedule(shifts=(1.0, 3.0), t0: int = DEFAULT_T0, num_train_timesteps: int = 1000):
     """sigma(t) of the flow scheduler for each shift, with t0 and its sigma marked (Eq. 2, Eq. 7)."""
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for sh in shifts:

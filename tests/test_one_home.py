@@ -1,0 +1,63 @@
+"""One home per paper equation (issue 14): Eq. 7 is computed by one function, which every caller reaches.
+
+The independent re-implementation of the authors' inference (``restoration/reference.py``) stays
+independent on purpose; everything else goes through ``restoration.restorer.restore_latents``.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import torch
+
+from helpers import randomize_lora, tiny_backbone
+from nifi_lib.restoration.lora import RESTORER, add_restorer_adapters
+
+LIB = Path(__file__).resolve().parents[1] / "nifi_lib"
+
+
+def _calls(name: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for f in LIB.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Call):
+                fn = node.func   # direct calls of the imported function (not methods of the same name)
+                if isinstance(fn, ast.Name) and fn.id == name:
+                    rel = str(f.relative_to(LIB))
+                    out[rel] = out.get(rel, 0) + 1
+    return out
+
+
+def test_eq7_step_and_projection_have_one_call_site():
+    # the one-step update and the Eq. 2 projection to t0 are each called from the one Eq. 7 function only
+    assert _calls("one_step_restore") == {"restoration/restorer.py": 1}
+    assert _calls("project_to_t0") == {"restoration/restorer.py": 1}
+    # and that function is what the restorer (restore, trace), the trainer and the bench call
+    sites = _calls("restore_latents")
+    assert sites.get("restoration/restorer.py") == 2 and sites.get("training/trainer.py") == 1 \
+        and sites.get("bench/gpu.py") == 1, sites
+
+
+def test_restore_and_trace_go_through_restore_latents(monkeypatch):
+    import nifi_lib.restoration.restorer as R
+
+    bb = tiny_backbone()
+    add_restorer_adapters(bb, rank=4, alpha=4)
+    randomize_lora(bb.transformer, RESTORER, seed=1)
+    calls = []
+    real = R.restore_latents
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        calls.append(out.x_hat)
+        return out
+
+    monkeypatch.setattr(R, "restore_latents", spy)
+    r = R.Restorer(bb, t0=199)
+    img = torch.rand(1, 3, 32, 32) * 2 - 1
+    out = r.restore(img, seed=3)
+    tr = r.trace(img, seed=3)
+    assert len(calls) == 2 and torch.equal(calls[0], calls[1])
+    assert torch.allclose(out, tr["restored"], atol=1e-6)
+    # the decoded x^ of trace is the image restore returns; x^ differs from the un-restored latent
+    assert not torch.allclose(tr["x_hat"], tr["latents"])
