@@ -1,8 +1,10 @@
-"""Scene layouts (nerfstudio/DL3DV, COLMAP, Blender, embedded) through load_scene, and the DL3DV ingest."""
+"""Scene layouts (nerfstudio/DL3DV, COLMAP, Blender, embedded, images-only) through the one detector and
+load_scene, and the DL3DV ingest."""
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +122,41 @@ def test_load_scene_dispatches_on_every_layout(tmp_path):
     with pytest.raises(SceneError, match="unknown scene layout"):
         load_scene(tmp_path / "empty")
     assert find_scenes(tmp_path) == [bl, col, emb]
+
+
+def test_one_layout_detector_and_one_scene_error(tmp_path):
+    """detect_layout is the only detector: synthesis (with the images-only layout) and ``nifi fit`` use it and
+    raise its SceneError, which names the folder."""
+    from nifi_lib.errors import NifiError
+    from nifi_lib.synthesis import scene as synthesis_scene
+
+    layouts = ("blender", "colmap", "embedded", "images", "nerfstudio")
+    d = {layout: tmp_path / f"{layout}_scene" for layout in layouts}  # (a folder named colmap/ is a COLMAP root)
+    for layout, name in (("blender", "transforms_train.json"), ("embedded", "cameras.json"),
+                         ("nerfstudio", "transforms.json")):
+        d[layout].mkdir()
+        (d[layout] / name).write_text("{}")
+    write_colmap(d["colmap"], ring_cameras(3))
+    save_png(d["images"] / "images" / "a.png", 8, 8)
+    save_png(d["images"] / "images_2" / "a.png", 4, 4)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "notes.txt").write_text("not a scene")
+    for layout in layouts:
+        assert detect_layout(d[layout], allow_images=True) == layout
+        assert synthesis_scene.open_scene(d[layout]).format == layout
+    assert detect_layout(d["images"], allow_images=True, downscale=2) == "images"
+    assert find_scenes(tmp_path, allow_images=True) == synthesis_scene.find_scenes(tmp_path) == list(d.values())
+    assert find_scenes(tmp_path) == [d[n] for n in layouts if n != "images"]
+    assert synthesis_scene.SceneError is SceneError and issubclass(SceneError, (NifiError, ValueError))
+    for call in (lambda: detect_layout(odd, allow_images=True), lambda: load_scene(odd),
+                 lambda: synthesis_scene.open_scene(odd)):
+        with pytest.raises(SceneError, match=rf"^{re.escape(str(odd))}: unknown scene layout"):
+            call()
+    with pytest.raises(SceneError, match="unknown scene layout"):  # images-only only where it is asked for
+        detect_layout(d["images"])
+    with pytest.raises(SceneError, match="images only"):
+        synthesis_scene.open_scene(d["images"], require_cameras=True)
 
 
 def build_dl3dv_source(src: Path) -> list[Camera]:

@@ -7,7 +7,9 @@ Layouts (detected in this order, or forced with ``layout=``):
 * ``colmap``: ``sparse/0/`` (or ``sparse/``, ``colmap/sparse/0/``) + ``images[_2|_4|_8]/`` (Mip-NeRF360,
   Tanks & Temples, DeepBlending, DL3DV with COLMAP);
 * ``nerfstudio``: ``transforms.json`` with ``fl_x, fl_y, cx, cy, w, h`` and ``frames[].transform_matrix``
-  (camera-to-world, OpenGL axes), e.g. DL3DV-10K.
+  (camera-to-world, OpenGL axes), e.g. DL3DV-10K;
+* ``images`` (only with ``detect_layout(..., allow_images=True)``): an ``images/`` folder and no cameras
+  (artifact synthesis' proxy and precomputed modes, :mod:`nifi_lib.synthesis.scene`).
 
 For ``embedded``, ``colmap`` and ``nerfstudio`` the cameras are sorted by image name and split with the
 3DGS rule (test = every ``llffhold``-th view, :func:`nifi_lib.gs.cameras.split_views`).
@@ -25,6 +27,7 @@ import torch
 
 from ..errors import NifiError
 from ..gs.cameras import GL_TO_CV, Camera, read_blender_scene, read_scene_cameras, split_views
+from ..io.images import list_images
 from .colmap import IMAGE_EXTS, ColmapError, find_sparse_dir, read_colmap_scene
 
 LAYOUTS = ("blender", "embedded", "colmap", "nerfstudio")
@@ -34,8 +37,10 @@ class SceneError(NifiError, ValueError):
     """A scene folder has no known layout or its files are unusable."""
 
 
-def detect_layout(root: str | Path) -> str:
-    """``blender``, ``embedded``, ``colmap`` or ``nerfstudio``; raises :class:`SceneError` otherwise."""
+def detect_layout(root: str | Path, allow_images: bool = False, downscale: int | None = None) -> str:
+    """The layout of a scene folder: ``blender``, ``embedded``, ``colmap`` or ``nerfstudio`` (module docstring);
+    with ``allow_images`` also ``images`` (no cameras: :func:`image_files`, for callers that need images only).
+    Raises :class:`SceneError` naming ``root`` otherwise (the project's one layout detector)."""
     root = Path(root)
     if not root.is_dir():
         raise SceneError(f"{root}: scene folder not found")
@@ -47,25 +52,36 @@ def detect_layout(root: str | Path) -> str:
         return "colmap"
     if (root / "transforms.json").is_file():
         return "nerfstudio"
-    raise SceneError(f"{root}: unknown scene layout: expected transforms_train.json (Blender), cameras.json "
-                     "(embedded), sparse/0/ (COLMAP) or transforms.json (nerfstudio/DL3DV)")
+    if allow_images and image_files(root, downscale):
+        return "images"
+    raise SceneError(f"{root}: unknown scene layout, cannot tell the scene format: expected transforms_train.json "
+                     "(Blender), cameras.json (embedded), sparse/0/ (COLMAP), transforms.json (nerfstudio/DL3DV)"
+                     + (" or images/" if allow_images else ""))
 
 
-def is_scene_dir(path: str | Path) -> bool:
+def image_files(root: str | Path, downscale: int | None = None) -> list[Path]:
+    """Image files of ``root/images/`` (``images_<d>/`` for ``downscale = d`` > 1), sorted; [] if none."""
+    folder = Path(root) / ("images" if downscale in (None, 1) else f"images_{downscale}")
+    return list_images(folder) if folder.is_dir() else []
+
+
+def is_scene_dir(path: str | Path, **layout_kw) -> bool:
+    """Whether :func:`detect_layout` (same keywords) recognises ``path``."""
     try:
-        detect_layout(path)
+        detect_layout(path, **layout_kw)
         return True
     except SceneError:
         return False
 
 
-def find_scenes(data_root: str | Path, max_depth: int = 3) -> list[Path]:
-    """Scene folders below ``data_root`` (itself included), sorted; does not descend into a scene."""
+def find_scenes(data_root: str | Path, max_depth: int = 3, **layout_kw) -> list[Path]:
+    """Scene folders below ``data_root`` (itself included), sorted; does not descend into a scene.
+    ``layout_kw`` (``allow_images``, ``downscale``) go to :func:`detect_layout`."""
     data_root = Path(data_root)
     found: list[Path] = []
 
     def walk(p: Path, depth: int) -> None:
-        if is_scene_dir(p):
+        if is_scene_dir(p, **layout_kw):
             found.append(p)
             return
         if depth >= max_depth:
@@ -276,6 +292,6 @@ def write_nerfstudio_transforms(path: str | Path, cameras: Sequence[Camera], roo
     atomic_write_json(path, {"camera_model": "PINHOLE", "frames": frames})
 
 
-__all__ = ["SceneError", "LAYOUTS", "detect_layout", "is_scene_dir", "find_scenes", "load_scene",
+__all__ = ["SceneError", "LAYOUTS", "detect_layout", "image_files", "is_scene_dir", "find_scenes", "load_scene",
            "load_scene_points", "read_nerfstudio_scene", "write_nerfstudio_transforms", "read_ply_points",
            "ColmapError"]

@@ -1,12 +1,10 @@
 """A source scene for artifact synthesis: views per split and their ground-truth images.
 
-Layouts with cameras (``blender``, ``embedded``, ``colmap``, ``nerfstudio``) are read with
-:func:`nifi_lib.data.scenes.load_scene`, so the splits are the project's everywhere (Blender: the
-transforms files; others: sorted by name, test = every 8th view, 3DGS ``llffhold = 8``). For the proxy
-and precomputed modes only images are needed, so one more layout is accepted there:
-
-* ``images``: a folder ``images/`` (or ``images_<d>/`` with ``downscale = d``) of image files, sorted by
-  name and split with the same rule (test = index % 8 == 0).
+Layouts are detected and read by :mod:`nifi_lib.data.scenes` (``detect_layout``, ``load_scene``), so the
+splits are the project's everywhere (Blender: the transforms files; others: sorted by name, test = every
+8th view, 3DGS ``llffhold = 8``). For the proxy and precomputed modes only images are needed, so the
+``images`` layout (``images/``, or ``images_<d>/`` with ``downscale = d``, no cameras) is accepted too:
+its files are sorted by name and split with the same rule (test = index % 8 == 0).
 
 Background: RGBA images (NeRF-synthetic) are composited on white for Blender scenes (the 3DGS
 ``--white_background`` setting) and on black otherwise; renders use the same background.
@@ -21,17 +19,12 @@ from typing import Sequence
 
 import torch
 
-from ..errors import NifiError
-from ..io.images import IMAGE_EXTS
+from ..data.scenes import SceneError, detect_layout, find_scenes as find_scene_dirs, image_files, load_scene
 
 SPLITS = ("train", "test", "all")
 LLFFHOLD = 8
 WHITE = (1.0, 1.0, 1.0)
 BLACK = (0.0, 0.0, 0.0)
-
-
-class SceneError(NifiError, ValueError):
-    """A source scene cannot be read (unknown layout, missing or unreadable images...)."""
 
 
 @dataclass
@@ -66,11 +59,11 @@ class SourceScene:
 
     def _read_views(self, split: str) -> list[View]:
         if self.has_cameras:
-            from ..data.scenes import load_scene
-
             cams = load_scene(self.root, split, llffhold=LLFFHOLD, downscale=self.downscale, layout=self.format)
             return [View(Path(c.image_path).stem if c.image_path else c.name, Path(c.image_path), c) for c in cams]
-        files = _image_files(self.root, self.downscale)
+        files = image_files(self.root, self.downscale)
+        if not files:
+            raise SceneError(f"{self.root}: no image files found (images-only scene, downscale={self.downscale})")
         chosen = files if split == "all" else [p for i, p in enumerate(files)
                                                if (i % LLFFHOLD == 0) == (split == "test")]
         return [View(p.stem, p, None) for p in chosen]
@@ -90,21 +83,6 @@ class SourceScene:
         return torch.stack(imgs)
 
 
-def _image_folder(root: Path, downscale: int | None) -> Path:
-    name = "images" if downscale in (None, 1) else f"images_{downscale}"
-    return root / name
-
-
-def _image_files(root: Path, downscale: int | None) -> list[Path]:
-    folder = _image_folder(root, downscale)
-    if not folder.is_dir():
-        raise SceneError(f"{folder}: image folder not found")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-    if not files:
-        raise SceneError(f"{folder}: no image files found")
-    return files
-
-
 def _unique_names(views: list[View]) -> list[View]:
     seen: dict[str, int] = {}
     for v in views:
@@ -116,33 +94,11 @@ def _unique_names(views: list[View]) -> list[View]:
     return out
 
 
-def detect_format(root: str | Path, downscale: int | None = None) -> str | None:
-    """The layout of a scene folder (module docstring), or None if it is not a scene."""
-    from ..data.scenes import SceneError as DataSceneError, detect_layout
-
-    root = Path(root)
-    if not root.is_dir():
-        return None
-    try:
-        return detect_layout(root)
-    except DataSceneError:
-        pass
-    folder = _image_folder(root, downscale)
-    if folder.is_dir() and any(p.suffix.lower() in IMAGE_EXTS for p in folder.iterdir()):
-        return "images"
-    return None
-
-
 def open_scene(root: str | Path, name: str | None = None, downscale: int | None = None,
                background: Sequence[float] | None = None, require_cameras: bool = False) -> SourceScene:
     """Recognise the layout of ``root`` and return a :class:`SourceScene` (reads nothing heavy yet)."""
     root = Path(root)
-    if not root.is_dir():
-        raise SceneError(f"{root}: scene folder not found")
-    fmt = detect_format(root, downscale)
-    if fmt is None:
-        raise SceneError(f"{root}: not a scene (expected transforms_train.json, cameras.json, a COLMAP model, "
-                         "transforms.json, or an images/ folder)")
+    fmt = detect_layout(root, allow_images=True, downscale=downscale)
     if require_cameras and fmt == "images":
         raise SceneError(f"{root}: the scene has images only (no cameras.json, transforms*.json or COLMAP model); "
                          "rendering a compressed model needs cameras")
@@ -151,15 +107,13 @@ def open_scene(root: str | Path, name: str | None = None, downscale: int | None 
 
 
 def find_scenes(dataset_root: str | Path, downscale: int | None = None) -> list[Path]:
-    """Scene folders directly under ``dataset_root`` (sorted; or ``dataset_root`` itself if it is one)."""
+    """``[dataset_root]`` if it is a scene, else the scene folders directly under it (sorted), images-only
+    scenes included (:func:`nifi_lib.data.scenes.find_scenes` at depth 1)."""
     root = Path(dataset_root)
     if not root.is_dir():
         raise SceneError(f"{root}: dataset folder not found")
-    subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
-                  and detect_format(p, downscale) is not None)
-    if subs:
-        return subs
-    if detect_format(root, downscale) is not None:
-        return [root]
-    raise SceneError(f"{root}: no scenes found (sub-folders with transforms_train.json, cameras.json, a COLMAP "
-                     "model, transforms.json or images/)")
+    found = find_scene_dirs(root, max_depth=1, allow_images=True, downscale=downscale)
+    if not found:
+        raise SceneError(f"{root}: no scenes found (sub-folders with transforms_train.json, cameras.json, a COLMAP "
+                         "model, transforms.json or images/)")
+    return found
