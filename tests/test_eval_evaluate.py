@@ -3,6 +3,7 @@ values checked against independent computations, scene-balanced summaries, the T
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,8 +12,9 @@ from PIL import Image
 from nifi_lib.errors import NifiError
 from nifi_lib.evaluation import paper
 from nifi_lib.metrics import metrics as M
-from nifi_lib.evaluation.benchmark import discover_benchmark_pairs, run_benchmark
-from nifi_lib.evaluation.evaluate import PairError, discover_pairs, run_eval
+from nifi_lib.evaluation.benchmark import run_benchmark
+from nifi_lib.evaluation.evaluate import PairError, run_eval
+from nifi_lib.synthesis.pairs import read_pairs
 from nifi_lib.metrics.weights import WeightsError
 from nifi_lib.io.images import load_image
 from nifi_lib.cli import main as cli_main
@@ -55,31 +57,78 @@ def _make_eval_root(root, scenes=("garden", "room"), rates=("0.1", "1.0"), n=1):
 # ------------------------------------------------------------------------------------------------
 def test_layout_errors(tmp_path):
     with pytest.raises(PairError, match="not found"):
-        discover_pairs(tmp_path / "nope")
+        read_pairs(tmp_path / "nope", layout="scene")
     (tmp_path / "empty").mkdir()
     with pytest.raises(PairError, match="no pairs found"):
-        discover_pairs(tmp_path / "empty")
+        read_pairs(tmp_path / "empty", layout="scene")
 
     root = _make_eval_root(tmp_path / "a", scenes=("garden",), rates=("0.1",), n=2)
-    items = discover_pairs(root, "test")
+    items = read_pairs(root, "test", layout="scene")
     assert [(i.scene, i.rate, i.file) for i in items] == [("garden", "0.1", "000.png"), ("garden", "0.1", "001.png")]
     assert items[0].key == "garden/rate_0.1/test/000.png"
     # one scene folder as the root
-    assert [i.scene for i in discover_pairs(root / "garden")] == ["garden", "garden"]
+    assert [i.scene for i in read_pairs(root / "garden", layout="scene")] == ["garden", "garden"]
     with pytest.raises(PairError, match="no pairs found for split 'train'"):
-        discover_pairs(root, "train")
+        read_pairs(root, "train", layout="scene")
 
     # a degraded frame without its clean one: named
     (root / "garden/rate_0.1/test/degraded/002.png").write_bytes((root / "garden/rate_0.1/test/degraded/000.png").read_bytes())
     with pytest.raises(PairError, match="degraded frame.*002.png"):
-        discover_pairs(root)
+        read_pairs(root, layout="scene")
     (root / "garden/rate_0.1/test/degraded/002.png").unlink()
 
     # missing side
     root2 = tmp_path / "b" / "scene" / "rate_0.5" / "test" / "clean"
     root2.mkdir(parents=True)
     with pytest.raises(PairError, match="degraded.*folder missing"):
-        discover_pairs(tmp_path / "b")
+        read_pairs(tmp_path / "b", layout="scene")
+
+
+def test_read_pairs_reads_what_the_writer_writes(tmp_path):
+    """synthesis.pairs writes (write_pair in a staged scene folder, write_manifest) and reads back (read_pairs,
+    load_pair) the same frames; a broken layout is the one PairError, naming the file or folder."""
+    import torch
+
+    from nifi_lib.io.images import to_uint8
+    from nifi_lib.synthesis import pairs as P
+    from nifi_lib.training import data as D
+
+    assert PairError is P.PairError is D.PairError
+    g, root, written = torch.Generator().manual_seed(0), tmp_path / "bench", {}
+    for sc in ("s1", "s2"):
+        with P.staged_directory(root / "ds" / sc) as stage:
+            for r in ("0.1", "1.0"):
+                for v in ("v0", "v1"):
+                    written[(sc, r, v)] = torch.rand(2, 3, 8, 12, generator=g)
+                    P.write_pair(stage, r, "test", v, *written[(sc, r, v)])
+            P.write_manifest(stage, {"scene": sc, "splits": {"test": 2}, "levels": [{"label": "0.1"}, {"label": "1.0"}]})
+    (root / "ds" / ".s3.partial-x" / "rate_0.1" / "test" / "clean").mkdir(parents=True)  # a staging leftover
+    assert P.manifest_complete(root / "ds" / "s1", ["0.1", "1.0"], ["test"])
+    items = P.read_pairs(root, "test")
+    assert items == P.read_pairs(root, "test", layout="benchmark") and len(items) == 8
+    assert [(i.dataset, i.scene, i.rate, i.name) for i in items[:3]] == [
+        ("ds", "s1", "0.1", "v0"), ("ds", "s1", "0.1", "v1"), ("ds", "s1", "1.0", "v0")]
+    assert items[0].key == "ds/s1/rate_0.1/test/v0.png"
+    for it in items:
+        for got, want in zip(P.load_pair(it), written[(it.scene, it.rate, it.name)]):
+            assert np.array_equal(to_uint8(got), to_uint8(want))
+    # the scene layout below the dataset folder: no dataset, unless named (as `nifi train` names it, by the root)
+    assert {i.dataset for i in P.read_pairs(root / "ds", layout="scene")} == {None}
+    assert [i.key for i in D.find_pairs(root / "ds", "test")] == [i.key for i in items]
+    # defects: a missing degraded frame, a size mismatch (headers at read time, pixels at load time), an empty split
+    split = root / "ds" / "s2" / "rate_1.0" / "test"
+    esc = re.escape(str(split))
+    (split / "degraded" / "v1.png").unlink()
+    with pytest.raises(PairError, match=rf"{esc}: unmatched pairs: 1 clean frame\(s\) without a degraded one: v1.png"):
+        D.find_pairs(root, "test")
+    P.write_pair(root / "ds" / "s2", "1.0", "test", "v1", written[("s2", "1.0", "v1")][0], torch.zeros(3, 8, 10))
+    for call in (lambda: D.find_pairs(root, "test"), lambda: P.load_pair(P.read_pairs(root)[-1])):
+        with pytest.raises(PairError, match=rf"size mismatch: .*clean/v1.png is 12x8, {esc}/degraded/v1.png is 10x8"):
+            call()
+    for f in [*split.glob("*/*.png")]:
+        f.unlink()
+    with pytest.raises(PairError, match=rf"{esc}: empty split: .*no images"):
+        P.read_pairs(root, "test", layout="benchmark")
 
 
 def test_size_mismatch_and_bad_image(tmp_path):
@@ -154,7 +203,7 @@ def _make_bench_root(root):
 def test_benchmark_summary_and_paper_comparison(tmp_path, real_weights):
     root = _make_bench_root(tmp_path / "bench")
     # the "oracle": precomputed outputs equal to the clean frames
-    for item in discover_benchmark_pairs(root):
+    for item in read_pairs(root, layout="benchmark"):
         dst = tmp_path / "pre" / "oracle" / item.key
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_bytes(item.clean.read_bytes())
@@ -203,7 +252,7 @@ def test_benchmark_layout_error(tmp_path):
     _make_eval_root(tmp_path / "flat" / "mipnerf360", scenes=("garden",), rates=("0.1",))
     # rate_* directly under a dataset folder is the eval layout, not the benchmark's
     with pytest.raises(PairError, match="benchmark layout"):
-        discover_benchmark_pairs(tmp_path / "flat" / "mipnerf360")
+        read_pairs(tmp_path / "flat" / "mipnerf360", layout="benchmark")
 
 
 def test_cli(tmp_path, capsys):
@@ -257,7 +306,7 @@ def test_choose_sigma_per_rate_on_validation_views(tmp_path):
     from nifi_lib.evaluation import baselines as B
     from nifi_lib.evaluation.evaluate import choose_sigma, evaluate_items
 
-    items = discover_pairs(_make_val_root(tmp_path / "val"), "val")
+    items = read_pairs(_make_val_root(tmp_path / "val"), "val", layout="scene")
     res = choose_sigma("bm3d", items, sigmas=(2, 10, 25), metric="psnr", max_items=2, crop=40, device="cpu")
     assert res["sigma_by_rate"]["1.0"] > 2          # noisy views: a real denoising sigma, not the floor
     assert res["sigma_by_rate"]["0.1"] == 2         # clean views: the smallest sigma of the sweep
@@ -267,7 +316,7 @@ def test_choose_sigma_per_rate_on_validation_views(tmp_path):
     assert any("rate 0.1" in n and "sigma 2" in n for n in res["notes"])
     assert res["n_items"] == {"0.1": 2, "1.0": 2} and res["split"] == "val"
     with pytest.raises(PairError, match="'test' split"):
-        choose_sigma("bm3d", discover_pairs(_make_eval_root(tmp_path / "ev", rates=("0.1",)), "test"),
+        choose_sigma("bm3d", read_pairs(_make_eval_root(tmp_path / "ev", rates=("0.1",)), "test", layout="scene"),
                      sigmas=(2,), metric="psnr")
     # the choice, used per rate, is reported in info() and in every record
     m = B.create_method("bm3d", sigma_by_rate=res["sigma_by_rate"], sigma_sweep=res)
@@ -279,7 +328,7 @@ def test_choose_sigma_per_rate_on_validation_views(tmp_path):
 def test_choose_sigma_lpips_default_metric(tmp_path, real_weights):
     from nifi_lib.evaluation.evaluate import choose_sigma
 
-    items = discover_pairs(_make_val_root(tmp_path / "val"), "val")
+    items = read_pairs(_make_val_root(tmp_path / "val"), "val", layout="scene")
     res = choose_sigma("bm3d", {"1.0": [i for i in items if i.rate == "1.0"]}, sigmas=(2, 15), max_items=1,
                        crop=40, device="cpu")
     assert res["metric"] == "lpips" and res["sigma_by_rate"] == {"1.0": 15.0}

@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 from trainer_helpers import make_backbone_dir, make_pairs, tiny_config
-from nifi_lib.training.data import Pair, PairError, holdout_views
+from nifi_lib.synthesis.pairs import PairItem
+from nifi_lib.training.data import PairError, holdout_views
 from nifi_lib.training.trainer import TrainingError, train
 
 
-def _pairs(views: dict[str, int], rates=("0.1", "0.5", "1.0"), dataset="d") -> list[Pair]:
-    return [Pair(dataset, sc, r, f"{j:03d}", Path(f"{sc}/rate_{r}/train/clean/{j:03d}.png"),
-                 Path(f"{sc}/rate_{r}/train/degraded/{j:03d}.png"))
+def _pairs(views: dict[str, int], rates=("0.1", "0.5", "1.0"), dataset="d") -> list[PairItem]:
+    return [PairItem(sc, r, "train", f"{j:03d}.png", Path(f"{sc}/rate_{r}/train/clean/{j:03d}.png"),
+                     Path(f"{sc}/rate_{r}/train/degraded/{j:03d}.png"), dataset)
             for sc, n in views.items() for r in rates for j in range(n)]
 
 

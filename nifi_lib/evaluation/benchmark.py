@@ -1,7 +1,8 @@
 """``nifi benchmark``: the Sec. 4.2 protocol over datasets, scenes and rates, several methods, beside Table 1.
 
 Layout: ``data_root/<dataset>/<scene>/rate_<label>/<split>/{clean,degraded}/*.png`` (rates labelled by the
-HAC++ lambda: ``rate_0.1``, ``rate_0.5``, ``rate_1.0``). Output (``benchmark_metrics.json``, atomic):
+HAC++ lambda: ``rate_0.1``, ``rate_0.5``, ``rate_1.0``), read by :func:`~nifi_lib.synthesis.pairs.read_pairs`
+(``layout="benchmark"``). Output (``benchmark_metrics.json``, atomic):
 
 - ``summary.aggregate[method]``: mean over all images of every metric ``_before``/``_after``;
 - ``summary.per_scene[dataset][scene][rate][method]``: mean over the scene's images;
@@ -25,33 +26,11 @@ from typing import Sequence
 from ..io.atomic import atomic_write_json
 from . import paper
 from .baselines import RestorationMethod, create_method
-from .evaluate import (CONVENTIONS, DEFAULT_METRICS, PairError, PairItem, discover_scene_pairs, evaluate_items,
-                       group, mean_of, metric_keys)
+from ..synthesis.pairs import PairError, read_pairs
+from .evaluate import CONVENTIONS, DEFAULT_METRICS, evaluate_items, group, mean_of, metric_keys
 
 # nifi_wo_t0 needs its own checkpoint (trained with diffusion.t0: 1000): add it with --ckpt_wo_t0
 DEFAULT_METHODS = ("none", "bm3d", "ffdnet", "img2img", "nifi")
-
-
-def discover_benchmark_pairs(data_root: str | Path, split: str = "test") -> list[PairItem]:
-    """Pairs of ``data_root/<dataset>/<scene>/rate_<label>/<split>/``; :class:`PairError` if none."""
-    root = Path(data_root)
-    if not root.is_dir():
-        raise PairError(f"{root}: benchmark pair root not found")
-    items: list[PairItem] = []
-    skipped: list[str] = []
-    for ds in sorted(p for p in root.iterdir() if p.is_dir()):
-        if any(c.is_dir() and c.name.startswith("rate_") for c in ds.iterdir()):
-            raise PairError(f"{ds}: rate_* folders directly under a dataset folder; the benchmark layout is "
-                            f"<data_root>/<dataset>/<scene>/rate_<label>/{split}/{{clean,degraded}} "
-                            f"(use `nifi eval` for <data_root>/<scene>/rate_<label>/...)")
-        got, skip = discover_scene_pairs(ds, split, dataset=ds.name)
-        items += got
-        skipped += skip
-    if not items:
-        extra = f" ({'; '.join(skipped[:3])})" if skipped else ""
-        raise PairError(f"{root}: no pairs found for split '{split}' in the layout "
-                        f"<data_root>/<dataset>/<scene>/rate_<label>/{split}/{{clean,degraded}}/*.png{extra}")
-    return items
 
 
 def _mean_dicts(dicts: Sequence[dict], keys: Sequence[str]) -> dict:
@@ -159,7 +138,7 @@ def run_benchmark(data_root: str | Path, split: str = "test", out: str | Path | 
 
     All methods are created (and their weights checked) before the first image is processed.
     """
-    items = discover_benchmark_pairs(data_root, split)
+    items = read_pairs(data_root, split, layout="benchmark")
     if limit:
         items = items[:int(limit)]
     if method_instances is None:
@@ -220,4 +199,4 @@ def table1_orderings(per_rate: dict, method: str = "nifi", others=TABLE1_ORDERIN
     return rows
 
 
-__all__ = ["DEFAULT_METHODS", "TABLE1_ORDERINGS", "table1_orderings", "discover_benchmark_pairs", "summarize", "paper_comparison", "run_benchmark"]
+__all__ = ["DEFAULT_METHODS", "TABLE1_ORDERINGS", "table1_orderings", "summarize", "paper_comparison", "run_benchmark"]

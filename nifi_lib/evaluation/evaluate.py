@@ -1,9 +1,9 @@
 """``nifi eval``: metrics of a restoration method on a pair root, before (degraded render) and after (restored).
 
 Pair layout (seed README, Sec. 4.2): ``data_root/<scene>/rate_<label>/<split>/{clean,degraded}/*.png``
-(``data_root`` may also be one scene folder holding ``rate_*/``). Clean and degraded frames are matched by
-file stem; a frame present on one side only, a size mismatch, an empty or missing folder are errors that
-name the files.
+(``data_root`` may also be one scene folder holding ``rate_*/``), read by
+:func:`~nifi_lib.synthesis.pairs.read_pairs` (``layout="scene"``): a frame present on one side only, a size
+mismatch, an empty or missing folder are :class:`~nifi_lib.synthesis.pairs.PairError` naming the files.
 
 Output (``metrics.json``, written atomically), the seed's contract plus PSNR/SSIM:
 
@@ -19,16 +19,15 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 from tqdm import tqdm
 
-from ..errors import NifiError
 from ..io.atomic import atomic_write_json
-from ..io.images import IMAGE_EXTS, load_image, save_image
+from ..io.images import save_image
+from ..synthesis.pairs import PairError, PairItem, load_pair, read_pairs
 from .baselines import RestorationMethod, create_method, run_method
 from ..metrics.metrics import compute_metrics
 
@@ -42,106 +41,6 @@ CONVENTIONS = {
     "ms_ssim": "piq.multi_scale_ssim, RGB, data range 1",
     "aggregate": "mean over images",
 }
-
-
-class PairError(NifiError, ValueError):
-    """The pair root does not have the expected layout, or a pair does not match (names, sizes)."""
-
-
-@dataclass(frozen=True)
-class PairItem:
-    """One clean/degraded frame pair."""
-
-    scene: str
-    rate: str
-    split: str
-    file: str
-    clean: Path
-    degraded: Path
-    dataset: str | None = None
-
-    @property
-    def key(self) -> str:
-        """Relative name ``[<dataset>/]<scene>/rate_<rate>/<split>/<file>`` (used by precomputed methods)."""
-        parts = ([self.dataset] if self.dataset else []) + [self.scene, f"rate_{self.rate}", self.split, self.file]
-        return "/".join(parts)
-
-    def ident(self) -> dict:
-        d = {"dataset": self.dataset} if self.dataset is not None else {}
-        return {**d, "scene": self.scene, "rate": self.rate, "split": self.split, "file": self.file}
-
-
-def _images_by_stem(folder: Path) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
-            if p.stem in out:
-                raise PairError(f"{folder}: two images with the stem '{p.stem}' ({out[p.stem].name}, {p.name})")
-            out[p.stem] = p
-    return out
-
-
-def pairs_in_rate_dir(rate_dir: Path, split: str, scene: str, dataset: str | None = None) -> list[PairItem]:
-    """Pairs of ``rate_dir/<split>/{clean,degraded}``; errors for a missing side or unmatched names."""
-    rate = rate_dir.name[len("rate_"):]
-    base = rate_dir / split
-    clean_dir, deg_dir = base / "clean", base / "degraded"
-    for d in (clean_dir, deg_dir):
-        if not d.is_dir():
-            raise PairError(f"{d}: folder missing (expected {base}/clean/ and {base}/degraded/)")
-    clean, deg = _images_by_stem(clean_dir), _images_by_stem(deg_dir)
-    if not clean and not deg:
-        raise PairError(f"{base}: clean/ and degraded/ hold no images ({', '.join(IMAGE_EXTS)})")
-    only_c, only_d = sorted(set(clean) - set(deg)), sorted(set(deg) - set(clean))
-    if only_c or only_d:
-        msg = []
-        if only_c:
-            msg.append(f"{len(only_c)} clean frame(s) without a degraded one: {', '.join(clean[s].name for s in only_c[:5])}")
-        if only_d:
-            msg.append(f"{len(only_d)} degraded frame(s) without a clean one: {', '.join(deg[s].name for s in only_d[:5])}")
-        raise PairError(f"{base}: unmatched pairs: " + "; ".join(msg))
-    return [PairItem(scene=scene, rate=rate, split=split, file=deg[s].name, clean=clean[s], degraded=deg[s],
-                     dataset=dataset) for s in sorted(clean)]
-
-
-def _rate_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("rate_"))
-
-
-def discover_scene_pairs(root: Path, split: str, dataset: str | None = None) -> tuple[list[PairItem], list[str]]:
-    """Pairs under ``root/<scene>/rate_*/<split>/`` (or ``root/rate_*`` for one scene); returns (items, skipped)."""
-    if not root.is_dir():
-        raise PairError(f"{root}: pair root not found")
-    scenes = [root] if _rate_dirs(root) else sorted(p for p in root.iterdir() if p.is_dir() and _rate_dirs(p))
-    items: list[PairItem] = []
-    skipped: list[str] = []
-    for scene_dir in scenes:
-        for rd in _rate_dirs(scene_dir):
-            if not (rd / split).is_dir():
-                skipped.append(f"{rd}: no '{split}' split")
-                continue
-            items.extend(pairs_in_rate_dir(rd, split, scene_dir.name, dataset))
-    return items, skipped
-
-
-def discover_pairs(data_root: str | Path, split: str = "test") -> list[PairItem]:
-    """All pairs of ``data_root/<scene>/rate_<label>/<split>/{clean,degraded}``; :class:`PairError` if none."""
-    root = Path(data_root)
-    items, skipped = discover_scene_pairs(root, split)
-    if not items:
-        extra = f" ({'; '.join(skipped[:3])})" if skipped else ""
-        raise PairError(f"{root}: no pairs found for split '{split}' in the layout "
-                        f"<data_root>/<scene>/rate_<label>/{split}/{{clean,degraded}}/*.png{extra}")
-    return items
-
-
-def load_pair(item: PairItem) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(clean, degraded)`` as ``(3, H, W)`` in [0, 1]; a size mismatch names both files."""
-    clean, deg = load_image(item.clean), load_image(item.degraded)
-    if clean.shape != deg.shape:
-        raise PairError(f"size mismatch: {item.clean} is {clean.shape[2]}x{clean.shape[1]}, "
-                        f"{item.degraded} is {deg.shape[2]}x{deg.shape[1]}")
-    return clean, deg
 
 
 def check_pairs(items: Sequence[PairItem], progress: bool = False) -> None:
@@ -326,7 +225,7 @@ def run_eval(data_root: str | Path, split: str = "test", out: str | Path | None 
              save_restored: str | Path | None = None, progress: bool = True,
              method_instance: RestorationMethod | None = None, **method_options) -> dict:
     """Evaluate one method on a pair root; returns the result dict and writes it to ``out`` if given."""
-    items = discover_pairs(data_root, split)
+    items = read_pairs(data_root, split, layout="scene")
     if limit:
         items = items[:int(limit)]
     check_pairs(items, progress)   # every file decodes and pairs match before a model loads or a file is written
@@ -348,7 +247,5 @@ def run_eval(data_root: str | Path, split: str = "test", out: str | Path | None 
     return result
 
 
-__all__ = ["PairError", "PairItem", "discover_pairs", "discover_scene_pairs", "pairs_in_rate_dir", "load_pair",
-           "check_pairs",
-           "evaluate_items", "mean_of", "group", "metric_keys", "run_eval", "DEFAULT_METRICS", "CONVENTIONS",
+__all__ = ["PairError", "check_pairs", "evaluate_items", "mean_of", "group", "metric_keys", "run_eval", "DEFAULT_METRICS", "CONVENTIONS",
            "choose_sigma", "DEFAULT_SIGMA_SWEEP"]

@@ -31,7 +31,7 @@ from ..errors import NifiError
 from ..io.atomic import atomic_write_json
 from ..io.images import IMAGE_EXTS, read_rgb
 from ..paths import REPO_ROOT, repo_path
-from .evaluate import PairItem, pairs_in_rate_dir
+from ..synthesis.pairs import PairItem, read_pairs
 
 OUTPUTS_MANIFEST = "outputs.json"
 METRICS_FILES = ("benchmark_metrics.json", "metrics.json")
@@ -40,7 +40,8 @@ METHOD_ORDER = ("none", "bm3d", "ffdnet", "img2img", "base_t0", "nifi_wo_t0", "n
 
 
 class OutputsError(NifiError, ValueError):
-    """A run folder, pair root or outputs folder cannot be read, or a view/method does not exist."""
+    """A run folder or outputs folder cannot be read, or a view/method does not exist (a broken pair root is a
+    :class:`~nifi_lib.synthesis.pairs.PairError`)."""
 
 
 def _display(p: Path | str | None) -> str | None:
@@ -143,50 +144,6 @@ def _find_image(stem_path: Path) -> Path | None:
     return None
 
 
-def _visible_dirs(p: Path) -> list[Path]:
-    """Sub-folders, without hidden ones (``.<scene>.partial-*`` staging folders of pairs being written)."""
-    return [c for c in sorted(p.iterdir()) if c.is_dir() and not c.name.startswith(".")]
-
-
-def _has_rate_dirs(p: Path) -> bool:
-    return any(c.name.startswith("rate_") for c in _visible_dirs(p))
-
-
-def _scene_pairs(scene_dir: Path, split: str, dataset: str | None) -> list[PairItem]:
-    items: list[PairItem] = []
-    for rd in _visible_dirs(scene_dir):
-        if rd.name.startswith("rate_") and (rd / split).is_dir():
-            items += pairs_in_rate_dir(rd, split, scene_dir.name, dataset)
-    return items
-
-
-def discover_any_pairs(pairs_root: str | Path, split: str) -> tuple[list[PairItem], str]:
-    """Pairs of a scene root (``nifi eval`` layout) or a benchmark root (extra ``<dataset>/`` level).
-
-    Returns ``(items, layout)`` with layout ``"eval"`` or ``"benchmark"``. Hidden folders are skipped.
-    """
-    root = Path(pairs_root)
-    if not root.is_dir():
-        raise OutputsError(f"{root}: pair root not found")
-    children = _visible_dirs(root)
-    items: list[PairItem] = []
-    if _has_rate_dirs(root):
-        items, layout = _scene_pairs(root, split, None), "eval"
-    elif any(_has_rate_dirs(c) for c in children):
-        layout = "eval"
-        for sc in children:
-            items += _scene_pairs(sc, split, None)
-    else:
-        layout = "benchmark"
-        for ds in children:
-            for sc in _visible_dirs(ds):
-                items += _scene_pairs(sc, split, ds.name)
-    if not items:
-        raise OutputsError(f"{root}: no pairs of split '{split}' in <root>/[<dataset>/]<scene>/rate_<label>/"
-                           f"{split}/{{clean,degraded}}/*.png")
-    return items, layout
-
-
 class RunIndex:
     """A pair root joined with a ``--save_outputs`` folder (module docstring).
 
@@ -203,8 +160,7 @@ class RunIndex:
         self.run_dir = run_dir
         self._items: dict[ViewKey, PairItem] = {}
         for it in items:
-            vk = ViewKey(it.dataset, it.scene, it.rate, it.split, Path(it.file).stem)
-            self._items[vk] = it
+            self._items[ViewKey(it.dataset, it.scene, it.rate, it.split, it.name)] = it
         self._outputs: dict[ViewKey, dict[str, Path]] = {vk: {} for vk in self._items}
         method_dirs = []
         if self.outputs_root is not None and self.outputs_root.is_dir():
@@ -240,8 +196,9 @@ class RunIndex:
         if outputs_root is not None and not outputs_root.is_dir():
             raise OutputsError(f"{outputs_root}: outputs folder not found (write it with "
                                f"`nifi benchmark ... --save_outputs {outputs_root}`)")
-        items, layout = discover_any_pairs(pairs_root, split)
+        items = read_pairs(pairs_root, split)   # scene or benchmark layout; hidden (staging) folders skipped
         records = _read_records(repo_path(metrics_json)) if metrics_json else None
+        layout = "benchmark" if any(it.dataset for it in items) else "eval"
         return cls(pairs_root, outputs_root, items, layout, split, records)
 
     @classmethod
@@ -491,5 +448,5 @@ def ensure_demo_run(run_dir: str | Path = "runs/embedded", pairs_dir: str | Path
 
 
 __all__ = ["OutputsError", "RunIndex", "ViewKey", "ViewImages", "RunPaths", "output_path", "resolve_run",
-           "discover_any_pairs", "write_outputs_manifest", "build_demo_run", "ensure_demo_run", "OUTPUTS_MANIFEST",
+           "write_outputs_manifest", "build_demo_run", "ensure_demo_run", "OUTPUTS_MANIFEST",
            "method_sort_key"]

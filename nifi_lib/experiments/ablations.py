@@ -18,12 +18,13 @@ def t0_sweep(pairs_root: str | Path, ckpt: str, base_model: str, t0s: list[int],
     import warnings
 
     from ..evaluation.baselines import WO_T0_T, create_method
-    from ..evaluation.evaluate import discover_pairs, evaluate_items, mean_of, metric_keys
+    from ..evaluation.evaluate import evaluate_items, mean_of, metric_keys
+    from ..synthesis.pairs import read_pairs
 
     if any(int(t) >= WO_T0_T for t in t0s):
         raise ValueError(f"t0_sweep: t0 = T ({WO_T0_T}) is the 'w/o t0' ablation with its own trained phi-; "
                          "pass that checkpoint as ckpt_wo_t0 instead of listing T in t0s")
-    items = discover_pairs(pairs_root, split)[: limit or None]
+    items = read_pairs(pairs_root, split, layout="scene")[: limit or None]
     methods = {f"t0={t}": create_method("nifi", ckpt=ckpt, base_model=base_model, t0=t) for t in t0s}
     if include_T and ckpt_wo_t0:
         methods["t0=T (no noise)"] = create_method("nifi_wo_t0", ckpt_wo_t0=ckpt_wo_t0, base_model=base_model)
@@ -43,11 +44,12 @@ def alpha_sweep(pairs_root: str | Path, run_dir: str | Path, alphas: list[float]
     import copy
 
     from ..evaluation.baselines import create_method
-    from ..evaluation.evaluate import discover_pairs, evaluate_items, mean_of, metric_keys
+    from ..evaluation.evaluate import evaluate_items, mean_of, metric_keys
+    from ..synthesis.pairs import read_pairs
     from ..training.trainer import train
 
     out = {}
-    items = discover_pairs(Path(pairs_root) / "embedded", split)[: limit or None]
+    items = read_pairs(Path(pairs_root) / "embedded", split, layout="scene")[: limit or None]
     keys = metric_keys(("lpips", "dists"))
     for a in alphas:
         cfg = copy.deepcopy(base_cfg)

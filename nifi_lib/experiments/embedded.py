@@ -119,19 +119,19 @@ def embedded_wo_t0_config(overrides: dict | None = None) -> Config:
 
 def validation_items(pairs_root: str | Path, exp_dir: str | Path) -> list:
     """The held-out *training* views a run validated on (its ``train_summary.json`` ``heldout_views``), as
-    :class:`~nifi_lib.evaluation.evaluate.PairItem` of the benchmark root ``pairs_root``: what baselines'
+    :class:`~nifi_lib.synthesis.pairs.PairItem` of the benchmark root ``pairs_root``: what baselines'
     settings are chosen on (never the test split)."""
     import json
 
-    from ..evaluation.benchmark import discover_benchmark_pairs
+    from ..synthesis.pairs import read_pairs
 
     summary = json.loads((repo_path(exp_dir) / "train_summary.json").read_text())
     held = set(summary.get("heldout_views") or ())
     if summary.get("val_split") != "train_holdout" or not held:
         raise ValueError(f"{repo_path(exp_dir)}: run has no held-out training views (val_split "
                          f"{summary.get('val_split')!r})")
-    items = [it for it in discover_benchmark_pairs(repo_path(pairs_root), "train")
-             if f"{it.dataset}/{it.scene}/{Path(it.file).stem}" in held]
+    items = [it for it in read_pairs(repo_path(pairs_root), "train", layout="benchmark")
+             if f"{it.dataset}/{it.scene}/{it.name}" in held]
     if not items:
         raise ValueError(f"{repo_path(pairs_root)}: none of the {len(held)} held-out views of {exp_dir} found")
     return items
@@ -171,9 +171,9 @@ def before_after_examples(ckpt: str | Path, pairs_root: str | Path, backbone: st
     from ..diffusion.latents import to_model_range, to_unit_range
     from ..io.images import load_image
     from ..restoration.restorer import Restorer
-    from ..training.data import find_pairs
+    from ..synthesis.pairs import read_pairs
 
-    pairs = find_pairs(repo_path(pairs_root), split)
+    pairs = read_pairs(repo_path(pairs_root), split, check_sizes=True)
     nifi = Restorer.from_pretrained(str(repo_path(backbone)), ckpt=str(repo_path(ckpt)), t0=t0)
     base = Restorer.from_pretrained(str(repo_path(backbone)), ckpt=None, t0=t0)
     rows = []

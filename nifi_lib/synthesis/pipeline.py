@@ -34,7 +34,7 @@ from ..paths import repo_path
 from . import codec
 from .finetune import finetune
 from .importance import gode_importance, prune_top_k
-from .pairs import (MANIFEST, PairsError, display_path, manifest_complete, mean_psnr, merge_levels, psnr,
+from .pairs import (MANIFEST, display_path, manifest_complete, mean_psnr, merge_levels, psnr,
                     read_manifest, staged_directory, write_manifest, write_pair)
 from .precomputed import PrecomputedError, match_renders, precomputed_folder
 from .proxy import proxy_degrade, proxy_seed
