@@ -73,7 +73,8 @@ class TrainConfig:
     compile: bool = False
     cuda_graphs: bool = False
     nan_policy: str = "skip"
-    num_workers: int = 2
+    num_workers: int = 2           # DataLoader workers reading pairs on demand (0: in the training process)
+    cache_mb: float = 1024.0       # LRU cache of decoded uint8 frames, per reading process
 
 
 @dataclass
@@ -207,6 +208,10 @@ def _validate_ranges(cfg: Config, src: str) -> None:
     for key in ("batch_size", "max_steps", "resolution", "save_every", "val_every"):
         if getattr(t, key) <= 0:
             bad(f"train.{key}", f"must be a positive integer, got {getattr(t, key)}")
+    if t.num_workers < 0:
+        bad("train.num_workers", f"must be >= 0, got {t.num_workers}")
+    if t.cache_mb < 0:
+        bad("train.cache_mb", f"must be >= 0 (0: no cache), got {t.cache_mb}")
     if m.lora_rank <= 0:
         bad("model.lora_rank", f"must be positive, got {m.lora_rank}")
     if not 0 <= m.prompt_dropout <= 1:

@@ -192,3 +192,24 @@ def test_nifi_method_reads_t0_from_its_checkpoint(setup, tmp_path):
     assert B.create_method("nifi", ckpt=str(path), **opts).info()["t0"] == 399
     assert B.create_method("nifi", ckpt=str(path), t0=199, **opts).info()["t0"] == 199   # --t0 overrides
     assert B.create_method("img2img", **opts).info()["t0"] == 199                          # DEFAULT_T0
+
+
+def test_checkpoint_records_its_restore_settings_and_restore_uses_them(setup, tmp_path):
+    """best.pt/latest.pt record backbone, embeddings, t0 and dtype; without --base_model the restorer (and every
+    eval method) loads the backbone the checkpoint was trained on."""
+    from nifi_lib.diffusion.backbone import load_backbone
+    from nifi_lib.evaluation import baselines as B
+    from nifi_lib.restoration.io import DEFAULT_BASE_MODEL, checkpoint_settings, resolve_restore_settings
+    from nifi_lib.training.trainer import NiFiTrainer
+
+    bb_dir, _ = setup
+    cfg = tiny_config(bb_dir)
+    path = tmp_path / "latest.pt"
+    NiFiTrainer(cfg, load_backbone(str(bb_dir)), perceptual=None).save(path)
+    s = checkpoint_settings(path)
+    assert s == {"backbone": str(bb_dir), "backbone_kind": cfg.model.backbone_kind,
+                 "embeddings": cfg.model.embeddings, "t0": 199, "dtype": cfg.model.dtype}
+    m = B.create_method("nifi", ckpt=str(path), device="cpu", seed=0)      # no base_model given
+    assert m.info()["base_model"] == str(bb_dir) and m(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
+    assert resolve_restore_settings(path, "other/backbone")[0] == "other/backbone"   # the caller wins
+    assert resolve_restore_settings(None)[0] == DEFAULT_BASE_MODEL

@@ -38,9 +38,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import DEFAULT_T0
+from ..restoration.io import DEFAULT_BASE_MODEL
 from ..errors import NifiError
 from ..io.images import IMAGE_EXTS, load_image
-from ..paths import resolve_model_ref
 
 
 class MethodError(NifiError, ValueError):
@@ -378,7 +378,6 @@ class PrecomputedMethod(RestorationMethod):
 # --------------------------------------------------------------------------------------------------
 # Diffusion restorer (lead's nifi_lib.restoration.restorer.Restorer)
 # --------------------------------------------------------------------------------------------------
-DEFAULT_BASE_MODEL = "data/embedded/backbone"
 
 
 def _default_device(device) -> str:
@@ -390,13 +389,13 @@ def _load_restorer(base_model: str | None, ckpt: str | None, device, dtype, embe
         from ..restoration.restorer import Restorer
     except ImportError as e:
         raise MethodError(f"the diffusion restorer (nifi_lib.restoration.restorer) is not available: {e}") from e
-    base = resolve_model_ref(base_model or DEFAULT_BASE_MODEL)
     dev = _default_device(device)
     dtype = dtype or ("bf16" if dev.startswith("cuda") else "fp32")
     if ckpt is not None and not Path(ckpt).is_file():
         raise MethodError(f"{ckpt}: restorer checkpoint not found")
-    return Restorer.from_pretrained(base, ckpt=ckpt, embeddings=embeddings, device=dev, dtype=dtype, t0=t0,
-                                    tile_size=tile_size)
+    r = Restorer.from_pretrained(base_model, ckpt=ckpt, embeddings=embeddings, device=dev, dtype=dtype, t0=t0,
+                                 tile_size=tile_size)   # base_model None: the checkpoint's backbone, else embedded
+    return r
 
 
 class DiffusionMethod(RestorationMethod):
@@ -441,7 +440,7 @@ def _nifi_factory(ckpt=None, base_model=None, device=None, dtype=None, embedding
     r = _load_restorer(base_model, ckpt, device, dtype, embeddings, None if t0 is None else int(t0), tile_size)
     trained = r.checkpoint_t0 if r.checkpoint_t0 is not None else DEFAULT_T0
     return DiffusionMethod("nifi", r, "restore", t0=int(r.t0), seed=int(seed),
-                           meta={"ckpt": str(ckpt), "base_model": base_model or DEFAULT_BASE_MODEL,
+                           meta={"ckpt": str(ckpt), "base_model": r.base_model,
                                  "trained_t0": trained, "trained_t0_recorded": r.checkpoint_t0 is not None})
 
 
@@ -481,7 +480,7 @@ def _nifi_wo_t0_factory(ckpt=None, ckpt_wo_t0=None, base_model=None, device=None
         raise MethodError(f"{path}: the backbone's T = {t_max} differs from the checkpoint's t0 = {r.t0}")
     return DiffusionMethod("nifi_wo_t0", r, "restore", t0=t_max, seed=int(seed),
                            meta={"ckpt": str(path), "ckpt_option": source, "trained_t0": int(r.checkpoint_t0),
-                                 "base_model": base_model or DEFAULT_BASE_MODEL,
+                                 "base_model": r.base_model,
                                  "note": "phi- trained and evaluated with t0 = T: the degraded latent fed without "
                                          "noise at timestep T (sigma 1), as in TSD-SR"})
 
@@ -491,7 +490,7 @@ def _img2img_factory(base_model=None, device=None, dtype=None, embeddings=None, 
     t0 = DEFAULT_T0 if t0 is None else t0
     r = _load_restorer(base_model, None, device, dtype, embeddings, int(t0), tile_size)
     return DiffusionMethod("img2img", r, "img2img", t0=int(t0), seed=int(seed), steps=int(img2img_steps),
-                           meta={"base_model": base_model or DEFAULT_BASE_MODEL, "adapters": "none (frozen base)"})
+                           meta={"base_model": r.base_model, "adapters": "none (frozen base)"})
 
 
 def _base_t0_factory(base_model=None, device=None, dtype=None, embeddings=None, t0=None, seed=0, tile_size=None,
@@ -501,7 +500,7 @@ def _base_t0_factory(base_model=None, device=None, dtype=None, embeddings=None, 
     t0 = DEFAULT_T0 if t0 is None else t0
     r = _load_restorer(base_model, None, device, dtype, embeddings, int(t0), tile_size)
     return DiffusionMethod("base_t0", r, "restore", t0=int(t0), seed=int(seed),
-                           meta={"base_model": base_model or DEFAULT_BASE_MODEL, "adapters": "none (frozen base)"})
+                           meta={"base_model": r.base_model, "adapters": "none (frozen base)"})
 
 
 register_method("none", lambda **_: IdentityMethod())

@@ -24,9 +24,18 @@ def _summary_line(agg: dict) -> str:
     return ", ".join(parts)
 
 
+def _checkpoint_defaults(args: argparse.Namespace) -> None:
+    """No --base_model: every method (the baselines too) uses the backbone and embeddings --ckpt records."""
+    if args.base_model is None and args.ckpt:
+        from ..restoration.io import resolve_restore_settings
+
+        args.base_model, _, args.embeddings = resolve_restore_settings(args.ckpt, None, args.embeddings)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import run_eval
 
+    _checkpoint_defaults(args)
     res = run_eval(repo_path(args.data_root), split=args.split, out=repo_path(args.out), method=args.method,
                    ckpt=args.ckpt, base_model=args.base_model, device=args.device, metric_names=args.metrics,
                    limit=args.limit, save_restored=repo_path(args.save_restored) if args.save_restored else None,
@@ -49,6 +58,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     methods = args.methods or (["none", "bm3d", "ffdnet", "img2img", "base_t0", "nifi"]
                                + (["nifi_wo_t0"] if getattr(args, "ckpt_wo_t0", None) else []))
+    _checkpoint_defaults(args)
     res = run_benchmark(repo_path(args.data_root), split=args.split, out=repo_path(args.out), methods=methods,
                         ckpt=args.ckpt, base_model=args.base_model, device=args.device, metric_names=args.metrics,
                         limit=args.limit,

@@ -11,7 +11,6 @@ from tqdm import tqdm
 from ..diffusion.backbone import DTYPES
 from ..errors import NifiError
 from ..io.images import BACKGROUNDS, IMAGE_EXTS, ImageError, ImageModeError, list_images, load_image, save_image
-from ..paths import resolve_model_ref
 
 
 class RestoreInputError(NifiError, ValueError):
@@ -83,7 +82,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     for src, _ in pairs:
         images.append(_read_input(src, args.allow_convert, args.background))
     dtype = _canonical_dtype(args.dtype) or ("bf16" if device.startswith("cuda") else "fp32")
-    restorer = Restorer.from_pretrained(resolve_model_ref(args.base_model), ckpt=args.ckpt,
+    restorer = Restorer.from_pretrained(args.base_model, ckpt=args.ckpt,
                                         embeddings=args.embeddings, device=device, dtype=dtype, t0=args.t0,
                                         tile_size=args.tile_size)
     # frames beyond the transformer's position table are tiled automatically: said once, on stderr
@@ -114,9 +113,9 @@ def register(sub) -> None:
     p = sub.add_parser("restore", help="one-step restoration of rendered frames (Eq. 7)",
                        description="One-step restoration of rendered frames (Eq. 7). Frames larger than the "
                                    "transformer's position table are restored in overlapping tiles automatically.")
-    p.add_argument("--base_model", default="data/embedded/backbone",
+    p.add_argument("--base_model", default=None,
                    help="diffusers folder or hub id (paper: stabilityai/stable-diffusion-3-medium-diffusers) "
-                        "(default: %(default)s)")
+                        "(default: data/embedded/backbone, or the backbone --ckpt records when it records one)")
     p.add_argument("--ckpt", default=None, help="phi- weights: the authors' .ckpt, a .safetensors adapter file or "
                                                 "a training checkpoint (latest.pt/best.pt) (default: none, the "
                                                 "frozen base)")

@@ -96,6 +96,62 @@ def read_checkpoint_t0(path: str | Path) -> int | None:
     return None
 
 
+DEFAULT_BASE_MODEL = "data/embedded/backbone"   # the embedded backbone: what runs when nothing else is known
+SETTING_KEYS = ("backbone", "backbone_kind", "embeddings", "t0", "dtype")
+
+
+def restore_settings_of_config(cfg_dict: dict) -> dict:
+    """The restore settings a training config implies (what :func:`checkpoint_settings` reads back)."""
+    model = cfg_dict.get("model") if isinstance(cfg_dict.get("model"), dict) else {}
+    diff = cfg_dict.get("diffusion") if isinstance(cfg_dict.get("diffusion"), dict) else {}
+    return {"backbone": model.get("backbone"), "backbone_kind": model.get("backbone_kind"),
+            "embeddings": model.get("embeddings"), "t0": diff.get("t0"), "dtype": model.get("dtype")}
+
+
+def checkpoint_settings(path: str | Path | None) -> dict:
+    """The settings a weight file says it restores with: ``backbone``, ``backbone_kind``, ``embeddings``, ``t0``,
+    ``dtype`` (None where it records nothing: the authors' ``.ckpt`` records none). Training checkpoints store
+    them under ``"restore"`` (older ones: derived from their ``"config"``); safetensors exports in the metadata."""
+    empty = dict.fromkeys(SETTING_KEYS)
+    if not path:
+        return empty
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterError(f"{path}: checkpoint not found")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as e:
+            raise AdapterError(f"{path}: not a readable safetensors file ({e})") from e
+        out = {k: (meta.get(k) or None) for k in SETTING_KEYS}
+        out["t0"] = read_checkpoint_t0(path)
+        return out
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        obj = safe_torch_load(path)
+    if not (isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT):
+        return empty
+    stored = obj.get("restore") if isinstance(obj.get("restore"), dict) else \
+        restore_settings_of_config(obj.get("config") if isinstance(obj.get("config"), dict) else {})
+    out = {k: stored.get(k) for k in SETTING_KEYS}
+    out["t0"] = read_checkpoint_t0(path)
+    return out
+
+
+def resolve_restore_settings(ckpt: str | Path | None, base_model: str | None = None,
+                             embeddings: str | None = None) -> tuple[str, str | None, str | None]:
+    """``(base_model, kind, embeddings)`` for a restore: what the caller gives wins; otherwise what ``ckpt``
+    records (its embeddings only with its own backbone); otherwise the embedded backbone."""
+    s = checkpoint_settings(ckpt)
+    if base_model is None and s["backbone"]:
+        return str(s["backbone"]), s["backbone_kind"], embeddings if embeddings is not None else s["embeddings"]
+    return base_model or DEFAULT_BASE_MODEL, None, embeddings
+
+
 def split_groups(flat: dict[str, torch.Tensor], source: str) -> dict[str, dict[str, torch.Tensor]]:
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for k, v in flat.items():

@@ -95,6 +95,7 @@ class Restorer:
     """
 
     checkpoint_t0: int | None = None      # the t0 the loaded checkpoint records (set by from_pretrained)
+    base_model: str | None = None         # the backbone folder or hub id it was loaded from (from_pretrained)
     checkpoint_format: str | None = None
 
     def __init__(self, backbone: Backbone, t0: int = DEFAULT_T0, adapter: str | None = RESTORER,
@@ -255,23 +256,28 @@ class Restorer:
                 "reconstruction": dec(latents), "projected": dec(eq7.x_t0), "restored": dec(eq7.x_hat)}
 
     @classmethod
-    def from_pretrained(cls, base_model: str, ckpt: str | None = None, embeddings: str | None = None,
+    def from_pretrained(cls, base_model: str | None = None, ckpt: str | None = None, embeddings: str | None = None,
                         device: str = "cpu", dtype: str = "fp32", t0: int | None = None, kind: str | None = None,
                         tile_size: int | None = None, compile: bool = False, fuse_lora: bool = False,
                         vae_tile: int | None = None) -> "Restorer":
         """Backbone + phi- from a checkpoint (the authors' ``.ckpt``, our ``.safetensors`` adapters, or a
         training checkpoint ``latest.pt``/``best.pt``). Without ``ckpt``: the frozen base alone.
+        ``base_model``/``embeddings`` default to what the checkpoint records (the backbone it was trained on),
+        else the embedded backbone (:func:`~nifi_lib.restoration.io.resolve_restore_settings`).
         ``t0`` (Eq. 7's start): default the t0 the checkpoint was trained for (training checkpoints record
         it; 1000 = T is the "w/o t0" ablation), else 199 (the authors' ``.ckpt`` records none). The stored
         value is kept as ``restorer.checkpoint_t0`` (None if absent).
         ``compile``/``fuse_lora``/``vae_tile``: the fast paths of :class:`Restorer` (the backbone is
         private to the restorer here, so fusing phi- into it is safe)."""
         from ..diffusion.backbone import load_backbone
-        from .io import load_restorer_checkpoint
+        from ..paths import resolve_model_ref
+        from .io import load_restorer_checkpoint, resolve_restore_settings
 
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype '{dtype}'")
-        bb = load_backbone(base_model, kind=kind, embeddings=embeddings, device=device, dtype=dtype)
+        base_model, stored_kind, embeddings = resolve_restore_settings(ckpt, base_model, embeddings)
+        bb = load_backbone(resolve_model_ref(base_model), kind=kind or stored_kind, embeddings=embeddings,
+                           device=device, dtype=dtype)
         adapter, weights = None, None
         if ckpt:
             weights = load_restorer_checkpoint(ckpt, bb)
@@ -282,6 +288,7 @@ class Restorer:
         eq7_start(bb.scheduler, t0)   # a t0 outside [0, T] fails here, before any restore
         r = cls(bb, t0=int(t0), adapter=adapter, tile_size=tile_size, compile=compile, fuse_lora=fuse_lora,
                 vae_tile=vae_tile)
+        r.base_model = base_model
         r.checkpoint_t0 = weights.t0 if weights is not None else None
         r.checkpoint_format = weights.format if weights is not None else None
         return r

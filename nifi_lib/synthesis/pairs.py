@@ -237,7 +237,7 @@ def _images_by_stem(folder: Path) -> dict[str, Path]:
     return out
 
 
-def _size_mismatch(clean: Path, a: tuple[int, int], degraded: Path, b: tuple[int, int]) -> PairError:
+def size_mismatch(clean: Path, a: tuple[int, int], degraded: Path, b: tuple[int, int]) -> PairError:
     return PairError(f"size mismatch: {clean} is {a[0]}x{a[1]}, {degraded} is {b[0]}x{b[1]}")
 
 
@@ -278,7 +278,7 @@ def _split_pairs(base: Path, scene: str, rate: str, dataset: str | None, check_s
     for s in sorted(clean) if check_sizes else ():   # headers only: nothing is decoded
         a, b = probe_rgb(clean[s]), probe_rgb(deg[s])
         if a != b:
-            raise _size_mismatch(clean[s], a, deg[s], b)
+            raise size_mismatch(clean[s], a, deg[s], b)
     return [PairItem(scene=scene, rate=rate, split=base.name, file=deg[s].name, clean=clean[s], degraded=deg[s],
                      dataset=dataset) for s in sorted(clean)]
 
@@ -318,5 +318,5 @@ def load_pair(item: PairItem) -> tuple[torch.Tensor, torch.Tensor]:
     """``(clean, degraded)`` as ``(3, H, W)`` in [0, 1]; a size mismatch names both files."""
     clean, deg = load_image(item.clean), load_image(item.degraded)
     if clean.shape != deg.shape:
-        raise _size_mismatch(item.clean, (clean.shape[2], clean.shape[1]), item.degraded, (deg.shape[2], deg.shape[1]))
+        raise size_mismatch(item.clean, (clean.shape[2], clean.shape[1]), item.degraded, (deg.shape[2], deg.shape[1]))
     return clean, deg

@@ -48,11 +48,11 @@ from ..diffusion.prompts import apply_prompt_dropout, dropout_mask
 from ..errors import NifiError
 from ..io.atomic import WriteError, atomic_path, atomic_save, atomic_write_json
 from ..paths import repo_path, resolve_model_ref
-from ..restoration.io import TRAIN_FORMAT, safe_torch_load, split_groups
+from ..restoration.io import TRAIN_FORMAT, restore_settings_of_config, safe_torch_load, split_groups
 from ..restoration.lora import (CRITIC, RESTORER, adapter_parameters, adapter_scope, adapter_state_dict,
                                 add_critic_adapter, add_restorer_adapters, load_adapter_state_dict)
 from ..restoration.restorer import Restorer, encode_degraded, restore_latents
-from .data import PairError, PairSampler, find_pairs, holdout_views
+from .data import BatchLoader, PairError, PairSampler, find_pairs, holdout_views
 from .objectives import critic_inputs, critic_loss, perceptual_matching_loss, restoration_distribution_matching_loss
 
 LOG_FIELDS = ["step", "loss_total", "loss_kl", "loss_l2", "loss_lpips", "loss_critic", "grad_norm_minus",
@@ -177,6 +177,7 @@ class NiFiTrainer:
         self.generator = torch.Generator().manual_seed(t.seed * 1000 + self.rank)
         self.noise_generator = torch.Generator(device=self.device).manual_seed(t.seed * 1000 + self.rank + 500_000)
         self.state = TrainState()
+        self.data_state = None   # set by train(): the data generator's state to checkpoint (prefetching loaders)
         self.val_split: str | None = None          # what best.pt is chosen on (set by train(), checkpointed)
         self.loaded_val_split: str | None = None   # ... and what the loaded checkpoint's was chosen on
         self.compile = bool(getattr(t, "compile", False)) if compile is None else bool(compile)
@@ -380,10 +381,12 @@ class NiFiTrainer:
     def checkpoint(self) -> dict:
         return {"format": TRAIN_FORMAT, "step": self.state.step, "adapters": self.adapters_flat(),
                 "optim_minus": self.opt_minus.state_dict(), "optim_plus": self.opt_plus.state_dict(),
-                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "generator": self.data_state() if self.data_state is not None else self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "noise_generator": self.noise_generator.get_state(), "noise_generator_device": self.device.type,
                 "lora_rank": self.cfg.model.lora_rank, "lora_alpha": self.cfg.model.lora_alpha,
                 "t0": int(self.cfg.diffusion.t0),   # Eq. 7's start phi- was trained for (1000 = T: "w/o t0")
+                # what eval/benchmark/restore use unless told otherwise (restoration.io.checkpoint_settings)
+                "restore": restore_settings_of_config(self.cfg.to_dict()),
                 "val_split": self.val_split,
                 "config": self.cfg.to_dict(),
                 "state": {"best_metric": self.state.best_metric, "best_step": self.state.best_step,
@@ -632,8 +635,8 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
         for stale in (log_path, best):   # a fresh run's best.pt comes from this run's validation only
             if stale.exists():
                 stale.unlink()
-    sampler = PairSampler(pairs, resolution=t.resolution)
-    val_sampler = PairSampler(val_pairs, resolution=None) if val_pairs else None
+    sampler = PairSampler(pairs, resolution=t.resolution, cache_mb=t.cache_mb)
+    val_sampler = PairSampler(val_pairs, resolution=None, cache_mb=t.cache_mb) if val_pairs else None
     from ..metrics import metrics as M
 
     metric_fn = {"lpips": lambda a, b: M.lpips(a, b, net=cfg.eval.lpips_net), "dists": M.dists,
@@ -653,8 +656,11 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
             bar.set_postfix(loss=f"{rows[-1]['loss_total']:.4f}", critic=f"{rows[-1]['loss_critic']:.4f}")
         return rows
 
+    batches = BatchLoader(sampler, per_rank, trainer.generator, num_workers=t.num_workers,
+                          pin_memory=trainer.device.type == "cuda")
+    trainer.data_state = batches.generator_state   # checkpoints: the state after the batches trained on
     while trainer.state.step < t.max_steps:
-        clean, deg, _ = sampler.sample(per_rank, trainer.generator)
+        clean, deg = batches.next()
         info = trainer.train_step(clean, deg)
         if t.nan_policy == "stop" and bool(info["skipped"]):   # this policy reads the flag every step
             raise TrainingError(f"non-finite loss at step {trainer.state.step + 1}; stopped. "
