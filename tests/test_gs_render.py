@@ -267,3 +267,23 @@ def test_speed_64px_5k_gaussians():
     finally:
         torch.set_num_threads(threads)
     assert min(times) < 0.5, times  # generous: the CI machine is shared
+
+
+def test_auto_backend_warns_once_when_cuda_has_no_gsplat(monkeypatch):
+    import importlib
+    import warnings
+
+    R = importlib.import_module("nifi_lib.gs.render")   # the module (nifi_lib.gs.render is also the function)
+
+    monkeypatch.setattr(R, "gsplat_available", lambda: False)
+    monkeypatch.setattr(R, "_warned_no_gsplat", False)
+    cuda = torch.device("cuda")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert R.resolve_backend("auto", cuda) == "torch"
+        assert R.resolve_backend("auto", cuda) == "torch"
+        assert R.resolve_backend("auto", torch.device("cpu")) == "torch"
+    msgs = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
+    assert len(msgs) == 1 and "gsplat is not installed" in msgs[0] and ".[gpu]" in msgs[0]
+    monkeypatch.setattr(R, "gsplat_available", lambda: True)
+    assert R.resolve_backend("auto", cuda) == "gsplat"

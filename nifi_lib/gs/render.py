@@ -21,6 +21,7 @@ alpha-normalised expected depth (0 where nothing is rendered).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -398,9 +399,24 @@ def render_gsplat(gaussians: GaussianModel, camera: Camera, background: torch.Te
 
 # --- public entry point ----------------------------------------------------------------------------------
 
+_warned_no_gsplat = False
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
+    """``auto``: gsplat for CUDA tensors when it imports, else the torch reference; on CUDA without gsplat a
+    warning says so once per process (the reference rasterizer is ~20x slower there: docs/performance.md)."""
+    global _warned_no_gsplat
     if backend == "auto":
-        return "gsplat" if device.type == "cuda" and gsplat_available() else "torch"
+        if device.type != "cuda":
+            return "torch"
+        if gsplat_available():
+            return "gsplat"
+        if not _warned_no_gsplat:
+            _warned_no_gsplat = True
+            warnings.warn("CUDA is available but gsplat is not installed: rendering with the PyTorch reference "
+                          "rasterizer (much slower); pip install -e '.[gpu]' (gsplat) for the fast kernel",
+                          RuntimeWarning, stacklevel=2)
+        return "torch"
     if backend not in ("torch", "gsplat"):
         raise RenderError(f"unknown render backend {backend!r} (auto, torch or gsplat)")
     return backend
