@@ -147,3 +147,27 @@ def test_hub_failure_is_wrapped(monkeypatch):
         load_text_encoders("owner/some-sd3")
     msg = str(e.value)
     assert "'owner/some-sd3'" in msg and "huggingface-cli download owner/some-sd3 --local-dir DIR" in msg
+
+
+def test_training_embeddings_are_computed_once_from_the_backbones_text_encoders(sd3_dir, tmp_path):
+    """model.embeddings null + an SD3 folder with text encoders: per-scene embeddings from the pairs' prompts.json
+    are computed into <exp>/prompt_embeds/ and reused (not recomputed) on the next call."""
+    from nifi_lib.config import load_config
+    from nifi_lib.data.prompts import save_prompts
+    from nifi_lib.training.scene_prompts import ScenePrompts, training_embeddings
+
+    cfg = load_config("configs/default.yaml", overrides={"model": {"backbone": str(sd3_dir), "embeddings": None}})
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    save_prompts(pairs / "prompts.json", {"pairs/a": "a red chair", "pairs/b": "a garden"})
+    got = training_embeddings(cfg, pairs, tmp_path / "exp")
+    assert got == str(tmp_path / "exp" / "prompt_embeds")
+    sp = ScenePrompts(got)
+    pe, _ = sp.batch(["pairs/a", "pairs/b"])
+    assert pe.shape[0] == 2 and not torch.equal(pe[0], pe[1])
+    stamp = (tmp_path / "exp" / "prompt_embeds" / "index.json").stat().st_mtime_ns
+    assert training_embeddings(cfg, pairs, tmp_path / "exp") == got
+    assert (tmp_path / "exp" / "prompt_embeds" / "index.json").stat().st_mtime_ns == stamp
+    # no prompts.json: one .npz of the authors' default prompt
+    one = training_embeddings(cfg, tmp_path / "none", tmp_path / "exp2")
+    assert one.endswith("prompt_embeds/prompt_embeds.npz")

@@ -146,11 +146,13 @@ class _PlanBatches:
     def __init__(self, sampler: PairSampler, n: int, g: torch.Generator):
         self.sampler, self.n, self.g = sampler, n, g
         self.states: list[torch.Tensor] = []
+        self.plans: list[list[tuple[int, int, int]]] = []
 
     def __iter__(self):
         while True:
             self.states.append(self.g.get_state())
-            yield self.sampler.draw(self.n, self.g)
+            self.plans.append(self.sampler.draw(self.n, self.g))
+            yield self.plans[-1]
 
 
 class BatchLoader:
@@ -171,11 +173,16 @@ class BatchLoader:
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.consumed += 1
         if self.plans is None:
-            clean, deg, _ = self.sampler.sample(self.n, self.g)
+            clean, deg, self._last = self.sampler.sample(self.n, self.g)
             return clean, deg
         if self._it is None:
             self._it = iter(self.loader)
         return next(self._it)
+
+    def last_scenes(self) -> list[str]:
+        """``dataset/scene`` of each element of the batch :meth:`next` returned last (its prompts)."""
+        idx = self._last if self.plans is None else [p[0] for p in self.plans.plans[self.consumed - 1]]
+        return [f"{self.sampler.pairs[i].dataset}/{self.sampler.pairs[i].scene}" for i in idx]
 
     def generator_state(self) -> torch.Tensor:
         if self.plans is not None and len(self.plans.states) > self.consumed:

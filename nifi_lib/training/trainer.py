@@ -53,6 +53,7 @@ from ..restoration.lora import (CRITIC, RESTORER, adapter_parameters, adapter_sc
                                 add_critic_adapter, add_restorer_adapters, load_adapter_state_dict)
 from ..restoration.restorer import Restorer, encode_degraded, restore_latents
 from .data import BatchLoader, PairError, PairSampler, find_pairs, holdout_views
+from .scene_prompts import ScenePrompts, training_embeddings
 from .objectives import critic_inputs, critic_loss, perceptual_matching_loss, restoration_distribution_matching_loss
 
 LOG_FIELDS = ["step", "loss_total", "loss_kl", "loss_l2", "loss_lpips", "loss_critic", "grad_norm_minus",
@@ -178,6 +179,8 @@ class NiFiTrainer:
         self.noise_generator = torch.Generator(device=self.device).manual_seed(t.seed * 1000 + self.rank + 500_000)
         self.state = TrainState()
         self.data_state = None   # set by train(): the data generator's state to checkpoint (prefetching loaders)
+        self.scene_prompts = None   # training.scene_prompts.ScenePrompts when model.embeddings is a folder
+        self.step_prompts = None
         self.val_split: str | None = None          # what best.pt is chosen on (set by train(), checkpointed)
         self.loaded_val_split: str | None = None   # ... and what the loaded checkpoint's was chosen on
         self.compile = bool(getattr(t, "compile", False)) if compile is None else bool(compile)
@@ -211,7 +214,13 @@ class NiFiTrainer:
     def _prompts(self, n: int, drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt embeddings with the dropped ones replaced by the null prompt (no ``drop.any()`` test:
         that would read the mask back to the host)."""
-        pe, pp = self.bb.prompt_batch(n, device=self.device)
+        if self.step_prompts is not None:   # per-scene captions of this step's batch (scene_prompts.ScenePrompts)
+            pe, pp = self.step_prompts
+            k = n // pe.shape[0]
+            if k > 1:   # the joint real score: the batch twice, in the same order
+                pe, pp = pe.repeat(k, 1, 1), pp.repeat(k, 1)
+        else:
+            pe, pp = self.bb.prompt_batch(n, device=self.device)
         if drop is not None:
             pe, pp = apply_prompt_dropout(drop.to(self.device), pe, pp,
                                           *self.bb.prompt_batch(n, device=self.device, null=True))
@@ -274,7 +283,7 @@ class NiFiTrainer:
         return restore_latents(bb, z.float(), start, RESTORER, self.noise_generator,
                                prompts=self._prompts(z.shape[0], drop), autocast=self._autocast).x_hat
 
-    def train_step(self, clean01: torch.Tensor, degraded01: torch.Tensor) -> dict:
+    def train_step(self, clean01: torch.Tensor, degraded01: torch.Tensor, scenes: list[str] | None = None) -> dict:
         """One phi- update and one phi+ update. Returns 0-dim device tensors (and the two learning
         rates as floats); nothing here waits for the device. ``skipped`` is a bool tensor: a step whose
         phi- loss or gradient norm is not finite updates neither adapter, one whose critic loss or norm
@@ -283,6 +292,9 @@ class NiFiTrainer:
         cfg, w = self.cfg, self.cfg.loss_weights
         bb, g, n, dev = self.bb, self.noise_generator, clean01.shape[0], self.device
         mark_step(bb)   # CUDA graphs: the previous step's graph outputs may be reused
+        # per-scene prompts (model.embeddings = a folder of per-scene captions), else the one fixed prompt
+        self.step_prompts = self.scene_prompts.batch(scenes, device=dev) \
+            if self.scene_prompts is not None and scenes is not None else None
         clean01, degraded01 = self._to_device(clean01), self._to_device(degraded01)
         lo, hi = cfg.diffusion.t_min_index, cfg.diffusion.t_max_index + 1
         drop = dropout_mask(n, cfg.model.prompt_dropout, g, dev)   # the student's prompt only
@@ -608,15 +620,20 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
             raise TrainingError(f"val_split='{val_split}': {e}") from e
     if smoke_test:
         pairs = pairs[:8]
+    embeddings = training_embeddings(cfg, data_root, exp, device=device)   # computed once if null + text encoders
+    scene_prompts = ScenePrompts(embeddings) if embeddings and Path(embeddings).is_dir() else None
     bb = load_backbone(resolve_model_ref(cfg.model.backbone), kind=cfg.model.backbone_kind,
-                       embeddings=repo_path(cfg.model.embeddings) if cfg.model.embeddings else None,
+                       embeddings=None if scene_prompts is not None else embeddings,
                        device=device, dtype="bf16" if (device.startswith("cuda") and cfg.model.dtype == "bf16") else "fp32")
+    if scene_prompts is not None:   # validation and inference use the default prompt, as the authors' restorer
+        bb.prompt, bb.null_prompt = scene_prompts.default, scene_prompts.null
     if bb.prompt is None or bb.null_prompt is None:
         raise TrainingError("training needs the prompt and null-prompt embeddings (model.embeddings .npz with "
                             "negative_prompt_embeds), for prompt dropout and CFG")
     perceptual, perceptual_name, fallback = build_perceptual(cfg, device)
     trainer = NiFiTrainer(cfg, bb, device=device, perceptual=perceptual, perceptual_name=perceptual_name)
     trainer.val_split = val_split
+    trainer.scene_prompts = scene_prompts
     exp.mkdir(parents=True, exist_ok=True)
     latest, best, log_path = exp / "latest.pt", exp / "best.pt", exp / "train_log.csv"
     if resume:
@@ -661,7 +678,7 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
     trainer.data_state = batches.generator_state   # checkpoints: the state after the batches trained on
     while trainer.state.step < t.max_steps:
         clean, deg = batches.next()
-        info = trainer.train_step(clean, deg)
+        info = trainer.train_step(clean, deg, scenes=batches.last_scenes())
         if t.nan_policy == "stop" and bool(info["skipped"]):   # this policy reads the flag every step
             raise TrainingError(f"non-finite loss at step {trainer.state.step + 1}; stopped. "
                                 f"{latest} holds the last good state (step {last_good_saved}).")
