@@ -1,4 +1,5 @@
-"""Sec. 4.2 ablations: the t0 sweep (incl. t0 = T without noise), the alpha sweep, high-frequency energy."""
+"""Sec. 4.2 ablations: the t0 sweep (incl. t0 = T without noise), the alpha sweep, high-frequency energy
+(and its ratio to the ground truth per method)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -70,3 +71,14 @@ def high_frequency_energy(images: torch.Tensor) -> torch.Tensor:
     y = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2])[:, None]
     k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=y.dtype).view(1, 1, 3, 3)
     return F.conv2d(y, k).pow(2).mean(dim=(1, 2, 3))
+
+
+def high_frequency_ratios(rows: list[dict], keys=("degraded", "base", "nifi"), reference: str = "clean") -> dict[str, float]:
+    """Per ``key``: the mean over ``rows`` (dicts of name -> image ``(3, H, W)``, e.g.
+    :func:`~nifi_lib.experiments.embedded.before_after_examples`) of :func:`high_frequency_energy` of that image
+    divided by the energy of the ``reference`` image of the same row (> 1: more fine detail than the ground truth)."""
+    def stack(name: str) -> torch.Tensor:
+        return torch.stack([r[name].float().clamp(0, 1) for r in rows])
+
+    ref = high_frequency_energy(stack(reference))
+    return {k: float((high_frequency_energy(stack(k)) / ref).mean()) for k in keys}

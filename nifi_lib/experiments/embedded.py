@@ -44,6 +44,33 @@ def ensure_embedded_pairs(run_dir: str | Path = "runs/embedded", scenes: list[st
     return pairs_root
 
 
+def embedded_image_paths(split: str = "train", per_scene: int | None = None,
+                         scenes: list[str] | None = None) -> list[Path]:
+    """Ground-truth image files of the embedded scenes' ``split`` views (per scene: the first ``per_scene``
+    in the scene's camera order; None: all), scenes in name order."""
+    from ..data.scenes import load_scene
+
+    return [c.image_path for scene in embedded_scene_dirs(scenes)
+            for c in load_scene(scene, split=split)[:per_scene]]
+
+
+def embedded_views(split: str = "test", per_scene: int | None = None, scenes: list[str] | None = None):
+    """The images of :func:`embedded_image_paths` as one batch ``(N, 3, H, W)`` in [0, 1]."""
+    import torch
+
+    from ..io.images import load_image
+
+    return torch.stack([load_image(p) for p in embedded_image_paths(split, per_scene, scenes)])
+
+
+def train_summary(run: str | Path) -> dict:
+    """The ``train_summary.json`` of a run, given its folder or one of its checkpoints (``best.pt``)."""
+    import json
+
+    path = repo_path(run)
+    return json.loads(((path if path.is_dir() else path.parent) / "train_summary.json").read_text())
+
+
 def embedded_validation_views(every: int = 8, scenes: list[str] | None = None):
     """Clean images ``(N, 3, H, W)`` in [0, 1] of the embedded scenes' held-out *training* views: per scene,
     every ``every``-th of its sorted training views, the views :func:`~nifi_lib.training.data.holdout_views`
@@ -121,11 +148,9 @@ def validation_items(pairs_root: str | Path, exp_dir: str | Path) -> list:
     """The held-out *training* views a run validated on (its ``train_summary.json`` ``heldout_views``), as
     :class:`~nifi_lib.synthesis.pairs.PairItem` of the benchmark root ``pairs_root``: what baselines'
     settings are chosen on (never the test split)."""
-    import json
-
     from ..synthesis.pairs import read_pairs
 
-    summary = json.loads((repo_path(exp_dir) / "train_summary.json").read_text())
+    summary = train_summary(exp_dir)
     held = set(summary.get("heldout_views") or ())
     if summary.get("val_split") != "train_holdout" or not held:
         raise ValueError(f"{repo_path(exp_dir)}: run has no held-out training views (val_split "

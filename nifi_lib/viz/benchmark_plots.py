@@ -1,4 +1,5 @@
-"""Figures for notebooks 06 and 07: Table 1 side by side, per-rate bars, rate-perception, sweeps."""
+"""Figures for notebooks 06 and 07: Table 1 side by side, per-rate bars, rate-perception, sweeps; their
+numbers as text (``format_*``)."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -59,9 +60,11 @@ def per_rate_bars(per_dataset_rate: dict, dataset: str, methods: list[str], metr
 
 def rate_perception_plot(sizes_mb: dict[str, float], per_rate: dict, uncompressed: dict | None,
                          methods=("none", "nifi"), metric: str = "lpips"):
-    """LPIPS vs MB (log axis) from measured bytes, with the uncompressed scene as the reference point."""
+    """LPIPS vs MB (log axis) from measured bytes, with the uncompressed scene as the reference point; methods
+    without results in ``per_rate`` are left out."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     rates = sorted(sizes_mb, key=lambda r: sizes_mb[r])
+    methods = [m for m in methods if any(m in per_rate.get(r, {}) for r in rates)]   # those the benchmark ran
     for m in methods:
         key = f"{metric}_{'before' if m == 'none' else 'after'}"
         ys = [per_rate[r][m][key] for r in rates if m in per_rate.get(r, {})]
@@ -91,6 +94,14 @@ def sweep_plot(xs, series: dict[str, list[float]], xlabel: str, title: str,
     return fig
 
 
+def alpha_sweep_plot(alpha_results: dict[float, dict], steps: int):
+    """Eq. 5's alpha ablation (:func:`~nifi_lib.experiments.ablations.alpha_sweep`): LPIPS and DISTS after
+    restoration against alpha, each phi- trained for ``steps`` steps."""
+    return sweep_plot(list(alpha_results), {"LPIPS": [v["lpips_after"] for v in alpha_results.values()],
+                                            "DISTS": [v["dists_after"] for v in alpha_results.values()]},
+                      "alpha", f"Eq. 5 blend, {steps} steps each")
+
+
 T_ROW = "t0=T (no noise)"
 METRIC_COLORS = {"lpips": "C0", "dists": "C1"}
 
@@ -118,3 +129,51 @@ def t0_sweep_plot(sweep: dict[str, dict], t0_values, paper_t0: int | None = DEFA
            ylabel="LPIPS / DISTS after restoration (lower is better)", title=title)
     ax.legend(fontsize=7)
     return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# The numbers of notebooks 06 and 07 as text
+# ------------------------------------------------------------------------------------------------
+def format_sigma_sweeps(sweeps: dict[str, dict]) -> str:
+    """The BM3D/FFDNet sigma chosen per rate on validation crops
+    (:func:`~nifi_lib.experiments.embedded.benchmark_methods`), with the sweep's notes."""
+    lines = []
+    for name, sw in sweeps.items():
+        lines.append(f"{name}: sigma per rate chosen on {sum(sw['n_items'].values())} validation crops: {sw['sigma_by_rate']}")
+        lines += [f"    {note}" for note in sw["notes"]]
+    return "\n".join(lines)
+
+
+def format_orderings(orderings: list[dict]) -> str:
+    """Table 1's orderings (:func:`~nifi_lib.evaluation.benchmark.table1_orderings`), one line each, and how many hold."""
+    lines = [f"{'holds  ' if o['holds'] else 'FAILS  '} rate {o['rate']}: nifi < {o['other']:<10} ({o['metric']}): "
+             f"{o['ours']:.4f} vs {o['theirs']:.4f} (margin {o['margin']:+.4f})" for o in orderings]
+    from ..experiments.table1 import orderings_summary
+
+    return "\n".join(lines + [f"{orderings_summary(orderings)['orderings_holding']} orderings hold"])
+
+
+def format_rate_perception(rows: list[dict]) -> str:
+    """One line per rate of :func:`~nifi_lib.experiments.table1.rate_perception_rows`."""
+    return "\n".join(
+        f"rate {r['rate']}: {r['kb']:.1f} KB, {r['x_smaller']:.0f}x smaller than the dense PLY; NiFi LPIPS "
+        f"{r['lpips_nifi']:.3f} vs compressed {r['lpips_before']:.3f}"
+        + (f"; the unrestored codec needs {r['equal_quality_ratio']:.1f}x the bytes for the same LPIPS"
+           if r["equal_quality_ratio"] else "") for r in rows)
+
+
+def format_t0_sweep(sweep: dict[str, dict]) -> str:
+    """One line per row of :func:`~nifi_lib.experiments.ablations.t0_sweep`: LPIPS and DISTS before -> after."""
+    return "\n".join(f"{name:>18}: LPIPS {v['lpips_before']:.4f} -> {v['lpips_after']:.4f}   "
+                     f"DISTS {v['dists_before']:.4f} -> {v['dists_after']:.4f}" for name, v in sweep.items())
+
+
+def format_alpha_sweep(alpha_results: dict[float, dict]) -> str:
+    """One line per alpha of :func:`~nifi_lib.experiments.ablations.alpha_sweep`: LPIPS and DISTS after restoration."""
+    return "\n".join(f"alpha={a:.1f}: LPIPS {v['lpips_after']:.4f}  DISTS {v['dists_after']:.4f}"
+                     for a, v in alpha_results.items())
+
+
+def format_high_frequency(ratios: dict[str, float]) -> str:
+    """:func:`~nifi_lib.experiments.ablations.high_frequency_ratios`, one line per image kind."""
+    return "\n".join(f"{k:>9}: high-frequency energy / ground truth = {v:.2f}" for k, v in ratios.items())

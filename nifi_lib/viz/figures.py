@@ -4,6 +4,8 @@
   restoration, the clean reference), each showing that image's *full frame* with 1-2 highlighted boxes
   (outlined in the column's colour) and the boxes enlarged beside it; one row per example view.
 - :func:`contact_sheet` - rows: views; columns: clean, degraded, each method.
+- :func:`save_rate_figures` - either of them for every rate of a run, saved through a notebook's
+  :class:`~nifi_lib.viz.style.FigureLog` (:func:`export_rate_figures`: both, closed after saving).
 
 Both return a :class:`nifi_lib.viz.compare.PanelGrid` (``.figure()``, ``.save(name)``).
 """
@@ -16,7 +18,7 @@ from ..evaluation.outputs import RunIndex, ViewImages
 from .compare import (INPUT_COLOR, REFERENCE_COLOR, CropBox, Panel, PanelGrid, _metric_caption, _title,
                       frame_with_zooms, method_color, pick_boxes)
 from .rates import pairs_sizes_mb, rate_label
-from .style import PANEL_INCH
+from .style import PANEL_INCH, FigureLog
 
 
 def display_methods(index: RunIndex, methods: Sequence[str] | None = None) -> list[str]:
@@ -110,17 +112,38 @@ def contact_sheet_for_rate(index: RunIndex, rate: str, methods: Sequence[str] | 
     return contact_sheet(views, ms, title=kw.pop("title", f"Contact sheet, {label} (split '{index.split}')"), **kw)
 
 
+RATE_FIGURES = {"fig3": "fig3_{rate}", "contact": "contact_rate_{rate}"}   # kind -> name after the prefix
+
+
+def save_rate_figures(log: FigureLog, index: RunIndex, kind: str, methods: Sequence[str] | None = None,
+                      max_views: int | None = 8, note: str | None = None, rates: Sequence[str] | None = None,
+                      close: bool = False) -> dict[str, Path]:
+    """One figure per rate of the run, saved through ``log`` as ``<prefix>_fig3_<rate>`` (``kind="fig3"``:
+    :func:`fig3_for_rate`) or ``<prefix>_contact_rate_<rate>`` (``"contact"``: :func:`contact_sheet_for_rate`,
+    up to ``max_views`` rows). The figures stay open (a notebook shows them) unless ``close``."""
+    import matplotlib.pyplot as plt
+
+    if kind not in RATE_FIGURES:
+        raise ValueError(f"unknown rate figure {kind!r} (choose from {', '.join(RATE_FIGURES)})")
+    out: dict[str, Path] = {}
+    for r in rates or index.rates():
+        grid = (fig3_for_rate(index, r, methods, note=note) if kind == "fig3"
+                else contact_sheet_for_rate(index, r, methods, max_views, note=note))
+        fig = grid.figure()
+        out[r] = log.save(fig, RATE_FIGURES[kind].format(rate=r))
+        if close:
+            plt.close(fig)
+    return out
+
+
 def export_rate_figures(index: RunIndex, prefix: str = "08_visual_comparison", methods: Sequence[str] | None = None,
                         rates: Sequence[str] | None = None, max_views: int | None = 8, folder: str | Path | None = None,
                         note: str | None = None) -> dict[str, dict[str, Path]]:
     """Write ``<prefix>_fig3_<rate>.png`` and ``<prefix>_contact_rate_<rate>.png`` for every rate; returns the paths."""
-    out: dict[str, dict[str, Path]] = {}
-    for r in rates or index.rates():
-        out[r] = {"fig3": fig3_for_rate(index, r, methods, note=note).save(f"{prefix}_fig3_{r}", folder),
-                  "contact": contact_sheet_for_rate(index, r, methods, max_views, note=note)
-                  .save(f"{prefix}_contact_rate_{r}", folder)}
-    return out
+    log = FigureLog(prefix, folder)
+    by_kind = {k: save_rate_figures(log, index, k, methods, max_views, note, rates, close=True) for k in RATE_FIGURES}
+    return {r: {k: by_kind[k][r] for k in RATE_FIGURES} for r in by_kind["fig3"]}
 
 
 __all__ = ["display_methods", "fig3_overlay", "contact_sheet", "fig3_for_rate", "contact_sheet_for_rate",
-           "export_rate_figures"]
+           "save_rate_figures", "export_rate_figures", "RATE_FIGURES"]

@@ -64,3 +64,12 @@ def plot_guidance_probe(probe, paper_scale: float = 7.5):
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def format_guidance_probe(probe, configured: float | None = None, config_name: str = "the config") -> str:
+    """The CFG probe as text: the mean denoised-estimate error per scale and the scale with the lowest one
+    (beside the ``configured`` scale when given)."""
+    lines = [f"w = {row['scale']:>4g}: mean denoised-estimate MSE {row['mean_denoised_mse']:.4f}" for row in probe.table()]
+    best = f"lowest error at w = {probe.best:g}"
+    lines.append(best if configured is None else f"{best}; {config_name} uses w = {configured:g}")
+    return "\n".join(lines)

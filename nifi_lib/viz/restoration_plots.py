@@ -48,3 +48,13 @@ def plot_projection_grid(image: torch.Tensor, traces: list[dict]):
             axes[r, c].axis("off")
     fig.tight_layout()
     return fig
+
+
+def format_trace_distances(traces: list[dict], distances: dict[str, float]) -> str:
+    """One line per trace (t0, sigma(t0), mean |restored - input|) and the VAE round trip alone, from
+    :func:`nifi_lib.experiments.latent_checks.trace_distances`."""
+    from ..experiments.latent_checks import L1_KEY, VAE_L1_KEY
+
+    lines = [f"t0={tr['t0']:>5.0f}  sigma={tr['sigma_t0']:.3f}  mean |restored - input| = "
+             f"{distances[L1_KEY.format(t0=int(tr['t0']))]:.4f}" for tr in traces]
+    return "\n".join(lines + [f"VAE reconstruction alone: {distances[VAE_L1_KEY]:.4f}"])

@@ -2,6 +2,7 @@
 (``figures/`` for ``make run``; the smoke profile of the tests writes under ``runs/``)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -52,3 +53,25 @@ def save_figure(fig, name: str, folder: str | Path | None = None) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     return path
+
+
+@dataclass
+class FigureLog:
+    """The figures one notebook writes: ``save(fig, what)`` is :func:`save_figure` as ``<prefix>_<what>`` in
+    ``folder`` (the figure stays open, so the notebook shows it), and the paths are kept in order."""
+
+    prefix: str
+    folder: str | Path | None = None
+    paths: list[Path] = field(default_factory=list)
+
+    def save(self, fig, what: str) -> Path:
+        path = save_figure(fig, f"{self.prefix}_{what}", self.folder)
+        self.paths.append(path)
+        return path
+
+    def summary(self) -> str:
+        """"figures written:" and one path per line, relative to the repository when inside it."""
+        from ..paths import REPO_ROOT
+
+        rel = [p.relative_to(REPO_ROOT) if p.is_relative_to(REPO_ROOT) else p for p in self.paths]
+        return "\n".join(["figures written:"] + [f"   {p}" for p in rel])

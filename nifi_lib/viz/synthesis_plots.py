@@ -156,3 +156,37 @@ def read_pair(pairs_dir: str | Path, label: str, split: str, name: str):
 
     d = Path(pairs_dir) / f"rate_{label}" / split
     return read_rgb(d / "clean" / f"{name}.png"), read_rgb(d / "degraded" / f"{name}.png")
+
+
+def rate_pairs(pairs_dir: str | Path, manifest: dict, split: str, name: str):
+    """One view at every level of a ``codec_pairs`` manifest: ``(clean, {label: degraded}, {label: PSNR})``,
+    uint8 arrays in the manifest's level order and each level's PSNR over the split."""
+    labels = [lv["label"] for lv in manifest["levels"]]
+    clean, _ = read_pair(pairs_dir, labels[0], split, name)
+    degraded = {lab: read_pair(pairs_dir, lab, split, name)[1] for lab in labels}
+    return clean, degraded, {lv["label"]: lv["psnr"] for lv in manifest["levels"]}
+
+
+def format_levels(levels: Sequence[dict]) -> str:
+    """One line per coded level of a synthesis (``meta["levels"]``): primitives, file bytes and their parts,
+    the entropy bound and the raw / zlib / lzma sizes of the same codes."""
+    return "\n".join(
+        f"level {lv['level']} (rate {lv['label']}): {lv['num_gaussians']:>7,} Gaussians  file {lv['bytes']:>9,} B  "
+        f"(header {lv['header_bytes']} + tables {lv['table_bytes']} + payload {lv['payload_bytes']:,}; entropy bound "
+        f"{lv['entropy_bound_bytes']:,.0f})  raw 8-bit {lv['raw_8bit_bytes']:,}  zlib {lv['zlib_bytes']:,}  "
+        f"lzma {lv['lzma_bytes']:,}  [{lv['seconds']:.1f} s]" for lv in levels)
+
+
+def level_rows(levels: Sequence[dict], psnrs: dict) -> list[dict]:
+    """The levels of a synthesis, highest level (largest file) first, each with its test PSNR (``psnrs[label]``):
+    the rows of :func:`levels_table` and :func:`plot_rate_distortion`."""
+    return [{**lv, "psnr": psnrs[lv["label"]]} for lv in sorted(levels, key=lambda d: -d["level"])]
+
+
+def level_numbers(rows: Sequence[dict], full_bytes: int) -> dict[str, dict[str, float]]:
+    """Per rate label: the level's bytes, test PSNR, compression factor against the dense PLY (``full_bytes``)
+    and zlib bytes, keyed as notebook 01 records them."""
+    return {"level_bytes": {lv["label"]: lv["bytes"] for lv in rows},
+            "level_psnr_test": {lv["label"]: lv["psnr"] for lv in rows},
+            "compression_x": {lv["label"]: full_bytes / lv["bytes"] for lv in rows},
+            "zlib_bytes": {lv["label"]: lv["zlib_bytes"] for lv in rows}}

@@ -13,12 +13,20 @@ FORM_LABELS = {"corrected": "ours: D_real(x^_t) - D_real(x_t)",
                "tsdsr": "TSD-SR: sigma^2 (v_real(x^_t) - v_real(x_t))"}
 
 
-def plot_gt_rates(sigma_grid, rates: dict, measured: dict | None = None, sigma_range=None, threshold=None):
+def plot_gt_rates(sigma_grid=None, rates: dict | None = None, measured: dict | None = None, sigma_range=None,
+                  threshold=None):
     """Contraction rate of ``x^ - x`` per unit step for each reading of Eq. 5's ground-truth term.
 
-    ``rates[form]`` are closed-form curves over ``sigma_grid``; ``measured[form]`` a list of
-    ``(sigma, rate)`` points from the toy steps. Positive = pulls x^ toward x.
+    ``rates[form]`` are closed-form curves over ``sigma_grid`` (default: 200 sigmas in [0.02, 0.99] and
+    :func:`~nifi_lib.training.verify.gt_displacement_rates`); ``measured[form]`` a list of ``(sigma, rate)``
+    points from the toy steps. Positive = pulls x^ toward x.
     """
+    if sigma_grid is None:
+        sigma_grid = np.linspace(0.02, 0.99, 200)
+    if rates is None:
+        from ..training.verify import gt_displacement_rates
+
+        rates = gt_displacement_rates(sigma_grid)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     if sigma_range is not None:
         ax.axvspan(*sorted(sigma_range), color="0.9", zorder=0, label="TSD-SR / NiFi sigma range")
@@ -120,3 +128,62 @@ def plot_kl_gradient_check(results: list[dict]):
     ax.set_ylabel("((1-s)^2/s^2) E[(D_fake - D_real) dx^/dphi]")
     ax.set_title("Eq. 4 is the KL gradient")
     return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# The toy measurements as text (one line per sigma; results of nifi_lib.experiments.toy_checks.sweep)
+# ------------------------------------------------------------------------------------------------
+def _r3(t) -> np.ndarray:
+    return np.round(t.numpy(), 3)
+
+
+def format_denoiser_checks(results: list[dict]) -> str:
+    """``verify.toy_denoiser_vs_mc`` per sigma: closed-form vs Monte-Carlo ``E[x | x_t]`` and the largest error."""
+    return "\n".join(f"sigma={r['sigma']:<5} closed {_r3(r['closed'])}  MC {_r3(r['mc'])}  max err {r['max_abs_err']:.3f}"
+                     for r in results)
+
+
+def format_kl_gradient_checks(results: list[dict]) -> str:
+    """``verify.toy_kl_gradient`` per sigma: the exact KL gradient and Eq. 4's Monte-Carlo estimate (with its se)."""
+    return "\n".join(f"sigma={r['sigma']:<5} dKL/dmu exact {r['exact'][0]:+.4f}  MC {r['mc'][0]:+.4f} (se {r['se'][0]:.4f})"
+                     f" | dKL/ds exact {r['exact'][1]:+.4f}  MC {r['mc'][1]:+.4f} (se {r['se'][1]:.4f})" for r in results)
+
+
+def format_kl_steps(results: list[dict]) -> str:
+    """``verify.toy_kl_step`` per sigma: distance of the batch mean to the real and the fake mean, before -> after."""
+    return "\n".join(f"one descent step at sigma={r['sigma']}: |mean - mu_real| {r['dist_real'][0]:.3f} -> "
+                     f"{r['dist_real'][1]:.3f}, |mean - mu_fake| {r['dist_fake'][0]:.3f} -> {r['dist_fake'][1]:.3f}"
+                     for r in results)
+
+
+def format_surrogate_checks(results: list[dict]) -> str:
+    """``verify.surrogate_grad_check`` per normalisation: autograd vs ``g_n / B`` and whether the loss has a graph."""
+    return "\n".join(f"normalize={r['normalize']:<7} max |autograd - g_n/B| = {r['max_abs_err']:.1e}   "
+                     f"grad_fn: {r['has_grad_fn']}" for r in results)
+
+
+def format_gt_steps(by_form: dict[str, list[dict]]) -> str:
+    """``verify.toy_gt_step`` per reading (one line) and sigma: mean ``|x^ - x|`` before -> after one step."""
+    return "\n".join(f"{form:<10} " + "  ".join(f"s={r['sigma']}: {r['dist_x'][0]:.4f}->{r['dist_x'][1]:.4f}" for r in rs)
+                     for form, rs in by_form.items())
+
+
+def format_blend(results: list[dict]) -> str:
+    """``verify.toy_blend_objective`` per sigma: the objective J, the mean's distance to mu_real and |x^ - x|."""
+    return "\n".join(f"sigma={r['sigma']:<5} J {r['objective'][0]:.4f} -> {r['objective'][1]:.4f}   |mean - mu_real| "
+                     f"{r['dist_real_mean'][0]:.3f} -> {r['dist_real_mean'][1]:.3f}   mean |x^ - x| "
+                     f"{r['dist_x'][0]:.4f} -> {r['dist_x'][1]:.4f}" for r in results)
+
+
+def format_critic(results: list[dict]) -> str:
+    """``verify.toy_critic_minimiser`` per sigma: the learned critic velocity beside the restored and real ones."""
+    return "\n".join(f"sigma={r['sigma']:<5} learned {_r3(r['learned'])}  v_restore {_r3(r['fake_velocity'])}"
+                     f"  v_real {_r3(r['real_velocity'])}" for r in results)
+
+
+def format_tradeoff(results: list[dict], landmarks: dict) -> str:
+    """``toy.restorer_tradeoff`` per alpha (slope a, MSE to x, std ratio, KL) and the closed-form landmarks."""
+    lines = [f"alpha={r['alpha']:.1f}  a={r['a']:.3f}  MSE to x={r['mse_to_x']:.3f}  std ratio={r['std_ratio']:.3f}  "
+             f"KL={r['kl_to_real']:.4f}" for r in results]
+    closed = {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in landmarks.items()}
+    return "\n".join(lines + [f"closed form: {closed}"])

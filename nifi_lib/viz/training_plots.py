@@ -1,4 +1,4 @@
-"""Figures for the training notebook (05): loss curves and before/after grids per rate."""
+"""Figures for the training notebook (05): loss curves, before/after grids per rate, a run's summary as text."""
 from __future__ import annotations
 
 import csv
@@ -51,9 +51,12 @@ def plot_training_log(log: dict[str, np.ndarray], validation: list[dict] | None 
 
 
 def before_after_grid(rows: list[dict], columns: tuple[str, ...] = ("degraded", "base", "nifi", "clean"),
-                      titles: dict[str, str] | None = None):
-    """One row per example (dicts of column -> image (3, H, W)), one column per method."""
+                      titles: dict[str, str] | None = None, crop_frac: float | None = None):
+    """One row per example (dicts of column -> image (3, H, W)), one column per method. ``crop_frac``: show
+    only the centred square of that fraction of the shorter side (:meth:`~nifi_lib.viz.compare.CropBox.centered`)."""
     titles = titles or {}
+    if crop_frac is not None:
+        rows = [{k: _center_crop(v, crop_frac) if torch.is_tensor(v) else v for k, v in r.items()} for r in rows]
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(len(columns) * PANEL_INCH * 0.75,
                                                                len(rows) * PANEL_INCH * 0.8), squeeze=False)
     for r, row in enumerate(rows):
@@ -70,5 +73,21 @@ def before_after_grid(rows: list[dict], columns: tuple[str, ...] = ("degraded", 
     return fig
 
 
-def stack01(images: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([i.float().clamp(0, 1) for i in images])
+def _center_crop(img: torch.Tensor, frac: float) -> torch.Tensor:
+    from .compare import CropBox
+
+    ys, xs = CropBox.centered(img.shape[-1], img.shape[-2], frac).slices()
+    return img[..., ys, xs]
+
+
+def format_train_summary(summary: dict, name: str | None = None) -> str:
+    """A run's ``train_summary.json`` in two lines: steps, time, t0 and perceptual term; the best validation
+    metric, its step and the held-out training views it was chosen on."""
+    best, data = summary["best_metric"], summary.get("data", {})
+    t0 = (summary.get("config") or {}).get("diffusion", {}).get("t0")
+    value = f"{best['value']:.4f}" if best.get("value") is not None else "n/a"
+    return (f"{name + ': ' if name else ''}{summary['steps']} steps in {summary['seconds']:.0f} s (t0 = {t0}, perceptual "
+            f"term: {summary.get('weights', {}).get('perceptual')})\n"
+            f"    best validation {best['name']} = {value} at step {best['step']} on {data.get('val_pairs')} pairs of "
+            f"{len(summary.get('heldout_views') or ())} held-out views ({summary.get('val_split')}; "
+            f"{data.get('train_pairs')} training pairs)")

@@ -1,0 +1,44 @@
+"""What the backbone's latent round trip and one Eq. 7 step change in an image (notebooks 02 and 03).
+
+- :func:`vae_reconstruction`: ``D(E(I))`` of clean views and its PSNR, the bound the VAE sets on any
+  restorer on top of it.
+- :func:`trace_sweep`: :meth:`Restorer.trace` of one image at several t0 (Eq. 2 projection, Eq. 7 step);
+- :func:`trace_distances`: mean ``|x - input|`` of those restorations and of the VAE round trip alone.
+"""
+from __future__ import annotations
+
+import torch
+
+L1_KEY = "l1_restored_vs_input_t0_{t0}"
+VAE_L1_KEY = "vae_reconstruction_l1"
+
+
+@torch.no_grad()
+def vae_reconstruction(backbone, clean01: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``D(E(I))`` of ``clean01`` ``(N, 3, H, W)`` in [0, 1] with the latent mean (no sampling), in [0, 1],
+    and its PSNR in dB averaged over the images (:func:`nifi_lib.image_quality.psnr`, no epsilon)."""
+    from ..diffusion.latents import decode_latents, encode_latents
+    from ..image_quality import psnr
+
+    bb = backbone
+    z = encode_latents(bb.vae, clean01 * 2 - 1, bb.scaling_factor, sample=False)
+    rec = ((decode_latents(bb.vae, z, bb.scaling_factor) + 1) / 2).clamp(0, 1)
+    return rec, float(psnr(rec, clean01, eps=0.0, dtype=None).mean())
+
+
+def trace_sweep(restorer, image: torch.Tensor, t0_values, seed: int = 0) -> list[dict]:
+    """Every intermediate of Eq. 7 (:meth:`~nifi_lib.restoration.restorer.Restorer.trace`) of ``image``
+    ``(1, 3, H, W)`` in [-1, 1] for each t0 of ``t0_values``, with the same seed."""
+    return [restorer.trace(image, t0=t, seed=seed) for t in t0_values]
+
+
+def trace_distances(image: torch.Tensor, traces: list[dict]) -> dict[str, float]:
+    """Mean absolute difference to ``image`` (the input, [-1, 1]) of each trace's one-step restoration
+    (``l1_restored_vs_input_t0_<t0>``) and of the first trace's VAE reconstruction (``vae_reconstruction_l1``).
+    ``traces``: :meth:`nifi_lib.restoration.restorer.Restorer.trace` of ``image`` at several t0."""
+    out = {VAE_L1_KEY: (traces[0]["reconstruction"] - image).abs().mean().item()}
+    out.update({L1_KEY.format(t0=int(tr["t0"])): (tr["restored"] - image).abs().mean().item() for tr in traces})
+    return out
+
+
+__all__ = ["vae_reconstruction", "trace_sweep", "trace_distances", "L1_KEY", "VAE_L1_KEY"]
