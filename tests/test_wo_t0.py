@@ -3,6 +3,8 @@ stored in the checkpoint, read back by the restorer and the evaluation, and the 
 restorer's for t0 = 199 and t0 = T. A t0 = 199 checkpoint is never silently evaluated as the ablation."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -213,3 +215,41 @@ def test_checkpoint_records_its_restore_settings_and_restore_uses_them(setup, tm
     assert m.info()["base_model"] == str(bb_dir) and m(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
     assert resolve_restore_settings(path, "other/backbone")[0] == "other/backbone"   # the caller wins
     assert resolve_restore_settings(None)[0] == DEFAULT_BASE_MODEL
+
+
+def test_peft_export_loads_with_peft_and_diffusers_alone_and_restores_the_same_frame(setup, tmp_path):
+    """``nifi export``: phi- in peft's save_pretrained layout; PeftModel.from_pretrained on the plain diffusers
+    transformer and VAE restores the same frame as the training checkpoint."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from peft import PeftModel
+
+    from nifi_lib.cli import main
+    from nifi_lib.diffusion.backbone import load_backbone
+    from nifi_lib.diffusion.latents import to_model_range
+    from nifi_lib.restoration.restorer import Restorer
+    from nifi_lib.training.trainer import NiFiTrainer
+
+    bb_dir, _ = setup
+    tr = NiFiTrainer(tiny_config(bb_dir), load_backbone(str(bb_dir)), perceptual=None)
+    randomize_lora(tr.bb.transformer, RESTORER, seed=5)
+    randomize_lora(tr.bb.vae, RESTORER, seed=6)
+    ckpt = tmp_path / "latest.pt"
+    tr.save(ckpt)
+    out = tmp_path / "export"
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(out), "--authors_ckpt"]) == 0
+    for sub in ("transformer", "vae"):
+        assert (out / sub / "adapter_config.json").is_file() and (out / sub / "adapter_model.safetensors").is_file()
+    settings = json.loads((out / "nifi_restore.json").read_text())
+    assert settings["t0"] == 199 and settings["backbone"] == str(bb_dir) and (out / "restorer.ckpt").is_file()
+
+    img = to_model_range(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)))
+    ref = Restorer.from_pretrained(None, ckpt=str(ckpt)).restore(img, seed=4)
+    bb = load_backbone(str(bb_dir))
+    tf = PeftModel.from_pretrained(SD3Transformer2DModel.from_pretrained(bb_dir, subfolder="transformer"),
+                                   str(out / "transformer"), adapter_name=RESTORER).base_model.model
+    vae = PeftModel.from_pretrained(AutoencoderKL.from_pretrained(bb_dir, subfolder="vae"),
+                                    str(out / "vae"), adapter_name=RESTORER).base_model.model
+    bb.transformer, bb.vae = tf.eval(), vae.eval()
+    got = Restorer(bb, t0=settings["t0"], adapter=RESTORER).restore(img, seed=4)
+    assert (got - ref).abs().max().item() < 1e-5
+    assert (got - Restorer(load_backbone(str(bb_dir)), adapter=None).restore(img, seed=4)).abs().max() > 1e-3

@@ -109,6 +109,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_peft(args: argparse.Namespace) -> int:
+    from .peft_export import SETTINGS_FILE, export_peft
+
+    out = Path(args.out)
+    settings = export_peft(args.ckpt, out, args.base_model)
+    if args.authors_ckpt:
+        args.base_model = args.base_model or settings["backbone"]
+        args.out = str(out / "restorer.ckpt")
+        cmd_export(args)
+    print(f"phi- of {args.ckpt} -> {out}/transformer/, {out}/vae/ (peft), {out / SETTINGS_FILE} (t0 {settings['t0']})")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("restore", help="one-step restoration of rendered frames (Eq. 7)",
                        description="One-step restoration of rendered frames (Eq. 7). Frames larger than the "
@@ -139,6 +152,16 @@ def register(sub) -> None:
     p.add_argument("--background", default="white", choices=sorted(BACKGROUNDS),
                    help="background for RGBA inputs with --allow_convert (default: %(default)s)")
     p.set_defaults(func=cmd_restore)
+
+    x = sub.add_parser("export", help="phi- as peft adapter folders (transformer/, vae/) + restore settings",
+                       description="Write phi- in peft's save_pretrained layout (PeftModel.from_pretrained loads each "
+                                   "folder onto the diffusers model), with nifi_restore.json (backbone, embeddings, "
+                                   "t0, dtype) and, with --authors_ckpt, the authors' .ckpt too.")
+    x.add_argument("--ckpt", required=True, help="latest.pt/best.pt, a .safetensors adapter file or the authors' .ckpt")
+    x.add_argument("--out", required=True, help="output folder")
+    x.add_argument("--base_model", default=None, help="default: the backbone --ckpt records, else the embedded one")
+    x.add_argument("--authors_ckpt", action="store_true", help="also write <out>/restorer.ckpt (authors' format)")
+    x.set_defaults(func=cmd_export_peft)
 
     e = sub.add_parser("export-ckpt", help="export phi- to the authors' checkpoint format")
     e.add_argument("--base_model", default="data/embedded/backbone")
