@@ -123,22 +123,39 @@ def test_nan_policy(setup, tmp_path, monkeypatch):
     assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["adapters"].values())
 
 
+def _rank_data(rank):
+    g = torch.Generator().manual_seed(100 + rank)  # each rank sees different data
+    return torch.rand(1, 3, 32, 32, generator=g), torch.rand(1, 3, 32, 32, generator=g)
+
+
+def _all_grads(tr):
+    out = {}
+    for attr in ("transformer", "vae"):
+        for n, p in getattr(tr.bb, attr).named_parameters():
+            if "lora_" in n:
+                out[f"{attr}.{n}"] = torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+    return out
+
+
 def _gloo_worker(rank, world, bb_dir, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        tr = _trainer(bb_dir)
-        g = torch.Generator().manual_seed(100 + rank)  # each rank sees different data
-        clean, deg = torch.rand(1, 3, 32, 32, generator=g), torch.rand(1, 3, 32, 32, generator=g)
+        tr = _trainer(bb_dir, grad_clip=1e9)   # no clipping: the averaged gradients are compared as they are
+        assert set(tr._ddp) == {"minus", "plus"}, "past one process the trainer runs on DistributedDataParallel"
         before = {k: v.clone() for k, v in tr.adapters_flat().items()}
-        tr.train_step(clean, deg)
+        info = tr.train_step(*_rank_data(rank))
         after = tr.adapters_flat()
-        torch.save({"before": before, "after": after}, f"{out}/rank{rank}.pt")
+        torch.save({"before": before, "after": after, "grads": _all_grads(tr), "loss": info["loss_total"],
+                    "critic": info["loss_critic"]}, f"{out}/rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_two_process_gloo_keeps_adapters_identical(setup, tmp_path):
+    """DDP on 2 gloo processes: identical adapters on both ranks, and each adapter's gradient is the mean of
+    the per-rank gradients that one process computes on the same data with each rank's seeds, i.e. the
+    gradient of the doubled batch's loss (the mean of the two ranks' losses)."""
     bb_dir, _ = setup
     port = 29500 + os.getpid() % 1000
     mp.spawn(_gloo_worker, args=(2, bb_dir, port, str(tmp_path)), nprocs=2, join=True)
@@ -148,6 +165,24 @@ def test_two_process_gloo_keeps_adapters_identical(setup, tmp_path):
     changed = [k for k in r0["after"] if not torch.equal(r0["after"][k], r0["before"][k])]
     assert changed, "the step changed no adapter"
     assert all(torch.equal(r0["after"][k], r1["after"][k]) for k in r0["after"]), "ranks diverged"
+    # one process, each rank's data and seeds in turn
+    ref_grads, ref_loss = [], []
+    for rank in range(2):
+        tr = _trainer(bb_dir, grad_clip=1e9)
+        seed = tr.cfg.train.seed * 1000 + rank
+        tr.generator.manual_seed(seed)
+        tr.noise_generator.manual_seed(seed + 500_000)
+        info = tr.train_step(*_rank_data(rank))
+        ref_grads.append(_all_grads(tr))
+        ref_loss.append((float(info["loss_total"]), float(info["loss_critic"])))
+    for rank, r in enumerate((r0, r1)):
+        assert float(r["loss"]) == pytest.approx(ref_loss[rank][0], rel=1e-5)
+        assert float(r["critic"]) == pytest.approx(ref_loss[rank][1], rel=1e-5)
+    mean = {k: (ref_grads[0][k] + ref_grads[1][k]) / 2 for k in ref_grads[0]}
+    assert any(mean[k].abs().max() > 0 for k in mean)
+    for k in mean:
+        for r in (r0, r1):
+            assert torch.allclose(r["grads"][k], mean[k], atol=1e-6, rtol=1e-4), k
 
 
 # ---- the gradient routing of each term (Eq. 4, Eq. 6's LPIPS), prompt dropout, checkpointing ------------

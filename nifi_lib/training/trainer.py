@@ -137,6 +137,17 @@ def init_distributed() -> tuple[int, int]:
     return _world()
 
 
+class _ForwardHolder(torch.nn.Module):
+    """The module DDP wraps: the backbone's trainable parts as submodules; ``forward(fn)`` runs ``fn()``."""
+
+    def __init__(self, transformer: torch.nn.Module, vae: torch.nn.Module):
+        super().__init__()
+        self.transformer, self.vae = transformer, vae
+
+    def forward(self, fn):
+        return fn()
+
+
 class NiFiTrainer:
     """Holds the frozen backbone with phi- and phi+, their optimizers and the training state."""
 
@@ -180,6 +191,7 @@ class NiFiTrainer:
         self.state = TrainState()
         self.data_state = None   # set by train(): the data generator's state to checkpoint (prefetching loaders)
         self.scene_prompts = None   # training.scene_prompts.ScenePrompts when model.embeddings is a folder
+        self._wrap_distributed()
         self.step_prompts = None
         self.val_split: str | None = None          # what best.pt is chosen on (set by train(), checkpointed)
         self.loaded_val_split: str | None = None   # ... and what the loaded checkpoint's was chosen on
@@ -299,30 +311,34 @@ class NiFiTrainer:
         lo, hi = cfg.diffusion.t_min_index, cfg.diffusion.t_max_index + 1
         drop = dropout_mask(n, cfg.model.prompt_dropout, g, dev)   # the student's prompt only
         # ---- phi- update (Eq. 6 with Eq. 5) ----
-        with record_function("nifi.step.restore_latents"):
-            x_hat = self.restore_latents(degraded01, drop)
-        with record_function("nifi.step.encode_clean"), torch.no_grad(), adapter_scope(bb.vae, None), \
-                self._autocast():
-            x_clean = encode_latents(bb.vae, to_model_range(clean01), bb.scaling_factor, generator=g).float()
-        idx = torch.randint(lo, hi, (n,), generator=g, device=dev)
-        sigma, timestep = self.sigmas[idx], self.timesteps[idx]
-        noise = torch.randn(x_hat.shape, generator=g, device=dev)
-        with record_function("nifi.step.scores"):
-            l_kl, dm_info = self.distribution_matching(x_hat, x_clean, sigma, timestep, noise)
-        img_hat = img_clean = None
-        if w.lpips > 0:
-            with record_function("nifi.step.decode"), self._autocast():
-                img_hat = decode_latents(bb.vae, x_hat, bb.scaling_factor).float()
-            img_clean = to_model_range(clean01)
-        with record_function("nifi.step.loss"):
-            total, terms = perceptual_matching_loss(l_kl, x_hat, x_clean, img_hat, img_clean, self.perceptual,
-                                                    w_kl=w.kl, w_l2=w.l2, w_lpips=w.lpips)
+        def forward_minus():
+            with record_function("nifi.step.restore_latents"):
+                x_hat = self.restore_latents(degraded01, drop)
+            with record_function("nifi.step.encode_clean"), torch.no_grad(), adapter_scope(bb.vae, None), \
+                    self._autocast():
+                x_clean = encode_latents(bb.vae, to_model_range(clean01), bb.scaling_factor, generator=g).float()
+            idx = torch.randint(lo, hi, (n,), generator=g, device=dev)
+            sigma, timestep = self.sigmas[idx], self.timesteps[idx]
+            noise = torch.randn(x_hat.shape, generator=g, device=dev)
+            with record_function("nifi.step.scores"):
+                l_kl, dm_info = self.distribution_matching(x_hat, x_clean, sigma, timestep, noise)
+            img_hat = img_clean = None
+            if w.lpips > 0:
+                with record_function("nifi.step.decode"), self._autocast():
+                    img_hat = decode_latents(bb.vae, x_hat, bb.scaling_factor).float()
+                img_clean = to_model_range(clean01)
+            with record_function("nifi.step.loss"):
+                total, terms = perceptual_matching_loss(l_kl, x_hat, x_clean, img_hat, img_clean, self.perceptual,
+                                                        w_kl=w.kl, w_l2=w.l2, w_lpips=w.lpips)
+            return total, terms, x_hat, dm_info
+
+        # past one process through DistributedDataParallel (its backward averages phi-'s gradients)
+        total, terms, x_hat, dm_info = self._forward("minus", forward_minus)
         total_ok = torch.isfinite(total.detach())
         self.opt_minus.zero_grad(set_to_none=True)
         with record_function("nifi.step.backward_minus"):
             total.backward()
         with record_function("nifi.step.optim_minus"):
-            self._all_reduce(self.phi_minus)
             gn_minus = torch.nn.utils.clip_grad_norm_(self.phi_minus, cfg.train.grad_clip)
             ok_minus = total_ok & torch.isfinite(gn_minus)
             self._masked_step(self.opt_minus, ok_minus)
@@ -333,15 +349,19 @@ class NiFiTrainer:
         noise2 = torch.randn(x_hat.shape, generator=g, device=dev)
         z_t = critic_inputs(x_hat_d, noise2, sigma2)
         pe, pp = self._prompts(n)   # the real prompt: prompt dropout is the student's only
-        with record_function("nifi.step.critic_forward"), adapter_scope(bb.transformer, CRITIC), self._autocast():
-            v = transformer_velocity(bb.transformer, z_t, self.timesteps[idx2], pe, pp)
-        l_c = critic_loss(v.float(), noise2, x_hat_d)
+
+        def forward_plus():
+            with record_function("nifi.step.critic_forward"), adapter_scope(bb.transformer, CRITIC), \
+                    self._autocast():
+                v = transformer_velocity(bb.transformer, z_t, self.timesteps[idx2], pe, pp)
+            return critic_loss(v.float(), noise2, x_hat_d)
+
+        l_c = self._forward("plus", forward_plus)
         critic_ok = ok_minus & torch.isfinite(l_c.detach())
         self.opt_plus.zero_grad(set_to_none=True)
         with record_function("nifi.step.critic_backward"):
             l_c.backward()
         with record_function("nifi.step.optim_plus"):
-            self._all_reduce(self.phi_plus)
             gn_plus = torch.nn.utils.clip_grad_norm_(self.phi_plus, cfg.train.grad_clip)
             ok_plus = critic_ok & torch.isfinite(gn_plus)
             self._masked_step(self.opt_plus, ok_plus)
@@ -368,19 +388,38 @@ class NiFiTrainer:
         elif bool(ok):
             opt.step()
 
-    def _all_reduce(self, params: list[torch.nn.Parameter]) -> None:
-        """Average gradients across ranks (DDP semantics for the adapters, the only trainable weights)."""
+    def _forward(self, which: str, fn):
+        """``fn()`` (a forward whose loss is backpropagated next); with several processes through the
+        DistributedDataParallel wrapper of phi- (``"minus"``) or phi+ (``"plus"``), so that the backward that
+        follows all-reduces (averages) that adapter's gradients across ranks (torch's own engine: bucketed,
+        overlapped with the backward)."""
+        ddp = self._ddp.get(which)
+        return fn() if ddp is None else ddp(fn)
+
+    def _wrap_distributed(self) -> None:
+        """One DDP wrapper per adapter over the same backbone: DDP reduces the parameters that require grad when
+        it is built, so each wrapper is built with only its adapter trainable (then every flag is restored)."""
+        self._ddp = {}
         if self.world == 1:
             return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([gr.reshape(-1) for gr in grads])
-        dist.all_reduce(flat)
-        flat /= self.world
-        off = 0
-        for p in params:
-            k = p.numel()
-            p.grad = flat[off:off + k].view_as(p).clone()
-            off += k
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        holder = _ForwardHolder(self.bb.transformer, self.bb.vae)
+        frozen = {id(p): p.requires_grad for m in (self.bb.transformer, self.bb.vae) for p in m.parameters()}
+        dev = [self.device.index or 0] if self.device.type == "cuda" else None
+        try:
+            for which, params, first in (("minus", self.phi_minus, True), ("plus", self.phi_plus, False)):
+                keep = {id(p) for p in params}
+                for m in (self.bb.transformer, self.bb.vae):
+                    for p in m.parameters():
+                        p.requires_grad_(id(p) in keep)
+                # phi+ is not used in phi-'s forward and the frozen base of either: find_unused_parameters
+                self._ddp[which] = DDP(holder, device_ids=dev, find_unused_parameters=True, init_sync=first,
+                                       broadcast_buffers=False)
+        finally:
+            for m in (self.bb.transformer, self.bb.vae):
+                for p in m.parameters():
+                    p.requires_grad_(frozen[id(p)])
 
     # ---- checkpoints --------------------------------------------------------------------------
     def adapters_flat(self) -> dict[str, torch.Tensor]:
