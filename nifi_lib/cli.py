@@ -2,11 +2,16 @@
 
 Each area registers its own subcommands (``register(subparsers)`` in its ``cli`` module), so this file
 only assembles them and turns the project's errors into clear one-line messages (exit code 2).
+
+With ``$NIFI_STATS_FILE`` set, the command writes a small JSON there when it exits (``peak_host_mb``: this
+process' peak RSS; ``peak_gpu_mb``: ``torch.cuda.max_memory_allocated`` summed over the devices, null when CUDA
+was never used; ``rc``): how ``nifi rehearse`` measures each stage.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .errors import NifiError
@@ -22,7 +27,9 @@ COMMAND_MODULES = [
     "nifi_lib.evaluation.cli",      # weights, eval, benchmark
     "nifi_lib.bench.cli",           # bench (GPU performance)
     "nifi_lib.experiments.notebook_runner",  # run-notebooks
+    "nifi_lib.experiments.rehearse",         # rehearse (the paper path on a random SD3, end to end)
 ]
+ENV_STATS_FILE = "NIFI_STATS_FILE"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +47,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stats = os.environ.get(ENV_STATS_FILE)
+    if not stats:
+        return _main(argv)
+    rc: int | None = None
+    try:
+        rc = _main(argv)
+        return rc
+    except SystemExit as e:   # argparse errors and --help
+        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        raise
+    finally:
+        _write_stats(stats, rc)
+
+
+def _write_stats(path: str, rc: int | None) -> None:
+    """Peak host RSS and peak CUDA memory of this process, to ``path`` (best effort: never masks the result)."""
+    try:
+        import json
+        import resource
+
+        peak_gpu = None
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            peak_gpu = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2 ** 20
+        host_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux
+        with open(path, "w") as f:
+            json.dump({"peak_host_mb": round(host_kb / 1024, 1),
+                       "peak_gpu_mb": None if peak_gpu is None else round(peak_gpu, 1), "rc": rc}, f)
+    except Exception as e:  # noqa: BLE001 - measurement only
+        print(f"nifi: could not write {path}: {e}", file=sys.stderr)
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

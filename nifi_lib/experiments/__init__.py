@@ -6,4 +6,5 @@
   of library results (VAE round trip and Eq. 7 traces; the toy checks per sigma; benchmark summaries).
 - :mod:`.report`: the key numbers notebooks record for the run report.
 - :mod:`.notebook_runner`: ``nifi run-notebooks`` (papermill; ``make run`` / ``make test``).
+- :mod:`.rehearse`: ``nifi rehearse`` (the paper path end to end on a random-weight SD3).
 """

@@ -11,6 +11,11 @@ notebooks whose parameters cell declares them, and ``$NIFI_FIGURES_DIR`` is set 
 notebook executes (for any figure saved without an explicit folder). So ``make run`` (embedded) refreshes
 ``figures/`` and ``make test`` (smoke, ``--out runs/nbval``) writes ``runs/nbval/figures``, never a tracked path.
 
+``--param NAME=VALUE`` (repeatable; the value is read as YAML) sets ``NAME`` in every notebook whose parameters
+cell declares it, over the profile's and the notebook's own value (``--param 01:NAME=VALUE``: only in the
+notebooks whose name starts with ``01``): how ``nifi rehearse`` points the paper profile at its own pairs,
+checkpoint and backbone without editing ``configs/notebooks/``.
+
 While a notebook executes, one line per code cell is printed (``[embedded] 05_... cell 7/23 done in 4.2 s
 (42 s so far)``): readable in a log, no progress-bar control characters.
 """
@@ -90,13 +95,31 @@ def declared_parameters(nb: Path) -> set[str]:
 
 
 def prepared_parameters(nb: Path, profile: str, out_dir: str | Path,
-                        params_dir: Path = CONFIGS_DIR / "notebooks") -> dict:
+                        params_dir: Path = CONFIGS_DIR / "notebooks", overrides: dict | None = None) -> dict:
     """What is injected into ``nb``: the profile's shared parameters that the notebook declares, then the
-    notebook's own section (which wins)."""
+    notebook's own section (which wins), then the ``overrides`` that the notebook declares (``--param``)."""
     shared = profile_parameters(profile, out_dir, params_dir)
-    declared = declared_parameters(nb) if shared else set()
+    declared = declared_parameters(nb) if (shared or overrides) else set()
+    chosen = {}
+    for key, v in (overrides or {}).items():   # "name" for every notebook, "NN:name" for notebooks NN* only
+        prefix, _, name = key.rpartition(":")
+        if name in declared and (not prefix or nb.stem.startswith(prefix)):
+            chosen[name] = (bool(prefix), v)
     return {**{k: v for k, v in shared.items() if k in declared},
-            **notebook_parameters(nb.stem, profile, params_dir)}
+            **notebook_parameters(nb.stem, profile, params_dir),
+            **{k: v for k, (scoped, v) in chosen.items() if not scoped},
+            **{k: v for k, (scoped, v) in chosen.items() if scoped}}
+
+
+def parse_param(expr: str) -> tuple[str, object]:
+    """``"ckpt=runs/x/best.pt"`` -> ``("ckpt", "runs/x/best.pt")`` (the value read as YAML); ``"01:scene=..."``
+    scopes the parameter to the notebooks whose name starts with ``01``."""
+    key, sep, raw = expr.partition("=")
+    prefix, _, name = key.strip().rpartition(":")
+    if not sep or not name.isidentifier() or (prefix and not prefix.replace("_", "").isalnum()):
+        raise NotebookRunError(f"--param '{expr}': expected NAME=VALUE or NOTEBOOK_PREFIX:NAME=VALUE "
+                               "(NAME a notebook parameter)")
+    return key.strip(), yaml.safe_load(raw)
 
 
 def profile_figures_dir(profile: str, out_dir: str | Path, params_dir: Path = CONFIGS_DIR / "notebooks") -> Path | None:
@@ -147,8 +170,9 @@ def _progress_engine():
 
 
 def run_notebooks(profile: str, out_dir: Path, prepare_only: bool = False, only: list[str] | None = None,
-                  kernel: str = "python3", report: bool = True) -> list[dict]:
-    """Execute (or only parameterise) every notebook in order; return one record per notebook."""
+                  kernel: str = "python3", report: bool = True, overrides: dict | None = None) -> list[dict]:
+    """Execute (or only parameterise) every notebook in order; return one record per notebook.
+    ``overrides``: parameters set in every notebook that declares them (``--param``)."""
     import papermill as pm
 
     out_dir = repo_path(out_dir)
@@ -161,7 +185,7 @@ def run_notebooks(profile: str, out_dir: Path, prepare_only: bool = False, only:
     saved_env = os.environ.get(ENV_FIGURES_DIR)
     engine = _progress_engine()
     for nb in notebooks:
-        params = prepared_parameters(nb, profile, out_dir)
+        params = prepared_parameters(nb, profile, out_dir, overrides=overrides)
         target = out_dir / nb.name
         t0 = time.perf_counter()
         status, error = "ok", None
@@ -240,7 +264,8 @@ def _fmt(v) -> str:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    run_notebooks(args.profile, Path(args.out), prepare_only=args.prepare_only, only=args.only)
+    overrides = dict(parse_param(e) for e in args.param or [])
+    run_notebooks(args.profile, Path(args.out), prepare_only=args.prepare_only, only=args.only, overrides=overrides)
     return 0
 
 
@@ -250,4 +275,7 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/notebooks", help="folder for the executed copies")
     p.add_argument("--prepare-only", action="store_true", help="only inject parameters (for nbval)")
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 00 03")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE",
+                   help="set a parameter (YAML value) in every notebook that declares it, over the profile "
+                        "(repeatable), e.g. --param ckpt=runs/x/best.pt; 01:NAME=VALUE: notebooks 01* only")
     p.set_defaults(func=_cmd)

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from ..io.atomic import atomic_write_json
 from ..paths import RUNS_DIR
 
-NUMBERS_DIR = RUNS_DIR / "report_numbers"
+ENV_NUMBERS_DIR = "NIFI_NUMBERS_DIR"   # another folder for the numbers (nifi rehearse: never the repo's runs/)
+NUMBERS_DIR = Path(os.environ[ENV_NUMBERS_DIR]) if os.environ.get(ENV_NUMBERS_DIR) else RUNS_DIR / "report_numbers"
 
 
 def record_numbers(notebook: str, numbers: dict[str, Any], folder: str | Path | None = None) -> Path:
-    """Merge ``numbers`` into ``runs/report_numbers/<notebook>.json`` (atomic)."""
+    """Merge ``numbers`` into ``runs/report_numbers/<notebook>.json`` (``$NIFI_NUMBERS_DIR`` if set; atomic)."""
     folder = Path(folder) if folder is not None else NUMBERS_DIR
     path = folder / f"{notebook}.json"
     current = json.loads(path.read_text()) if path.is_file() else {}
