@@ -92,11 +92,10 @@ SHAPES: dict[str, Shape] = {
                                    "t0_values": [199, 500], "alphas": [0.7], "sigma_sweep": [5, 15],
                                    "sigma_items": 1, "examples_per_rate": 1, "num_samples": 2,
                                    "sample_steps": 2, "max_views": 4}),
-    # The GPU rehearsal (issue 15 item 6): 512 px procedural scenes at SD3-medium's shape. The dense fit of
-    # `nifi scenes build` runs on the CPU, so it is kept short; the levels are fine-tuned by `nifi synthesize`
-    # on the --device.
+    # The GPU rehearsal (issue 15 item 6): 512 px procedural scenes at SD3-medium's shape; on CUDA the dense fit
+    # of `nifi scenes build` and the levels' fine-tuning of `nifi synthesize` run on the device (gsplat).
     "sd3-medium": Shape("sd3-medium", train_scenes=("boxes", "room_corner", "sphere_floor"), test_scenes=("totem",),
-                        scene_size=512, scene_views=16, scene_iterations=200, scene_max_gaussians=20000,
+                        scene_size=512, scene_views=16, scene_iterations=600, scene_max_gaussians=20000,
                         c_min=512, n_top=None, finetune_iterations=300, train_config="configs/default.yaml",
                         default_steps=50, val_max_images=8),
 }
@@ -119,6 +118,7 @@ class Plan:
     vlm: str | None
     train_set: list[str]
     skip_notebooks: bool
+    metrics: list[str] | None = None          # eval/benchmark metrics (None: the commands' defaults, all four)
 
     @property
     def backbone(self) -> Path:
@@ -148,7 +148,13 @@ class Plan:
 
     @property
     def embeddings(self) -> Path:
+        """The default prompt's embedding: what eval, benchmark and the notebooks restore with (as the authors)."""
         return self.out / "embeddings" / "_default.npz"
+
+    @property
+    def scene_embeddings(self) -> Path:
+        """The per-scene caption embeddings (``embed``'s folder): what training conditions each pair on."""
+        return self.out / "embeddings"
 
     @property
     def ckpt(self) -> Path:
@@ -189,7 +195,7 @@ def train_overrides(plan: Plan) -> list[str]:
     """``--set`` values of the train stage: where this rehearsal's backbone, embeddings and steps are. The paper
     hyperparameters (CFG 7.5, LoRA rank 64, batch 4, prompt dropout 0.1, alpha 0.7) come from the config."""
     interval = max(1, plan.steps // 2)
-    return [f"model.backbone={plan.backbone}", "model.backbone_kind=sd3", f"model.embeddings={plan.embeddings}",
+    return [f"model.backbone={plan.backbone}", "model.backbone_kind=sd3", f"model.embeddings={plan.scene_embeddings}",
             f"train.max_steps={plan.steps}", f"train.save_every={interval}", f"train.val_every={interval}",
             f"train.val_max_images={plan.shape.val_max_images}", *plan.train_set]
 
@@ -230,7 +236,8 @@ def stage_commands(name: str, plan: Plan) -> list[list[str]]:
             names = ",".join([*s.train_scenes, *s.test_scenes])
             cmds.append(nifi("scenes", "build", "--out", out / "scenes", "--scenes", names, "--size", s.scene_size,
                              "--views", s.scene_views, "--iterations", s.scene_iterations,
-                             "--max-gaussians", s.scene_max_gaussians, "--quiet"))
+                             "--max-gaussians", s.scene_max_gaussians, "--quiet",
+                             *(["--device", dev, "--backend", "auto"] if dev.startswith("cuda") else [])))
         for scene in [*plan.train_scene_dirs(), *plan.test_scene_dirs()]:
             n_top = ["--n_top", s.n_top] if s.n_top else []
             cmds.append(nifi("synthesize", "--scene", scene, "--out", out / "artifacts" / scene.name,
@@ -258,7 +265,7 @@ def stage_commands(name: str, plan: Plan) -> list[list[str]]:
         return [nifi("train", "--config", repo_path(s.train_config), "--data_root", plan.train_pairs,
                      "--exp", out / "nifi", "--device", dev, "--set", *train_overrides(plan))]
     common = ["--ckpt", plan.ckpt, "--base_model", plan.backbone, "--embeddings", plan.embeddings,
-              "--split", "test", "--device", dev]
+              "--split", "test", "--device", dev, *(["--metrics", *plan.metrics] if plan.metrics else [])]
     if name == "eval":
         return [nifi("eval", "--method", "nifi", "--data_root", plan.bench_root / DATASET, *common,
                      "--out", out / "eval_metrics.json")]
@@ -426,9 +433,9 @@ def standins(plan: Plan) -> list[dict]:
 
 
 def notes(plan: Plan) -> list[str]:
-    return ["embed writes one .npz per scene (embeddings/<scene>.npz) from prompts.json, but `nifi train` takes "
-            "one embedding file (model.embeddings): train, eval and benchmark use embeddings/_default.npz (the "
-            "authors' default prompt, with the null prompt), encoded by the same text encoders",
+    return ["train conditions each pair on its scene's caption (model.embeddings = embeddings/, one .npz per scene "
+            "from prompts.json); eval, benchmark and the notebooks restore with embeddings/_default.npz (the authors' "
+            "default prompt, with the null prompt), encoded by the same text encoders",
             "notebooks: the kernels' GPU memory is not measured (peak_gpu_mb covers the runner process only)"]
 
 
@@ -575,7 +582,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 base_model=repo_path(args.base_model) if args.base_model else None,
                 scenes=[repo_path(s) for s in args.scenes or []],
                 test_scenes=[repo_path(s) for s in args.test_scenes or []],
-                vlm=args.vlm, train_set=list(args.set or []), skip_notebooks=args.skip_notebooks)
+                vlm=args.vlm, train_set=list(args.set or []), skip_notebooks=args.skip_notebooks,
+                metrics=args.metrics)
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
@@ -615,6 +623,8 @@ def register(sub) -> None:
                                                "(default: the stand-in captioner, marked in rehearsal.json)")
     p.add_argument("--set", nargs="*", metavar="SECTION.KEY=VALUE",
                    help="extra `nifi train` overrides, e.g. train.compile=true train.cuda_graphs=true")
+    p.add_argument("--metrics", nargs="+", default=None, help="eval/benchmark metrics (default: lpips dists psnr "
+                   "ssim; e.g. leave out dists where the VGG16 trunk is not available)")
     p.add_argument("--skip_notebooks", action="store_true", help="record the notebooks stage as skipped")
     p.add_argument("--resume", action="store_true", help="keep the stages already ok in <out>/rehearsal.json")
     p.set_defaults(func=cmd_rehearse)

@@ -271,8 +271,11 @@ def surface_points(scene: ProceduralScene, cams: list[Camera], images: torch.Ten
 
 def build_scene(scene: ProceduralScene, out: Path, seed: int = 0, n_views: int = 32, size: int = 64,
                 iterations: int = 1500, init_points: int = 2500, max_gaussians: int = 3000, sh_degree: int = 1,
-                progress: bool = True) -> dict:
-    """Render the ground truth, fit a 3DGS and write the scene folder; returns the scene.json dict."""
+                progress: bool = True, device: str = "cpu", backend: str = "torch") -> dict:
+    """Render the ground truth, fit a 3DGS and write the scene folder; returns the scene.json dict.
+
+    ``device``/``backend``: where the dense fit runs (the embedded assets: the CPU reference rasterizer; a GPU
+    rehearsal at 512 px: ``cuda`` and ``auto``, i.e. gsplat when installed)."""
     from .fit import DensifyConfig, evaluate_psnr, fit_gaussians
 
     t0 = time.perf_counter()
@@ -295,10 +298,10 @@ def build_scene(scene: ProceduralScene, out: Path, seed: int = 0, n_views: int =
     cfg = DensifyConfig.for_iterations(iterations, max_gaussians=max_gaussians)
     model, hist = fit_gaussians([cams[i] for i in train], images[train], init=pts, init_colors=cols,
                                 iterations=iterations, sh_degree=sh_degree, densify=cfg, seed=seed,
-                                progress=progress, backend="torch", background=BACKGROUND, device="cpu")
+                                progress=progress, backend=backend, background=BACKGROUND, device=device)
     save_ply(model, out / "point_cloud.ply")
-    test_psnr = evaluate_psnr(model, [cams[i] for i in test], images[test], BACKGROUND, backend="torch")
-    train_psnr = evaluate_psnr(model, [cams[i] for i in train], images[train], BACKGROUND, backend="torch")
+    test_psnr = evaluate_psnr(model, [cams[i] for i in test], images[test], BACKGROUND, backend=backend)
+    train_psnr = evaluate_psnr(model, [cams[i] for i in train], images[train], BACKGROUND, backend=backend)
     info = {
         "name": scene.name, "description": scene.description, "seed": seed, "views": n_views,
         "image_size": [size, size], "train_views": train, "test_views": test, "llffhold": 8,
@@ -307,6 +310,7 @@ def build_scene(scene: ProceduralScene, out: Path, seed: int = 0, n_views: int =
         "fit_psnr_train": round(float(np.mean(train_psnr)), 3), "fit_psnr_test": round(float(np.mean(test_psnr)), 3),
         "seconds_render": round(t_render, 2), "seconds_fit": round(hist.seconds, 2),
         "seconds_total": round(time.perf_counter() - t0, 2), "torch": torch.__version__,
+        "device": device, "backend": backend,
     }
     atomic_write_json(out / "scene.json", info)
     return info
@@ -331,7 +335,8 @@ def cmd_scenes_build(args: argparse.Namespace) -> int:
     try:
         infos = build_scenes(repo_path(args.out), seed=args.seed, names=args.scenes.split(",") if args.scenes else None,
                              iterations=args.iterations, n_views=args.views, size=args.size,
-                             max_gaussians=args.max_gaussians, progress=not args.quiet)
+                             max_gaussians=args.max_gaussians, progress=not args.quiet, device=args.device,
+                             backend=args.backend)
     finally:
         torch.set_num_threads(threads)
     for info in infos:
@@ -352,6 +357,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--size", type=int, default=64)
     b.add_argument("--max-gaussians", type=int, default=3000)
     b.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these sizes)")
+    b.add_argument("--device", default="cpu", help="where the dense fit runs (default: cpu, as the embedded assets)")
+    b.add_argument("--backend", default="torch", choices=("torch", "gsplat", "auto"),
+                   help="rasterizer of the fit (default: torch, the reference; auto: gsplat on CUDA when installed)")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_scenes_build)
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
