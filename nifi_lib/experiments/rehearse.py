@@ -237,7 +237,7 @@ def stage_commands(name: str, plan: Plan) -> list[list[str]]:
             cmds.append(nifi("scenes", "build", "--out", out / "scenes", "--scenes", names, "--size", s.scene_size,
                              "--views", s.scene_views, "--iterations", s.scene_iterations,
                              "--max-gaussians", s.scene_max_gaussians, "--quiet",
-                             *(["--device", dev, "--backend", "auto"] if dev.startswith("cuda") else [])))
+                             *(["--device", dev, "--backend", "auto", "--threads", "16"] if dev.startswith("cuda") else [])))
         for scene in [*plan.train_scene_dirs(), *plan.test_scene_dirs()]:
             n_top = ["--n_top", s.n_top] if s.n_top else []
             cmds.append(nifi("synthesize", "--scene", scene, "--out", out / "artifacts" / scene.name,
@@ -575,7 +575,16 @@ def _device(name: str) -> str:
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
+    import dataclasses
+
     shape = SHAPES[args.shape]
+    knobs = {k: v for k, v in (("scene_views", getattr(args, "scene_views", None)),
+                               ("scene_iterations", getattr(args, "scene_iterations", None)),
+                               ("finetune_iterations", getattr(args, "finetune_iterations", None))) if v is not None}
+    if getattr(args, "train_scenes", None):
+        knobs["train_scenes"] = tuple(args.train_scenes)
+    if knobs:   # a cheaper procedural set at the same image size and model shape
+        shape = dataclasses.replace(shape, **knobs)
     out = repo_path(args.out)
     return Plan(shape=shape, out=out, device=_device(args.device),
                 steps=args.steps if args.steps is not None else shape.default_steps,
@@ -623,6 +632,11 @@ def register(sub) -> None:
                                                "(default: the stand-in captioner, marked in rehearsal.json)")
     p.add_argument("--set", nargs="*", metavar="SECTION.KEY=VALUE",
                    help="extra `nifi train` overrides, e.g. train.compile=true train.cuda_graphs=true")
+    p.add_argument("--train_scenes", nargs="+", default=None, metavar="NAME",
+                   help="procedural training scenes (default: the shape's)")
+    p.add_argument("--scene_views", type=int, default=None, help="views per procedural scene (default: the shape's)")
+    p.add_argument("--scene_iterations", type=int, default=None, help="dense-fit iterations (default: the shape's)")
+    p.add_argument("--finetune_iterations", type=int, default=None, help="per-level fine-tuning (default: the shape's)")
     p.add_argument("--metrics", nargs="+", default=None, help="eval/benchmark metrics (default: lpips dists psnr "
                    "ssim; e.g. leave out dists where the VGG16 trunk is not available)")
     p.add_argument("--skip_notebooks", action="store_true", help="record the notebooks stage as skipped")
