@@ -196,15 +196,17 @@ def sample_images(bb: Backbone, n: int = 8, steps: int = 28, guidance_scale: flo
     lat = res // bb.vae_scale_factor
     g = torch.Generator().manual_seed(seed)
     c = bb.transformer.config.in_channels
-    z = torch.randn(n, c, lat, lat, generator=g)
+    dev, dt = bb.device, next(bb.transformer.parameters()).dtype
+    z = torch.randn(n, c, lat, lat, generator=g).to(device=dev, dtype=dt)   # drawn on the CPU: same noise anywhere
     sh = bb.scheduler.config.shift
     ts = torch.linspace(1.0, 0.0, steps + 1)
     sig = sh * ts / (1 + (sh - 1) * ts)
-    pe, pp = bb.prompt_batch(n)
-    npe, npp = bb.prompt_batch(n, null=True)
+    pe, pp = bb.prompt_batch(n, device=dev, dtype=dt)
+    npe, npp = bb.prompt_batch(n, device=dev, dtype=dt, null=True)
     for s, s_next in zip(sig[:-1].tolist(), sig[1:].tolist()):
         v_c = transformer_velocity(bb.transformer, z, s * 1000, pe, pp)
         v_u = transformer_velocity(bb.transformer, z, s * 1000, npe, npp)
         v = classifier_free_guidance(v_u, v_c, guidance_scale)
         z = euler_step(z, v, s, s_next)                                                # Eq. 3
-    return ((bb.vae.decode(z / bb.scaling_factor).sample + 1) / 2).clamp(0, 1)
+    z = z.to(next(bb.vae.parameters()).dtype)
+    return ((bb.vae.decode(z / bb.scaling_factor).sample.float().cpu() + 1) / 2).clamp(0, 1)

@@ -121,17 +121,26 @@ def ensure_trained(run_dir: str | Path = "runs/embedded", cfg: Config | None = N
     t0) and recorded a held-out ``val_split``; a run that selected its checkpoint on the test pairs (no
     ``"val_split"`` or ``"test"``), an unreadable summary, or a shorter run is stale and trained again. An
     interrupted run (``latest.pt`` without a summary) is resumed."""
-    from ..training.trainer import train
-
     run_dir = repo_path(run_dir)
     out = run_dir / exp
     cfg = cfg or embedded_config()
     if not _run_is_current(out, cfg):
-        pairs = ensure_embedded_pairs(run_dir, **pairs_kw)
+        run_training(cfg, ensure_embedded_pairs(run_dir, **pairs_kw), out, progress=progress)
+    return out / "best.pt"
+
+
+def run_training(cfg: Config, pairs_root: str | Path, out: str | Path, progress: bool = False) -> Path:
+    """``<out>/best.pt`` of ``cfg`` trained on ``pairs_root`` (any pair root, not only the embedded one): a
+    finished current run (:func:`_run_is_current`) is reused, an interrupted one (``latest.pt`` without a
+    summary) resumed, anything else trained from scratch."""
+    from ..training.trainer import train
+
+    out = repo_path(out)
+    if not _run_is_current(out, cfg):
         if (out / "latest.pt").is_file() and not (out / "train_summary.json").is_file():
-            train(cfg, pairs, out, progress=progress, resume=True)
+            train(cfg, pairs_root, out, progress=progress, resume=True)
         else:
-            train(cfg, pairs, out, progress=progress)
+            train(cfg, pairs_root, out, progress=progress)
     return out / "best.pt"
 
 
@@ -146,8 +155,9 @@ def embedded_wo_t0_config(overrides: dict | None = None) -> Config:
 
 def validation_items(pairs_root: str | Path, exp_dir: str | Path) -> list:
     """The held-out *training* views a run validated on (its ``train_summary.json`` ``heldout_views``), as
-    :class:`~nifi_lib.synthesis.pairs.PairItem` of the benchmark root ``pairs_root``: what baselines'
-    settings are chosen on (never the test split)."""
+    :class:`~nifi_lib.synthesis.pairs.PairItem` of the training pair root ``pairs_root`` (read as ``nifi train``
+    reads it, :func:`~nifi_lib.training.data.find_pairs`: a benchmark root or a ``<scene>/`` root): what
+    baselines' settings are chosen on (never the test split)."""
     from ..synthesis.pairs import read_pairs
 
     summary = train_summary(exp_dir)
@@ -155,7 +165,8 @@ def validation_items(pairs_root: str | Path, exp_dir: str | Path) -> list:
     if summary.get("val_split") != "train_holdout" or not held:
         raise ValueError(f"{repo_path(exp_dir)}: run has no held-out training views (val_split "
                          f"{summary.get('val_split')!r})")
-    items = [it for it in read_pairs(repo_path(pairs_root), "train", layout="benchmark")
+    root = repo_path(pairs_root)
+    items = [it for it in read_pairs(root, "train", dataset=root.name)
              if f"{it.dataset}/{it.scene}/{it.name}" in held]
     if not items:
         raise ValueError(f"{repo_path(pairs_root)}: none of the {len(held)} held-out views of {exp_dir} found")
@@ -166,18 +177,20 @@ SIGMA_METHODS = ("bm3d", "ffdnet")
 
 
 def benchmark_methods(methods, ckpt: str, base_model: str, ckpt_wo_t0: str | None = None,
-                      validation: list | None = None, sigmas=None, max_items: int = 4) -> tuple[dict, dict]:
+                      validation: list | None = None, sigmas=None, max_items: int = 4,
+                      **options) -> tuple[dict, dict]:
     """The restoration methods of Table 1, created for one run: ``nifi``/``base_t0``/``img2img`` on ``ckpt``'s
     backbone, ``nifi_wo_t0`` on its own ``ckpt_wo_t0`` (trained with t0 = T), and BM3D/FFDNet with their sigma
     chosen per rate on the ``validation`` items (:func:`~nifi_lib.evaluation.evaluate.choose_sigma`; never the
-    test split). Returns ``(instances, sigma_sweeps)``, the sweeps keyed by method."""
+    test split). ``options`` go to every method (``embeddings``, ``device``, ``dtype``). Returns
+    ``(instances, sigma_sweeps)``, the sweeps keyed by method."""
     from ..evaluation.baselines import create_method
     from ..evaluation.evaluate import DEFAULT_SIGMA_SWEEP, choose_sigma
 
     sweeps: dict = {}
     instances: dict = {}
     for name in methods:
-        opts = {"ckpt": ckpt, "base_model": base_model, "ckpt_wo_t0": ckpt_wo_t0}
+        opts = {**options, "ckpt": ckpt, "base_model": base_model, "ckpt_wo_t0": ckpt_wo_t0}
         if name in SIGMA_METHODS:
             if not validation:
                 raise ValueError(f"{name}: its sigma is chosen on validation views; pass validation items")
@@ -189,18 +202,23 @@ def benchmark_methods(methods, ckpt: str, base_model: str, ckpt_wo_t0: str | Non
 
 
 def before_after_examples(ckpt: str | Path, pairs_root: str | Path, backbone: str = "data/embedded/backbone",
-                          per_rate: int = 2, split: str = "test", seed: int = 0, t0: int = DEFAULT_T0) -> list[dict]:
-    """For a few held-out views per rate: degraded, frozen base at t0 (no phi-), NiFi, clean ([0, 1])."""
+                          per_rate: int = 2, split: str = "test", seed: int = 0, t0: int = DEFAULT_T0,
+                          embeddings: str | None = None, device: str = "cpu", dtype: str = "fp32") -> list[dict]:
+    """For a few held-out views per rate: degraded, frozen base at t0 (no phi-), NiFi, clean ([0, 1]).
+    ``backbone``: a folder or a hub id; ``embeddings``: its prompt .npz (None: the folder's own)."""
     import torch
 
     from ..diffusion.latents import to_model_range, to_unit_range
     from ..io.images import load_image
+    from ..paths import resolve_model_ref
     from ..restoration.restorer import Restorer
     from ..synthesis.pairs import read_pairs
 
     pairs = read_pairs(repo_path(pairs_root), split, check_sizes=True)
-    nifi = Restorer.from_pretrained(str(repo_path(backbone)), ckpt=str(repo_path(ckpt)), t0=t0)
-    base = Restorer.from_pretrained(str(repo_path(backbone)), ckpt=None, t0=t0)
+    model = resolve_model_ref(backbone)
+    kw = {"embeddings": embeddings, "device": device, "dtype": dtype, "t0": t0}
+    nifi = Restorer.from_pretrained(model, ckpt=str(repo_path(ckpt)), **kw)
+    base = Restorer.from_pretrained(model, ckpt=None, **kw)
     rows = []
     for rate in sorted({p.rate for p in pairs}):
         chosen = [p for p in pairs if p.rate == rate]
@@ -210,6 +228,7 @@ def before_after_examples(ckpt: str | Path, pairs_root: str | Path, backbone: st
             x = to_model_range(deg)[None]
             with torch.no_grad():
                 rows.append({"label": f"{p.scene} / rate {rate} / {p.name}", "rate": rate, "degraded": deg,
-                             "base": to_unit_range(base.restore(x, seed=seed))[0],
-                             "nifi": to_unit_range(nifi.restore(x, seed=seed))[0], "clean": load_image(p.clean)})
+                             "base": to_unit_range(base.restore(x, seed=seed).float().cpu())[0],
+                             "nifi": to_unit_range(nifi.restore(x, seed=seed).float().cpu())[0],
+                             "clean": load_image(p.clean)})
     return rows

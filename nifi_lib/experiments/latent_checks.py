@@ -21,8 +21,10 @@ def vae_reconstruction(backbone, clean01: torch.Tensor) -> tuple[torch.Tensor, f
     from ..image_quality import psnr
 
     bb = backbone
-    z = encode_latents(bb.vae, clean01 * 2 - 1, bb.scaling_factor, sample=False)
-    rec = ((decode_latents(bb.vae, z, bb.scaling_factor) + 1) / 2).clamp(0, 1)
+    vae_param = next(bb.vae.parameters())
+    x = (clean01 * 2 - 1).to(device=vae_param.device, dtype=vae_param.dtype)   # a backbone on the GPU: its device
+    z = encode_latents(bb.vae, x, bb.scaling_factor, sample=False)
+    rec = ((decode_latents(bb.vae, z, bb.scaling_factor).float().cpu() + 1) / 2).clamp(0, 1)
     return rec, float(psnr(rec, clean01, eps=0.0, dtype=None).mean())
 
 

@@ -11,10 +11,12 @@ notebooks whose parameters cell declares them, and ``$NIFI_FIGURES_DIR`` is set 
 notebook executes (for any figure saved without an explicit folder). So ``make run`` (embedded) refreshes
 ``figures/`` and ``make test`` (smoke, ``--out runs/nbval``) writes ``runs/nbval/figures``, never a tracked path.
 
-``--param NAME=VALUE`` (repeatable; the value is read as YAML) sets ``NAME`` in every notebook whose parameters
-cell declares it, over the profile's and the notebook's own value (``--param 01:NAME=VALUE``: only in the
-notebooks whose name starts with ``01``): how ``nifi rehearse`` points the paper profile at its own pairs,
-checkpoint and backbone without editing ``configs/notebooks/``.
+Parameters from the command line (``--param NAME=VALUE``, repeatable; ``--params FILE.yaml``, a mapping of the
+same) win over both files. Values are parsed as YAML (``2``, ``null``, ``[0.0, 0.7]``, ``{train: {resolution:
+32}}``; ``{out}`` is replaced as above). Like ``_profiles.yaml`` they go to every notebook whose parameters cell
+declares the name; ``NB:NAME=VALUE`` limits one to the notebooks whose name starts with ``NB`` (e.g.
+``05:max_steps=2``). A name that no selected notebook declares is an error (a typo would silently keep the
+profile's value). ``docs/paper_mode.md`` lists the paper profile's parameters per notebook.
 
 While a notebook executes, one line per code cell is printed (``[embedded] 05_... cell 7/23 done in 4.2 s
 (42 s so far)``): readable in a log, no progress-bar control characters.
@@ -94,32 +96,83 @@ def declared_parameters(nb: Path) -> set[str]:
     return set(pm.inspect_notebook(str(nb)))
 
 
+def _substitute_out(value, out: str):
+    """``{out}`` replaced by ``out`` in a string value (recursively in lists and mappings)."""
+    if isinstance(value, str):
+        return value.replace("{out}", out)
+    if isinstance(value, list):
+        return [_substitute_out(v, out) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute_out(v, out) for k, v in value.items()}
+    return value
+
+
+def parse_param(text: str) -> tuple[str | None, str, object]:
+    """``[NB:]NAME=VALUE`` -> ``(notebook prefix or None, name, YAML-parsed value)``."""
+    key, sep, raw = text.partition("=")
+    nb, _, name = key.strip().rpartition(":")
+    name = name.strip()
+    if not sep or not name.isidentifier():
+        raise NotebookRunError(f"--param {text!r}: expected NAME=VALUE or NB:NAME=VALUE (e.g. ckpt=runs/x/best.pt, "
+                               "05:max_steps=2)")
+    if raw.strip().startswith("{out}"):
+        return (nb.strip() or None), name, raw.strip()   # a path under --out: a string ("{out}" is not YAML)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        if "{out}" in raw:
+            return (nb.strip() or None), name, raw.strip()
+        raise NotebookRunError(f"--param {text!r}: the value is not valid YAML ({e})") from e
+    return (nb.strip() or None), name, value
+
+
+def command_line_parameters(params: list[str] | None = None, params_file: str | Path | None = None) -> dict:
+    """``{(notebook prefix or None, name): value}`` from ``--params FILE.yaml`` (a mapping NAME: VALUE, keys may
+    be ``NB:NAME``), then ``--param`` (which wins)."""
+    out: dict = {}
+    if params_file:
+        path = repo_path(params_file)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise NotebookRunError(f"--params {params_file}: cannot read a YAML mapping ({e})") from e
+        if not isinstance(data, dict):
+            raise NotebookRunError(f"--params {params_file}: expected a mapping of NAME: VALUE")
+        for k, v in data.items():
+            nb, _, name = str(k).rpartition(":")
+            if not name.isidentifier():
+                raise NotebookRunError(f"--params {params_file}: '{k}' is not a parameter name (NAME or NB:NAME)")
+            out[(nb or None, name)] = v
+    for text in params or ():
+        nb, name, value = parse_param(text)
+        out[(nb, name)] = value
+    return out
+
+
+def check_command_line_parameters(extra: dict, notebooks: list[Path]) -> None:
+    """Every ``--param`` is declared by at least one of ``notebooks`` (those its prefix selects)."""
+    declared = {nb.stem: declared_parameters(nb) for nb in notebooks} if extra else {}
+    for (prefix, name) in extra:
+        if not any(name in names for stem, names in declared.items() if not prefix or stem.startswith(prefix)):
+            where = f"of the selected notebooks {prefix}*" if prefix else "of the selected notebooks"
+            raise NotebookRunError(f"--param {(prefix + ':') if prefix else ''}{name}: none {where} declares "
+                                   f"'{name}' in its parameters cell (see docs/paper_mode.md)")
+
+
 def prepared_parameters(nb: Path, profile: str, out_dir: str | Path,
-                        params_dir: Path = CONFIGS_DIR / "notebooks", overrides: dict | None = None) -> dict:
+                        params_dir: Path = CONFIGS_DIR / "notebooks", extra: dict | None = None) -> dict:
     """What is injected into ``nb``: the profile's shared parameters that the notebook declares, then the
-    notebook's own section (which wins), then the ``overrides`` that the notebook declares (``--param``)."""
+    notebook's own section (which wins), then the command line's ``extra`` (:func:`command_line_parameters`)
+    that the notebook declares and whose notebook prefix (if any) matches (which win over both)."""
     shared = profile_parameters(profile, out_dir, params_dir)
-    declared = declared_parameters(nb) if (shared or overrides) else set()
-    chosen = {}
-    for key, v in (overrides or {}).items():   # "name" for every notebook, "NN:name" for notebooks NN* only
-        prefix, _, name = key.rpartition(":")
-        if name in declared and (not prefix or nb.stem.startswith(prefix)):
-            chosen[name] = (bool(prefix), v)
+    declared = declared_parameters(nb) if (shared or extra) else set()
+    out = _out_token(Path(out_dir))
+    extra = extra or {}
+    general = {name: v for (prefix, name), v in extra.items() if prefix is None}
+    specific = {name: v for (prefix, name), v in extra.items() if prefix is not None and nb.stem.startswith(prefix)}
+    given = {name: _substitute_out(v, out) for name, v in {**general, **specific}.items() if name in declared}
     return {**{k: v for k, v in shared.items() if k in declared},
-            **notebook_parameters(nb.stem, profile, params_dir),
-            **{k: v for k, (scoped, v) in chosen.items() if not scoped},
-            **{k: v for k, (scoped, v) in chosen.items() if scoped}}
-
-
-def parse_param(expr: str) -> tuple[str, object]:
-    """``"ckpt=runs/x/best.pt"`` -> ``("ckpt", "runs/x/best.pt")`` (the value read as YAML); ``"01:scene=..."``
-    scopes the parameter to the notebooks whose name starts with ``01``."""
-    key, sep, raw = expr.partition("=")
-    prefix, _, name = key.strip().rpartition(":")
-    if not sep or not name.isidentifier() or (prefix and not prefix.replace("_", "").isalnum()):
-        raise NotebookRunError(f"--param '{expr}': expected NAME=VALUE or NOTEBOOK_PREFIX:NAME=VALUE "
-                               "(NAME a notebook parameter)")
-    return key.strip(), yaml.safe_load(raw)
+            **notebook_parameters(nb.stem, profile, params_dir), **given}
 
 
 def profile_figures_dir(profile: str, out_dir: str | Path, params_dir: Path = CONFIGS_DIR / "notebooks") -> Path | None:
@@ -170,9 +223,9 @@ def _progress_engine():
 
 
 def run_notebooks(profile: str, out_dir: Path, prepare_only: bool = False, only: list[str] | None = None,
-                  kernel: str = "python3", report: bool = True, overrides: dict | None = None) -> list[dict]:
-    """Execute (or only parameterise) every notebook in order; return one record per notebook.
-    ``overrides``: parameters set in every notebook that declares them (``--param``)."""
+                  kernel: str = "python3", report: bool = True, cli_params: dict | None = None) -> list[dict]:
+    """Execute (or only parameterise) every notebook in order; return one record per notebook. ``cli_params``:
+    command-line parameters (:func:`command_line_parameters`), injected last."""
     import papermill as pm
 
     out_dir = repo_path(out_dir)
@@ -180,12 +233,15 @@ def run_notebooks(profile: str, out_dir: Path, prepare_only: bool = False, only:
     notebooks = list_notebooks(only=only)
     if not notebooks:
         raise NotebookRunError(f"no notebooks found in {NOTEBOOKS_DIR}")
+    check_command_line_parameters(cli_params or {}, notebooks)
     records = []
     fig_dir = profile_figures_dir(profile, out_dir)
+    if (cli_params or {}).get((None, "figures_dir")):   # --param figures_dir=...: $NIFI_FIGURES_DIR follows it
+        fig_dir = repo_path(_substitute_out(cli_params[(None, "figures_dir")], _out_token(out_dir)))
     saved_env = os.environ.get(ENV_FIGURES_DIR)
     engine = _progress_engine()
     for nb in notebooks:
-        params = prepared_parameters(nb, profile, out_dir, overrides=overrides)
+        params = prepared_parameters(nb, profile, out_dir, extra=cli_params)
         target = out_dir / nb.name
         t0 = time.perf_counter()
         status, error = "ok", None
@@ -264,8 +320,8 @@ def _fmt(v) -> str:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    overrides = dict(parse_param(e) for e in args.param or [])
-    run_notebooks(args.profile, Path(args.out), prepare_only=args.prepare_only, only=args.only, overrides=overrides)
+    extra = command_line_parameters(args.param, args.params)
+    run_notebooks(args.profile, Path(args.out), prepare_only=args.prepare_only, only=args.only, cli_params=extra)
     return 0
 
 
@@ -275,7 +331,10 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/notebooks", help="folder for the executed copies")
     p.add_argument("--prepare-only", action="store_true", help="only inject parameters (for nbval)")
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 00 03")
-    p.add_argument("--param", action="append", metavar="NAME=VALUE",
-                   help="set a parameter (YAML value) in every notebook that declares it, over the profile "
-                        "(repeatable), e.g. --param ckpt=runs/x/best.pt; 01:NAME=VALUE: notebooks 01* only")
+    p.add_argument("--param", action="append", metavar="[NB:]NAME=VALUE",
+                   help="set a notebook parameter (repeatable; VALUE is YAML: 2, null, [a, b], {k: v}; '{out}' = "
+                        "--out) in every notebook that declares NAME, or only in notebooks NB* with NB:NAME=VALUE; "
+                        "wins over configs/notebooks/ (paper-mode names: docs/paper_mode.md)")
+    p.add_argument("--params", metavar="FILE.yaml",
+                   help="a YAML mapping NAME: VALUE (or NB:NAME: VALUE) applied like --param (--param wins)")
     p.set_defaults(func=_cmd)

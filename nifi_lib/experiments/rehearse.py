@@ -91,7 +91,11 @@ SHAPES: dict[str, Shape] = {
                                    "importance_views": None, "torch_threads": 1, "limit": 3,
                                    "t0_values": [199, 500], "alphas": [0.7], "sigma_sweep": [5, 15],
                                    "sigma_items": 1, "examples_per_rate": 1, "num_samples": 2,
-                                   "sample_steps": 2, "max_views": 4}),
+                                   "sample_steps": 2, "max_views": 4, "alpha_steps": 2, "02:sample_resolution": 32,
+                                   "config_overrides": {"model": {"dtype": "fp32"},
+                                                        "train": {"resolution": 32, "mixed_precision": "no",
+                                                                  "num_workers": 0, "save_every": 1, "val_every": 2,
+                                                                  "val_max_images": 2}}}),
     # The GPU rehearsal (issue 15 item 6): 512 px procedural scenes at SD3-medium's shape; on CUDA the dense fit
     # of `nifi scenes build` and the levels' fine-tuning of `nifi synthesize` run on the device (gsplat).
     "sd3-medium": Shape("sd3-medium", train_scenes=("boxes", "room_corner", "sphere_floor"), test_scenes=("totem",),
@@ -201,23 +205,15 @@ def train_overrides(plan: Plan) -> list[str]:
 
 
 def notebook_params(plan: Plan) -> dict:
-    """``--param`` values of the notebooks stage: this rehearsal's run folder, pairs, checkpoint and backbone,
-    the device, and the shape's cost knobs (each set only in the notebooks that declare it)."""
+    """``--param`` values of the notebooks stage (the paper profile's inputs, docs/paper_mode.md): this rehearsal's
+    training and test pairs, checkpoint, backbone and embeddings, the device, and the shape's cost knobs."""
     cuda = plan.device.startswith("cuda")
-    params = {"run_dir": str(plan.out), "pairs_dir": str(plan.bench_root), "pairs_root": str(plan.bench_root),
-              "outputs_dir": str(plan.out / "outputs"), "ckpt": str(plan.ckpt), "backbone": str(plan.backbone),
-              "embeddings": str(plan.embeddings), "device": plan.device, "dtype": "bf16" if cuda else "fp32"}
-    if plan.shape.name == "tiny":
-        params.update({"train_max_steps": plan.steps, "max_steps": plan.steps, "alpha_steps": plan.steps})
+    params = {"pairs_root": str(plan.train_pairs), "test_pairs_root": str(plan.bench_root),
+              "ckpt": str(plan.ckpt), "base_model": str(plan.backbone), "embeddings": str(plan.embeddings),
+              "run_dir": str(plan.out), "device": plan.device, "dtype": "bf16" if cuda else "fp32",
+              "08:outputs_dir": str(plan.out / "outputs"), "08:pairs_dir": str(plan.bench_root)}
     params.update(plan.shape.notebook_params)
-    # notebook 02 documents the embedded prior in every profile (its `backbone` is that prior, never SD3)
-    params["02:backbone"] = "data/embedded/backbone"
-    first = plan.train_scene_dirs()[0]
-    params["01:scene"] = str(first)          # notebook 01's scene folder (notebook 08's `scene` is a name filter)
-    params["01:work_dir"] = str(plan.out / "notebooks" / "work" / "nb01")
-    images = sorted((plan.train_pairs / DATASET / first.name).glob("rate_*/train/clean/*.png"))
-    if images:
-        params["03:image_path"] = str(images[0])
+    params["01:scene"] = str(plan.train_scene_dirs()[0])   # notebook 08's `scene` is a name filter
     return params
 
 

@@ -12,9 +12,9 @@ def evaluated_sizes(sizes_mb: dict[str, float], per_rate: dict) -> dict[str, flo
     return {r: mb for r, mb in sizes_mb.items() if r in per_rate}
 
 
-def rate_perception_rows(sizes_mb: dict[str, float], per_rate: dict, uncompressed: dict) -> list[dict]:
+def rate_perception_rows(sizes_mb: dict[str, float], per_rate: dict, uncompressed: dict | None) -> list[dict]:
     """Per evaluated rate with a NiFi result (rates in label order): ``kb``, ``x_smaller`` (than the dense PLY,
-    ``uncompressed["mb"]``), LPIPS/DISTS of the compressed input (``*_before``) and after NiFi (``*_nifi``), and
+    ``uncompressed["mb"]``; None without a dense reference), LPIPS/DISTS of the compressed input (``*_before``) and after NiFi (``*_nifi``), and
     ``equal_quality_ratio``: how many times the bytes the unrestored codec's curve needs to reach NiFi's LPIPS
     (None when it never does)."""
     rates = sorted(sizes_mb)
@@ -24,7 +24,8 @@ def rate_perception_rows(sizes_mb: dict[str, float], per_rate: dict, uncompresse
         if "nifi" not in per_rate[r]:
             continue
         none, nifi = per_rate[r]["none"], per_rate[r]["nifi"]
-        rows.append({"rate": r, "kb": sizes_mb[r] * 1000, "x_smaller": uncompressed["mb"] / sizes_mb[r],
+        rows.append({"rate": r, "kb": sizes_mb[r] * 1000,
+                     "x_smaller": uncompressed["mb"] / sizes_mb[r] if uncompressed else None,
                      "lpips_before": none["lpips_before"], "lpips_nifi": nifi["lpips_after"],
                      "dists_before": none["dists_before"], "dists_nifi": nifi["dists_after"],
                      "equal_quality_ratio": equal_quality_ratio(sizes_mb[r], nifi["lpips_after"], *curve)})
@@ -34,9 +35,11 @@ def rate_perception_rows(sizes_mb: dict[str, float], per_rate: dict, uncompresse
 NUMBER_KEYS = ("kb", "lpips_before", "lpips_nifi", "dists_before", "dists_nifi")
 
 
-def rate_perception_numbers(rows: list[dict], uncompressed: dict) -> dict:
-    """The run report's numbers of :func:`rate_perception_rows`: the dense reference and ``rate_<label>``."""
-    return {"uncompressed_mb": uncompressed["mb"], "uncompressed_lpips": uncompressed["lpips"],
+def rate_perception_numbers(rows: list[dict], uncompressed: dict | None) -> dict:
+    """The run report's numbers of :func:`rate_perception_rows`: the dense reference (None when there is
+    none) and ``rate_<label>``."""
+    unc = uncompressed or {}
+    return {"uncompressed_mb": unc.get("mb"), "uncompressed_lpips": unc.get("lpips"),
             **{f"rate_{row['rate']}": {k: row[k] for k in NUMBER_KEYS} for row in rows}}
 
 

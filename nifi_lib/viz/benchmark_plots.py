@@ -156,8 +156,9 @@ def format_orderings(orderings: list[dict]) -> str:
 def format_rate_perception(rows: list[dict]) -> str:
     """One line per rate of :func:`~nifi_lib.experiments.table1.rate_perception_rows`."""
     return "\n".join(
-        f"rate {r['rate']}: {r['kb']:.1f} KB, {r['x_smaller']:.0f}x smaller than the dense PLY; NiFi LPIPS "
-        f"{r['lpips_nifi']:.3f} vs compressed {r['lpips_before']:.3f}"
+        f"rate {r['rate']}: {r['kb']:.1f} KB, "
+        + (f"{r['x_smaller']:.0f}x smaller than the dense PLY" if r["x_smaller"] is not None else "no dense PLY")
+        + f"; NiFi LPIPS {r['lpips_nifi']:.3f} vs compressed {r['lpips_before']:.3f}"
         + (f"; the unrestored codec needs {r['equal_quality_ratio']:.1f}x the bytes for the same LPIPS"
            if r["equal_quality_ratio"] else "") for r in rows)
 

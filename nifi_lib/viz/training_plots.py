@@ -91,3 +91,16 @@ def format_train_summary(summary: dict, name: str | None = None) -> str:
             f"    best validation {best['name']} = {value} at step {best['step']} on {data.get('val_pairs')} pairs of "
             f"{len(summary.get('heldout_views') or ())} held-out views ({summary.get('val_split')}; "
             f"{data.get('train_pairs')} training pairs)")
+
+
+def format_checkpoint(ckpt, name: str) -> str:
+    """:func:`format_train_summary` of the run a checkpoint belongs to (its ``train_summary.json``), or, for one
+    without a run folder (an export, the authors' ``.ckpt``), the restore settings it records."""
+    from ..experiments.paper_inputs import run_summary
+    from ..restoration.io import checkpoint_settings
+
+    summary = run_summary(ckpt)
+    if summary is not None:
+        return format_train_summary(summary, name)
+    settings = {k: v for k, v in checkpoint_settings(ckpt).items() if v is not None}
+    return f"{name}: {ckpt} (no train_summary.json beside it; records {settings or 'no settings'})"
