@@ -73,6 +73,12 @@ def test_training_conditions_each_element_on_its_scene(setup, tmp_path, monkeypa
     monkeypatch.setattr(T.NiFiTrainer, "train_step", spy)
     train(cfg, pairs, tmp_path / "exp", progress=False, device="cpu")
     assert len(seen) == 2
+    # restoring from this checkpoint uses the folder's default prompt (as the authors' restorer)
+    from nifi_lib.restoration.io import checkpoint_settings, resolve_restore_settings
+
+    ck = tmp_path / "exp" / "best.pt"
+    assert checkpoint_settings(ck)["embeddings"] == str(folder)
+    assert resolve_restore_settings(ck)[2] == str(folder / DEFAULT_NPZ)
     for scenes, pe in seen:
         assert len(scenes) == 2 and all(s in ("pairs/s1", "pairs/s2") for s in scenes)
         for s, row in zip(scenes, pe):

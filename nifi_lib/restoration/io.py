@@ -148,7 +148,10 @@ def resolve_restore_settings(ckpt: str | Path | None, base_model: str | None = N
     records (its embeddings only with its own backbone); otherwise the embedded backbone."""
     s = checkpoint_settings(ckpt)
     if base_model is None and s["backbone"]:
-        return str(s["backbone"]), s["backbone_kind"], embeddings if embeddings is not None else s["embeddings"]
+        stored = s["embeddings"]
+        if stored and Path(stored).is_dir():   # per-scene caption embeddings: restore with their default prompt
+            stored = str(Path(stored) / "_default.npz")
+        return str(s["backbone"]), s["backbone_kind"], embeddings if embeddings is not None else stored
     return base_model or DEFAULT_BASE_MODEL, None, embeddings
 
 

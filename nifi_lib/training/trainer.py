@@ -660,6 +660,9 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
     if smoke_test:
         pairs = pairs[:8]
     embeddings = training_embeddings(cfg, data_root, exp, device=device)   # computed once if null + text encoders
+    if embeddings and not cfg.model.embeddings:   # recorded in the checkpoints' restore settings (a copy: the
+        cfg = copy.deepcopy(cfg)                   # caller's config stays as it was)
+        cfg.model.embeddings = embeddings
     scene_prompts = ScenePrompts(embeddings) if embeddings and Path(embeddings).is_dir() else None
     bb = load_backbone(resolve_model_ref(cfg.model.backbone), kind=cfg.model.backbone_kind,
                        embeddings=None if scene_prompts is not None else embeddings,
