@@ -70,9 +70,9 @@ def safe_torch_load(path: str | Path) -> object:
                            f"{torch_error_summary(e)}") from e
 
 
-def read_checkpoint_t0(path: str | Path) -> int | None:
-    """The t0 a weight file records, without loading it into a backbone (None: it records none, e.g. the
-    authors' ``.ckpt``, trained at :data:`DEFAULT_T0`). Torch files are memory-mapped (weights only)."""
+def _peek(path: str | Path) -> tuple[str, object]:
+    """``("safetensors", metadata dict)`` or ``("torch", object)`` of a weight file, without a backbone (torch files
+    memory-mapped, weights only); errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise AdapterError(f"{path}: checkpoint not found")
@@ -81,18 +81,26 @@ def read_checkpoint_t0(path: str | Path) -> int | None:
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
-                t0 = (f.metadata() or {}).get("t0")
+                return "safetensors", (f.metadata() or {})
         except Exception as e:
             raise AdapterError(f"{path}: not a readable safetensors file ({e})") from e
-        return None if t0 in (None, "", "None") else int(float(t0))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return "torch", torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
-        obj = safe_torch_load(path)   # not a zip-format file (no mmap): read it, with the usual errors
+        return "torch", safe_torch_load(path)   # not a zip-format file (no mmap): read it, with the usual errors
+
+
+def read_checkpoint_t0(path: str | Path) -> int | None:
+    """The t0 a weight file records, without loading it into a backbone (None: it records none, e.g. the
+    authors' ``.ckpt``, trained at :data:`DEFAULT_T0`)."""
+    kind, obj = _peek(path)
+    if kind == "safetensors":
+        t0 = obj.get("t0")
+        return None if t0 in (None, "", "None") else int(float(t0))
     if isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return _train_checkpoint_t0(obj, path)[0]
+            return _train_checkpoint_t0(obj, Path(path))[0]
     return None
 
 
@@ -112,31 +120,16 @@ def checkpoint_settings(path: str | Path | None) -> dict:
     """The settings a weight file says it restores with: ``backbone``, ``backbone_kind``, ``embeddings``, ``t0``,
     ``dtype`` (None where it records nothing: the authors' ``.ckpt`` records none). Training checkpoints store
     them under ``"restore"`` (older ones: derived from their ``"config"``); safetensors exports in the metadata."""
-    empty = dict.fromkeys(SETTING_KEYS)
     if not path:
-        return empty
-    path = Path(path)
-    if not path.is_file():
-        raise AdapterError(f"{path}: checkpoint not found")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-        except Exception as e:
-            raise AdapterError(f"{path}: not a readable safetensors file ({e})") from e
-        out = {k: (meta.get(k) or None) for k in SETTING_KEYS}
-        out["t0"] = read_checkpoint_t0(path)
-        return out
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        obj = safe_torch_load(path)
-    if not (isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT):
-        return empty
-    stored = obj.get("restore") if isinstance(obj.get("restore"), dict) else \
-        restore_settings_of_config(obj.get("config") if isinstance(obj.get("config"), dict) else {})
+        return dict.fromkeys(SETTING_KEYS)
+    kind, obj = _peek(path)
+    if kind == "safetensors":
+        stored = {k: (obj.get(k) or None) for k in SETTING_KEYS}
+    elif isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
+        stored = obj.get("restore") if isinstance(obj.get("restore"), dict) else \
+            restore_settings_of_config(obj.get("config") if isinstance(obj.get("config"), dict) else {})
+    else:
+        stored = {}
     out = {k: stored.get(k) for k in SETTING_KEYS}
     out["t0"] = read_checkpoint_t0(path)
     return out
