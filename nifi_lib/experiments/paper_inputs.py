@@ -90,10 +90,10 @@ def default_dtype(dtype: str | None, device: str) -> str:
 def run_summary(ckpt_or_run: str | Path) -> dict | None:
     """The ``train_summary.json`` beside a checkpoint (or in a run folder), None when there is none (an exported
     or the authors' checkpoint)."""
-    p = repo_path(ckpt_or_run)
-    path = (p if p.is_dir() else p.parent) / "train_summary.json"
+    from .embedded import train_summary
+
     try:
-        data = json.loads(path.read_text())
+        data = train_summary(ckpt_or_run)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
