@@ -43,6 +43,7 @@ from pathlib import Path
 from ..errors import NifiError
 from ..io.atomic import atomic_write_json
 from ..paths import REPO_ROOT, repo_path
+from .report import ENV_NUMBERS_DIR
 
 STAGES = ("backbone", "synthesize", "pairs", "prompts", "embed", "train", "eval", "benchmark", "notebooks")
 # What each stage reads (direct inputs; a failure propagates along these edges).
@@ -53,7 +54,6 @@ DEPENDS: dict[str, tuple[str, ...]] = {
 }
 DATASET = "rehearsal"              # the dataset level of the pair roots (benchmark layout)
 STATS_ENV = "NIFI_STATS_FILE"      # nifi_lib.cli.ENV_STATS_FILE (the cli layer is above this one)
-NUMBERS_ENV = "NIFI_NUMBERS_DIR"   # nifi_lib.experiments.report.ENV_NUMBERS_DIR
 ERROR_LINES = 25                   # log lines kept as a failed stage's error
 
 
@@ -527,7 +527,7 @@ def rehearse(plan: Plan, resume: bool = False) -> dict:
             else:
                 env = None
                 if name == "notebooks":   # nothing stale from an earlier run is read as this run's result
-                    env = {NUMBERS_ENV: str(plan.out / "notebooks" / "report_numbers")}
+                    env = {ENV_NUMBERS_DIR: str(plan.out / "notebooks" / "report_numbers")}
                     (plan.out / "report.json").unlink(missing_ok=True)
                     for old_nb in (plan.out / "notebooks").glob("*.ipynb"):
                         old_nb.unlink()
@@ -562,12 +562,11 @@ def rehearsal_ok(doc: dict) -> bool:
     return all(r["ok"] or r.get("requested_skip") for r in doc["stages"])
 
 
-def _device(name: str) -> str:
-    if name in (None, "auto"):
-        import torch
+def _device(name: str | None) -> str:
+    """``auto`` (or None): the one default of :func:`~.paper_inputs.default_device` (CUDA when available)."""
+    from .paper_inputs import default_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return default_device(None if name in (None, "auto") else name)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
