@@ -85,3 +85,30 @@ def test_build_scene_miniature(tmp_path):
                         max_gaussians=400, progress=False)
     assert (tmp_path / "t" / "point_cloud.ply").read_bytes() == (out / "point_cloud.ply").read_bytes()
     assert again["fit_psnr_test"] == info["fit_psnr_test"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU check (run on the device: docs/perf/rehearsal_h200)")
+def test_ray_caster_on_cuda_matches_the_cpu():
+    """The rehearsal casts the 512 px ground truth on CUDA: same float64 maths, same 8-bit image."""
+    sc = scene_catalogue()["boxes"]
+    from nifi_lib.gs.scenes import scene_cameras
+
+    cam = scene_cameras(sc, 4, 64, seed=0)[1]
+    cpu_img, cpu_depth = render_procedural(sc, cam)
+    gpu_img, gpu_depth = render_procedural(sc, cam, device="cuda")
+    assert gpu_img.device.type == "cpu" and gpu_depth.device.type == "cpu"
+    assert (torch.round(gpu_img * 255) != torch.round(cpu_img * 255)).float().mean() < 1e-3
+    torch.testing.assert_close(gpu_img, cpu_img, atol=1e-6, rtol=0)
+    finite = torch.isfinite(cpu_depth)
+    assert torch.equal(finite, torch.isfinite(gpu_depth))
+    torch.testing.assert_close(gpu_depth[finite], cpu_depth[finite], rtol=1e-9, atol=1e-9)
+
+
+def test_ray_caster_device_argument_on_the_cpu_is_the_default():
+    sc = scene_catalogue()["totem"]
+    from nifi_lib.gs.scenes import scene_cameras
+
+    cam = scene_cameras(sc, 2, 16, seed=3)[0]
+    a, da = render_procedural(sc, cam, supersample=2)
+    b, db = render_procedural(sc, cam, supersample=2, device=torch.device("cpu"))
+    assert torch.equal(a, b) and torch.equal(da, db) and a.shape == (3, 16, 16)

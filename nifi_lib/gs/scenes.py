@@ -77,7 +77,7 @@ class Quad:
     repeat: tuple[float, float] = (1.0, 1.0)
 
     def intersect(self, o: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        p0, u, v = (torch.tensor(x, dtype=o.dtype) for x in (self.p0, self.u, self.v))
+        p0, u, v = (torch.tensor(x, dtype=o.dtype, device=o.device) for x in (self.p0, self.u, self.v))
         n = torch.linalg.cross(u, v)
         n = n / n.norm()
         denom = d @ n
@@ -99,7 +99,7 @@ class Sphere:
     repeat: tuple[float, float] = (1.0, 1.0)
 
     def intersect(self, o: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        c = torch.tensor(self.centre, dtype=o.dtype)
+        c = torch.tensor(self.centre, dtype=o.dtype, device=o.device)
         oc = o - c
         b = (oc * d).sum(1)
         disc = b * b - ((oc * oc).sum(1) - self.radius ** 2)
@@ -142,31 +142,35 @@ def cast_rays(scene: ProceduralScene, o: torch.Tensor, d: torch.Tensor) -> tuple
 
     Shading is Lambertian with one directional light plus ambient: ``albedo (0.4 + 0.6 max(0, n.l))``.
     """
-    best_t = torch.full((o.shape[0],), math.inf, dtype=o.dtype)
-    color = torch.tensor(BACKGROUND, dtype=o.dtype).expand(o.shape[0], 3).clone()
+    best_t = torch.full((o.shape[0],), math.inf, dtype=o.dtype, device=o.device)
+    color = torch.tensor(BACKGROUND, dtype=o.dtype, device=o.device).expand(o.shape[0], 3).clone()
     for prim in scene.primitives:
         t, n, uv = prim.intersect(o, d)
         closer = t < best_t
         if not bool(closer.any()):
             continue
         n = torch.where(((n * d).sum(1, keepdim=True) > 0), -n, n)  # face the viewer
-        shade = AMBIENT + (1 - AMBIENT) * (n @ LIGHT.to(o.dtype)).clamp_min(0)
-        col = sample_texture(prim.tex.to(o.dtype), uv[closer]) * shade[closer, None]
+        shade = AMBIENT + (1 - AMBIENT) * (n @ LIGHT.to(o)).clamp_min(0)
+        col = sample_texture(prim.tex.to(o), uv[closer]) * shade[closer, None]
         color[closer] = col
         best_t = torch.where(closer, t, best_t)
     return color, best_t
 
 
-def render_procedural(scene: ProceduralScene, cam: Camera, supersample: int = 3
+def render_procedural(scene: ProceduralScene, cam: Camera, supersample: int = 3, device: str | torch.device = "cpu"
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact anti-aliased view ``(3, H, W)`` (``supersample^2`` rays per pixel, box filter) and the
-    z-depth ``(H, W)`` of the pixel centres (inf where empty)."""
+    z-depth ``(H, W)`` of the pixel centres (inf where empty), both on the CPU.
+
+    The rays are cast in float64 on ``device`` (the CPU for the embedded assets; a GPU rehearsal at 512 px
+    casts them on CUDA: ~26 s a view on one CPU thread otherwise). The camera maths stays on the CPU."""
     s = supersample
     h, w = cam.height, cam.width
-    ys, xs = torch.meshgrid(torch.arange(h * s, dtype=torch.float64), torch.arange(w * s, dtype=torch.float64),
-                            indexing="ij")
+    dev = torch.device(device)
+    f64 = {"dtype": torch.float64, "device": dev}
+    ys, xs = torch.meshgrid(torch.arange(h * s, **f64), torch.arange(w * s, **f64), indexing="ij")
     px, py = (xs + 0.5) / s, (ys + 0.5) / s
-    c2w = torch.linalg.inv(cam.world_to_cam.double())
+    c2w = torch.linalg.inv(cam.world_to_cam.double()).to(dev)
     dirs_cam = torch.stack([(px - cam.cx) / cam.fx, (py - cam.cy) / cam.fy, torch.ones_like(px)], -1).reshape(-1, 3)
     d = dirs_cam @ c2w[:3, :3].T
     d = d / d.norm(dim=1, keepdim=True)
@@ -174,14 +178,14 @@ def render_procedural(scene: ProceduralScene, cam: Camera, supersample: int = 3
     color, _ = cast_rays(scene, o, d)
     img = F.avg_pool2d(color.T.reshape(1, 3, h * s, w * s), s)[0]
     # depth of the pixel centres (for the initial point cloud)
-    yc, xc = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    yc, xc = torch.meshgrid(torch.arange(h, **f64), torch.arange(w, **f64), indexing="ij")
     dc = torch.stack([(xc + 0.5 - cam.cx) / cam.fx, (yc + 0.5 - cam.cy) / cam.fy, torch.ones_like(xc)], -1)
     dc = dc.reshape(-1, 3)
     dw = dc @ c2w[:3, :3].T
     norm = dw.norm(dim=1, keepdim=True)
     _, t = cast_rays(scene, c2w[:3, 3].expand_as(dw), dw / norm)
     depth = (t / norm[:, 0]).reshape(h, w)
-    return img.float().clamp(0, 1), depth
+    return img.float().clamp(0, 1).cpu(), depth.cpu()
 
 
 # --- the four scenes ---------------------------------------------------------------------------------------
@@ -275,12 +279,14 @@ def build_scene(scene: ProceduralScene, out: Path, seed: int = 0, n_views: int =
     """Render the ground truth, fit a 3DGS and write the scene folder; returns the scene.json dict.
 
     ``device``/``backend``: where the dense fit runs (the embedded assets: the CPU reference rasterizer; a GPU
-    rehearsal at 512 px: ``cuda`` and ``auto``, i.e. gsplat when installed)."""
+    rehearsal at 512 px: ``cuda`` and ``auto``, i.e. gsplat when installed). On CUDA the ground-truth rays are
+    cast there too (float64, as on the CPU)."""
     from .fit import DensifyConfig, evaluate_psnr, fit_gaussians
 
     t0 = time.perf_counter()
     cams = scene_cameras(scene, n_views, size, seed)
-    views = [render_procedural(scene, c) for c in cams]
+    ray_device = device if str(device).startswith("cuda") else "cpu"
+    views = [render_procedural(scene, c, device=ray_device) for c in cams]
     images = torch.stack([v[0] for v in views])
     # what is written is 8-bit: fit and evaluate on the quantised images
     images = torch.round(images * 255) / 255
@@ -310,7 +316,7 @@ def build_scene(scene: ProceduralScene, out: Path, seed: int = 0, n_views: int =
         "fit_psnr_train": round(float(np.mean(train_psnr)), 3), "fit_psnr_test": round(float(np.mean(test_psnr)), 3),
         "seconds_render": round(t_render, 2), "seconds_fit": round(hist.seconds, 2),
         "seconds_total": round(time.perf_counter() - t0, 2), "torch": torch.__version__,
-        "device": device, "backend": backend,
+        "device": device, "backend": backend, "ray_device": ray_device,
     }
     atomic_write_json(out / "scene.json", info)
     return info
