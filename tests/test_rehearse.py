@@ -124,12 +124,15 @@ def R_args(tmp_path):
                                 skip_notebooks=False, metrics=None)
 
 
-def test_notebook_params_are_declared_and_scoped(tmp_path):
+@pytest.mark.parametrize("shape", ["tiny", "sd3-medium"])
+def test_notebook_params_are_declared_and_scoped(tmp_path, shape):
     """Every parameter the notebooks stage passes is declared by a notebook (run-notebooks refuses typos), and
     the scoped ones reach only their notebook."""
     from nifi_lib.experiments import notebook_runner as NR
 
-    plan = R.make_plan(R_args(tmp_path))
+    args = R_args(tmp_path)
+    args.shape = shape
+    plan = R.make_plan(args)
     extra = NR.command_line_parameters([f"{k}={json.dumps(v)}" for k, v in R.notebook_params(plan).items()])
     notebooks = sorted((REPO / "notebooks").glob("0*.ipynb"))
     NR.check_command_line_parameters(extra, notebooks)          # raises on a name no notebook declares
@@ -139,6 +142,9 @@ def test_notebook_params_are_declared_and_scoped(tmp_path):
     assert p01["scene"] == str(plan.train_scene_dirs()[0]) and p01["pairs_root"] == str(plan.train_pairs)
     assert "scene" not in {k for (pre, k) in extra if pre is None}
     assert p08["outputs_dir"] == str(plan.out / "outputs")
+    if shape == "sd3-medium":   # the GPU rehearsal's cost knobs: short sweeps, the paper's model settings
+        p07 = NR.prepared_parameters(next((REPO / "notebooks").glob("07_*.ipynb")), "paper", tmp_path, extra=extra)
+        assert p07["alpha_steps"] == 2 and p07["alphas"] == [0.7] and "config_overrides" not in R.notebook_params(plan)
 
 
 def test_stage_dependencies_and_commands(tmp_path):
@@ -178,3 +184,59 @@ def test_print_table():
     assert lines[2].split() == ["backbone", "ok", "1.5", "900", "-"]
     assert lines[3].split() == ["synthesize", "pending", "-", "-", "-"]
     assert len(lines) == 2 + len(R.STAGES)
+
+
+def _fake_stages(monkeypatch, log: Path, fail: str | None = None):
+    """Each stage becomes one python command that logs its start/end times (and sleeps 0.6 s)."""
+    code = ("import sys, time; n = sys.argv[1]; f = open(sys.argv[2], 'a'); f.write(f'start {n} {time.time()}\\n'); "
+            "f.flush(); time.sleep(0.6); f.write(f'end {n} {time.time()}\\n'); sys.exit(3 if n == sys.argv[3] else 0)")
+    monkeypatch.setattr(R, "stage_commands",
+                        lambda name, plan: [[sys.executable, "-c", code, name, str(log), str(fail)]])
+
+
+def _intervals(log: Path) -> dict[str, tuple[float, float]]:
+    t: dict[str, list[float]] = {}
+    for line in log.read_text().splitlines():
+        kind, name, when = line.split()
+        t.setdefault(name, [0.0, 0.0])[0 if kind == "start" else 1] = float(when)
+    return {k: (a, b) for k, (a, b) in t.items()}
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_jobs_run_ready_stages_together_and_respect_dependencies(tmp_path, monkeypatch, jobs):
+    log = tmp_path / "times.txt"
+    _fake_stages(monkeypatch, log)
+    plan = R.make_plan(R_args(tmp_path))
+    doc = R.rehearse(plan, jobs=jobs)
+    assert doc["ok"] and doc["jobs"] == jobs and all(r["status"] == "ok" for r in doc["stages"])
+    iv = _intervals(log)
+    assert set(iv) == set(R.STAGES)
+    for name, deps in R.DEPENDS.items():           # a stage starts only after each of its inputs ended
+        assert all(iv[d][1] <= iv[name][0] for d in deps), name
+    pairs = [(a, b) for i, a in enumerate(R.STAGES) for b in R.STAGES[i + 1:] if _overlap(iv[a], iv[b])]
+    if jobs == 1:
+        assert pairs == []
+        assert sorted(R.STAGES, key=lambda n: iv[n][0]) == list(R.STAGES)
+    else:
+        assert ("backbone", "synthesize") in pairs                     # the build beside synthesis
+        assert {("eval", "benchmark"), ("eval", "notebooks"), ("benchmark", "notebooks")} <= set(pairs)
+        assert all(len([n for n in R.STAGES if iv[n][0] <= t < iv[n][1]]) <= 3
+                   for t in (x for v in iv.values() for x in v))        # never more than --jobs at once
+
+
+def test_jobs_failure_skips_dependents_only(tmp_path, monkeypatch):
+    log = tmp_path / "times.txt"
+    _fake_stages(monkeypatch, log, fail="pairs")
+    doc = R.rehearse(R.make_plan(R_args(tmp_path)), jobs=3)
+    st = {r["name"]: r for r in doc["stages"]}
+    assert not doc["ok"] and st["pairs"]["status"] == "failed" and "exit code 3" in st["pairs"]["error"]
+    assert st["backbone"]["ok"] and st["synthesize"]["ok"]
+    for name in ("prompts", "embed", "train", "eval", "benchmark", "notebooks"):
+        assert st[name]["status"] == "skipped" and st[name]["skipped_because"] == "pairs", name
+    assert set(_intervals(log)) == {"backbone", "synthesize", "pairs"}
+    with pytest.raises(R.RehearsalError, match="--jobs 0"):
+        R.rehearse(R.make_plan(R_args(tmp_path)), jobs=0)

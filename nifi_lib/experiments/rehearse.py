@@ -101,7 +101,12 @@ SHAPES: dict[str, Shape] = {
     "sd3-medium": Shape("sd3-medium", train_scenes=("boxes", "room_corner", "sphere_floor"), test_scenes=("totem",),
                         scene_size=512, scene_views=16, scene_iterations=600, scene_max_gaussians=20000,
                         c_min=512, n_top=None, finetune_iterations=300, train_config="configs/default.yaml",
-                        default_steps=50, val_max_images=8),
+                        default_steps=50, val_max_images=8,
+                        # the paper profile's sweeps cut short (the alpha sweep's 3 x 1000 steps, the t0 sweep,
+                        # 28-step samples); the model and training settings stay the paper's
+                        notebook_params={"limit": 3, "t0_values": [199, 500], "alphas": [0.7], "alpha_steps": 2,
+                                         "sigma_sweep": [5, 15], "sigma_items": 1, "examples_per_rate": 1,
+                                         "num_samples": 2, "sample_steps": 4, "max_views": 4, "torch_threads": 8}),
 }
 
 
@@ -476,78 +481,112 @@ def load_previous(path: Path, shape: str) -> dict[str, dict]:
     return stages
 
 
-def rehearse(plan: Plan, resume: bool = False) -> dict:
-    """Run the stages; returns the rehearsal.json document (also written after every stage)."""
+def rehearse(plan: Plan, resume: bool = False, jobs: int = 1) -> dict:
+    """Run the stages; returns the rehearsal.json document (also written after every stage).
+
+    ``jobs`` > 1 runs stages whose inputs are ready at the same time (``DEPENDS``): on one GPU the backbone build
+    beside synthesize -> pairs -> prompts, and eval, benchmark and the notebooks beside each other after train.
+    Each stage still records its own wall time and peak memory (measured while sharing the machine). With
+    ``jobs`` = 1 the stages run one after the other in ``STAGES`` order."""
+    import concurrent.futures as cf
+    import threading
+
+    if jobs < 1:
+        raise RehearsalError(f"--jobs {jobs}: must be at least 1")
     plan.out.mkdir(parents=True, exist_ok=True)
     path = plan.out / "rehearsal.json"
     previous = load_previous(path, plan.shape.name) if resume else {}
     records = {n: empty_record(n) for n in STAGES}
     doc = {"shape": plan.shape.name, "device": plan.device, "started": _now(), "finished": None, "ok": None,
            "stages": [records[n] for n in STAGES], "standins": standins(plan), "notes": notes(plan),
-           "config": plan.config(), "resumed": bool(previous)}
+           "config": plan.config(), "resumed": bool(previous), "jobs": jobs}
+    lock = threading.Lock()
 
     def save() -> None:
-        doc["stages"] = [records[n] for n in STAGES]
-        write_json(path, doc)
+        with lock:
+            doc["stages"] = [records[n] for n in STAGES]
+            write_json(path, doc)
+
+    def say(msg: str) -> None:
+        with lock:
+            print(msg, flush=True)
+
+    def execute(name: str, cmds: list[list[str]]) -> dict:
+        if name == "backbone" and plan.base_model is not None:
+            return given_backbone(plan)
+        env = None
+        if name == "notebooks":   # nothing stale from an earlier run is read as this run's result
+            env = {ENV_NUMBERS_DIR: str(plan.out / "notebooks" / "report_numbers")}
+            (plan.out / "report.json").unlink(missing_ok=True)
+            for old_nb in (plan.out / "notebooks").glob("*.ipynb"):
+                old_nb.unlink()
+        rec = run_stage(name, cmds, plan, env)
+        if name == "notebooks":
+            nbs = notebook_results(plan)
+            rec["notebooks"] = nbs
+            failed = [n for n in nbs if n["status"] != "ok" and n.get("error")]
+            if failed and rec["error"]:
+                rec["error"] = f"{failed[0]['notebook']}: {failed[0]['error']}\n" + rec["error"]
+        return rec
 
     save()
     rerun: set[str] = set()
-    for i, name in enumerate(STAGES, 1):
-        bad = [d for d in DEPENDS[name] if not records[d]["ok"]]
-        if name == "notebooks" and plan.skip_notebooks:
-            records[name].update(status="skipped", error="skipped: --skip_notebooks", requested_skip=True)
-            print(f"[rehearse] {i}/{len(STAGES)} {name}: skipped (--skip_notebooks)", flush=True)
-            save()
-            continue
-        if bad:
-            root = _root_failure(bad[0], records)
-            records[name].update(status="skipped", error=f"skipped: {root} failed", skipped_because=root)
-            print(f"[rehearse] {i}/{len(STAGES)} {name}: skipped ({root} failed)", flush=True)
-            save()
-            continue
-        if name == "backbone" and plan.base_model is not None:
-            cmds = []
-        else:
-            cmds = stage_commands(name, plan)
-        old = previous.get(name)
-        if (old and old.get("ok") and old.get("command") == [display(c) for c in cmds]
-                and not any(d in rerun for d in DEPENDS[name])):
-            records[name] = {**old, "reused": True}
-            print(f"[rehearse] {i}/{len(STAGES)} {name}: ok in an earlier run (--resume), kept", flush=True)
-            save()
-            continue
-        rerun.add(name)
-        print(f"[rehearse] {i}/{len(STAGES)} {name}: " + (f"{len(cmds)} command(s), log {plan.out / 'logs' / name}.log"
-                                                          if cmds else "checking --base_model"), flush=True)
-        for c in cmds:
-            print(f"    $ {display(c)}", flush=True)
+    pending = list(STAGES)
+    running: dict = {}      # future -> stage name
+    index = {n: i for i, n in enumerate(STAGES, 1)}
+    with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
         try:
-            if name == "backbone" and plan.base_model is not None:
-                records[name] = given_backbone(plan)
-            else:
-                env = None
-                if name == "notebooks":   # nothing stale from an earlier run is read as this run's result
-                    env = {ENV_NUMBERS_DIR: str(plan.out / "notebooks" / "report_numbers")}
-                    (plan.out / "report.json").unlink(missing_ok=True)
-                    for old_nb in (plan.out / "notebooks").glob("*.ipynb"):
-                        old_nb.unlink()
-                records[name] = run_stage(name, cmds, plan, env)
-                if name == "notebooks":
-                    nbs = notebook_results(plan)
-                    records[name]["notebooks"] = nbs
-                    failed = [n for n in nbs if n["status"] != "ok" and n.get("error")]
-                    if failed and records[name]["error"]:
-                        records[name]["error"] = (f"{failed[0]['notebook']}: {failed[0]['error']}\n"
-                                                  + records[name]["error"])
+            while pending or running:
+                busy = set(running.values())
+                for name in list(pending):
+                    i = index[name]
+                    if any(d in pending or d in busy for d in DEPENDS[name]):
+                        continue                  # an input is not finished yet
+                    bad = [d for d in DEPENDS[name] if not records[d]["ok"]]
+                    if name == "notebooks" and plan.skip_notebooks:
+                        records[name].update(status="skipped", error="skipped: --skip_notebooks", requested_skip=True)
+                        say(f"[rehearse] {i}/{len(STAGES)} {name}: skipped (--skip_notebooks)")
+                    elif bad:
+                        root = _root_failure(bad[0], records)
+                        records[name].update(status="skipped", error=f"skipped: {root} failed", skipped_because=root)
+                        say(f"[rehearse] {i}/{len(STAGES)} {name}: skipped ({root} failed)")
+                    else:
+                        cmds = [] if name == "backbone" and plan.base_model is not None else stage_commands(name, plan)
+                        old = previous.get(name)
+                        if (old and old.get("ok") and old.get("command") == [display(c) for c in cmds]
+                                and not any(d in rerun for d in DEPENDS[name])):
+                            records[name] = {**old, "reused": True}
+                            say(f"[rehearse] {i}/{len(STAGES)} {name}: ok in an earlier run (--resume), kept")
+                        elif len(running) >= jobs:
+                            continue              # ready, waits for a free slot
+                        else:
+                            rerun.add(name)
+                            lines = [f"[rehearse] {i}/{len(STAGES)} {name}: "
+                                     + (f"{len(cmds)} command(s), log {plan.out / 'logs' / name}.log" if cmds
+                                        else "checking --base_model")]
+                            lines += [f"    $ {display(c)}" for c in cmds]
+                            say("\n".join(lines))
+                            records[name].update(status="running", command=[display(c) for c in cmds], started=_now())
+                            running[pool.submit(execute, name, cmds)] = name
+                            busy.add(name)
+                    pending.remove(name)
+                    save()
+                if not running:
+                    continue
+                done, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    name = running.pop(fut)
+                    records[name] = fut.result()
+                    r = records[name]
+                    say(f"[rehearse] {name}: {r['status']} in {r['seconds']:.1f} s"
+                        + (f"\n{_indent(r['error'])}" if not r["ok"] else ""))
+                    save()
         except KeyboardInterrupt:
-            records[name].update(status="failed", error="interrupted", command=[display(c) for c in cmds])
+            for name in running.values():
+                records[name].update(ok=False, status="failed", error="interrupted")
             doc.update(finished=_now(), ok=False)
             save()
             raise
-        r = records[name]
-        print(f"    {r['status']} in {r['seconds']:.1f} s" + (f"\n{_indent(r['error'])}" if not r["ok"] else ""),
-              flush=True)
-        save()
     doc.update(finished=_now(), ok=rehearsal_ok(doc))
     save()
     return doc
@@ -598,7 +637,7 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     print(f"[rehearse] shape {plan.shape.name}, device {plan.device}, {plan.steps} training steps, out {plan.out}",
           flush=True)
-    doc = rehearse(plan, resume=args.resume)
+    doc = rehearse(plan, resume=args.resume, jobs=args.jobs)
     print()
     print_table(doc["stages"])
     if doc["standins"]:
@@ -636,6 +675,8 @@ def register(sub) -> None:
                    "ssim; e.g. leave out dists where the VGG16 trunk is not available)")
     p.add_argument("--skip_notebooks", action="store_true", help="record the notebooks stage as skipped")
     p.add_argument("--resume", action="store_true", help="keep the stages already ok in <out>/rehearsal.json")
+    p.add_argument("--jobs", type=int, default=1, help="stages run at once when their inputs are ready (default 1: "
+                   "one after the other; 3 on a GPU: the backbone beside synthesis, eval/benchmark/notebooks together)")
     p.set_defaults(func=cmd_rehearse)
 
 
