@@ -45,6 +45,12 @@ def test_trace_sweep_and_distances():
         assert d[f"l1_restored_vs_input_t0_{t0}"] == pytest.approx(float((tr["restored"] - image).abs().mean()))
     assert d["vae_reconstruction_l1"] == pytest.approx(float((traces[0]["reconstruction"] - image).abs().mean()))
     assert d["l1_restored_vs_input_t0_199"] != d["l1_restored_vs_input_t0_700"]
+    # a restorer on a GPU in bf16 returns its traces in bf16 on its device: measured in float32 beside the input
+    half = [{**tr, "restored": tr["restored"].bfloat16(), "reconstruction": tr["reconstruction"].bfloat16()}
+            for tr in traces]
+    dh = trace_distances(image, half)
+    assert dh["l1_restored_vs_input_t0_700"] == pytest.approx(
+        float((half[1]["restored"].float() - image).abs().mean()), rel=1e-6)
 
 
 def test_embedded_views_and_train_summary(tmp_path):

@@ -37,9 +37,15 @@ def trace_sweep(restorer, image: torch.Tensor, t0_values, seed: int = 0) -> list
 def trace_distances(image: torch.Tensor, traces: list[dict]) -> dict[str, float]:
     """Mean absolute difference to ``image`` (the input, [-1, 1]) of each trace's one-step restoration
     (``l1_restored_vs_input_t0_<t0>``) and of the first trace's VAE reconstruction (``vae_reconstruction_l1``).
-    ``traces``: :meth:`nifi_lib.restoration.restorer.Restorer.trace` of ``image`` at several t0."""
-    out = {VAE_L1_KEY: (traces[0]["reconstruction"] - image).abs().mean().item()}
-    out.update({L1_KEY.format(t0=int(tr["t0"])): (tr["restored"] - image).abs().mean().item() for tr in traces})
+    ``traces``: :meth:`nifi_lib.restoration.restorer.Restorer.trace` of ``image`` at several t0 (on the restorer's
+    device and dtype, e.g. bf16 on a GPU): measured in float32 on the CPU, where the notebook's input image is."""
+    ref = image.detach().float().cpu()
+
+    def l1(x: torch.Tensor) -> float:
+        return (x.detach().float().cpu() - ref).abs().mean().item()
+
+    out = {VAE_L1_KEY: l1(traces[0]["reconstruction"])}
+    out.update({L1_KEY.format(t0=int(tr["t0"])): l1(tr["restored"]) for tr in traces})
     return out
 
 
