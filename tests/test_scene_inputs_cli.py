@@ -94,6 +94,12 @@ def test_llff_folder_synthesize_downscale_pairs_all_and_restore(tmp_path, model_
                  "--lq", str(frame), "--out", str(restored), "--device", "cpu", "--seed", "0"]) == 0
     res = np.asarray(Image.open(restored))
     assert res.shape == (12, 16, 3) and res.dtype == np.uint8
+    # `nifi pairs --downscale 1`: the same levels rendered at the full-resolution views (a new pair identity)
+    full = tmp_path / "pairs_full" / "my_capture"
+    assert nifi(["pairs", "--scene", str(art), "--split", "test", "--downscale", "1", "--device", "cpu",
+                 "--backend", "torch", "--out", str(full)]) == 0
+    assert Image.open(full / "rate_L0" / "test" / "degraded" / "IMG_0000.png").size == (128, 96)
+    assert json.loads((full / "manifest.json").read_text())["identity"]["downscale"] == 1
 
 
 def test_dense_quality_warnings_thresholds():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,6 +222,23 @@ def test_cfg_args_parser_is_safe_and_names_the_file(tmp_path):
                                                        "rotation": np.eye(3).tolist(), "id": 0}]))
     with pytest.raises(SceneError, match=r"m/cfg_args: source_path '/no/such/folder' not found"):
         load_scene(missing)
+
+
+LEGO = Path(__file__).resolve().parents[2] / "shared" / "scenes" / "nerf_synthetic_lego_200"
+
+
+@pytest.mark.skipif(not LEGO.is_dir(), reason="shared lego scene not available")
+def test_inria_output_of_a_blender_scene_uses_its_split_files(tmp_path):
+    from nifi_lib.gs.cameras import read_blender_scene
+
+    test_cams = read_blender_scene(LEGO, "test")
+    out = tmp_path / "lego_run"
+    write_inria_output(out, test_cams[:3], toy_model(10, sh_degree=0), LEGO, white_background=True)
+    assert detect_layout(out) == "inria"
+    got = load_scene(out, "test")
+    assert [c.image_path for c in got] == [c.image_path for c in test_cams]
+    torch.testing.assert_close(got[0].world_to_cam, test_cams[0].world_to_cam)
+    assert open_scene(out).background == (1.0, 1.0, 1.0)
 
 
 # --------------------------------------------------------------------------- nerfstudio splatfacto exports

@@ -13,7 +13,9 @@ stores each camera's centre ``position`` and camera-to-world rotation ``rotation
 frame of the source scene) and ``fx, fy`` at the training resolution ``width x height``, principal point at
 the centre; intrinsics are scaled to the actual image files. The cameras are sorted by image name and split
 as 3DGS does (test = every 8th). Images come from the source scene (``source_path`` + ``images`` or
-``images_<d>``); the dense model is the PLY of the highest ``iteration_<k>``.
+``images_<d>``); the dense model is the PLY of the highest ``iteration_<k>``. A model trained on a Blender
+scene (``transforms_train.json`` in ``source_path``: image names repeat across its splits) is read through
+the source's own Blender reader and split files (:func:`nifi_lib.data.scenes.load_scene`).
 
 It is told apart from the project's own ``cameras.json`` by ``cfg_args``/``point_cloud/`` and by its entries
 (``img_name``/``rotation``/``position`` instead of ``name``/``world_to_cam``).

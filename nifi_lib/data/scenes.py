@@ -139,8 +139,11 @@ def load_scene(root: str | Path, split: str = "train", llffhold: int = 8, downsc
 
         cams = read_llff_scene(root, downscale=downscale)
     elif layout == "inria":
-        from .inria import read_inria_scene
+        from .inria import inria_source, read_inria_scene
 
+        source = inria_source(root)
+        if (source / "transforms_train.json").is_file():  # trained on a Blender scene: its own split files
+            return load_scene(source, split, llffhold, downscale, "blender")
         cams = read_inria_scene(root, downscale=downscale)
     else:
         cams = read_nerfstudio_scene(root, downscale=downscale)
