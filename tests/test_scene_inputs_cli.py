@@ -155,6 +155,11 @@ def test_nerfstudio_export_misaligned_warns_and_aligned_does_not(tmp_path, known
     bad = json.loads((tmp_path / "bad" / "synth.json").read_text())
     assert bad["full_psnr_test"] < DENSE_PSNR_MIN_DB and bad["warnings"]
     assert any(line.startswith("warning: the dense model reaches only") for line in err.splitlines())
+    # a re-run that reuses the complete synthesis still says so
+    assert nifi(["synthesize", "--scene", str(scene), "--ply", str(tmp_path / "lost" / "splat.ply"), *CHEAP,
+                 "--out", str(tmp_path / "bad")]) == 0
+    captured = capsys.readouterr()
+    assert "skipping" in captured.out and "warning: the dense model reaches only" in captured.err
     # with dataparser_transforms.json next to the export: mapped back, near-lossless, no warning
     m = np.concatenate([r, t[:, None]], axis=1)
     (export / "dataparser_transforms.json").write_text(json.dumps({"transform": m.tolist(), "scale": s}))

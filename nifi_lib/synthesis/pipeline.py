@@ -227,6 +227,8 @@ def synthesize_scene(scene_dir: str | Path, out_dir: str | Path, settings: Synth
     existing = synth_complete(out_dir)
     if existing is not None and not overwrite and existing.get("settings") == json.loads(json.dumps(settings_key)):
         log(f"{out_dir}: complete synthesis with the same settings found, skipping (use --overwrite to redo)")
+        for w in existing.get("warnings", []):
+            warn(w)
         return existing
     # 2. dense model
     fit_info = None
