@@ -11,7 +11,7 @@ import json
 from ..gs.cameras import load_camera_images
 from ..io.atomic import atomic_write_json
 from ..paths import repo_path
-from .scenes import LAYOUTS, SceneError, detect_layout, load_scene, load_scene_points
+from .scenes import LAYOUTS, SceneError, detect_layout, load_scene, load_scene_points, scene_white_background
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -23,7 +23,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     cams = load_scene(scene, args.split, args.llffhold, args.downscale, layout)
     if not cams:
         raise SceneError(f"{scene}: no views in split {args.split!r}")
-    background = [1.0, 1.0, 1.0] if layout == "blender" else [0.0, 0.0, 0.0]  # the 3DGS --white_background rule
+    background = [1.0, 1.0, 1.0] if scene_white_background(scene, layout) else [0.0, 0.0, 0.0]  # 3DGS rule
     init_points, init_colors = load_scene_points(scene, layout) or (None, None)  # COLMAP/nerfstudio sparse points
     images = load_camera_images(cams, background=background)
     model, history = fit_gaussians(cams, images, init=init_points, init_colors=init_colors,

@@ -53,6 +53,19 @@ class Archive:
 MIPNERF360_SCENES = ("bicycle", "bonsai", "counter", "garden", "kitchen", "room", "stump", "flowers", "treehill")
 MIPNERF360_OUTDOOR = ("bicycle", "flowers", "garden", "stump", "treehill")   # 3DGS evaluates these at images_4
 MIPNERF360_INDOOR = ("bonsai", "counter", "kitchen", "room")                 # ... and these at images_2
+
+
+def default_downscale(dataset: str, scene: str) -> int | None:
+    """The image folder 3DGS evaluates a benchmark scene at: ``images_4`` (4) for the outdoor Mip-NeRF360 scenes,
+    ``images_2`` (2) for the indoor ones; None (``images/`` as shipped) for every other scene."""
+    if dataset == "mipnerf360":
+        if scene in MIPNERF360_OUTDOOR:
+            return 4
+        if scene in MIPNERF360_INDOOR:
+            return 2
+    return None
+
+
 TANKS_TEMPLES_SCENES = ("train", "truck")
 DEEPBLENDING_SCENES = ("playroom", "drjohnson")
 

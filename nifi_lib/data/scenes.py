@@ -3,15 +3,20 @@
 Layouts (detected in this order, or forced with ``layout=``):
 
 * ``blender``: NeRF-synthetic, ``transforms_{train,val,test}.json`` (the files define the split);
+* ``inria``: an INRIA 3DGS output folder (``cfg_args``, ``point_cloud/iteration_<k>/``, its ``cameras.json``
+  of ``img_name``/``rotation``/``position`` entries; images from ``cfg_args``' ``source_path``;
+  :mod:`nifi_lib.data.inria`);
 * ``embedded``: the project's own ``cameras.json`` (:func:`nifi_lib.gs.cameras.read_scene_cameras`);
 * ``colmap``: ``sparse/0/`` (or ``sparse/``, ``colmap/sparse/0/``) + ``images[_2|_4|_8]/`` (Mip-NeRF360,
   Tanks & Temples, DeepBlending, DL3DV with COLMAP);
+* ``llff``: ``poses_bounds.npy`` + ``images[_2|_4|_8]/`` without a complete COLMAP model (``nerf_llff_data``;
+  points from ``sparse/0/points3D.bin`` when present; :mod:`nifi_lib.data.llff`);
 * ``nerfstudio``: ``transforms.json`` with ``fl_x, fl_y, cx, cy, w, h`` and ``frames[].transform_matrix``
   (camera-to-world, OpenGL axes), e.g. DL3DV-10K;
 * ``images`` (only with ``detect_layout(..., allow_images=True)``): an ``images/`` folder and no cameras
   (artifact synthesis' proxy and precomputed modes, :mod:`nifi_lib.synthesis.scene`).
 
-For ``embedded``, ``colmap`` and ``nerfstudio`` the cameras are sorted by image name and split with the
+For every layout but ``blender`` the cameras are sorted by image name and split with the
 3DGS rule (test = every ``llffhold``-th view, :func:`nifi_lib.gs.cameras.split_views`).
 """
 from __future__ import annotations
@@ -30,7 +35,7 @@ from ..gs.cameras import GL_TO_CV, Camera, read_blender_scene, read_scene_camera
 from ..io.images import list_images
 from .colmap import IMAGE_EXTS, ColmapError, find_sparse_dir, read_colmap_scene
 
-LAYOUTS = ("blender", "embedded", "colmap", "nerfstudio")
+LAYOUTS = ("blender", "inria", "embedded", "colmap", "llff", "nerfstudio")
 
 
 class SceneError(NifiError, ValueError):
@@ -47,15 +52,20 @@ def detect_layout(root: str | Path, allow_images: bool = False, downscale: int |
     if (root / "transforms_train.json").is_file():
         return "blender"
     if (root / "cameras.json").is_file():
-        return "embedded"
+        from .inria import is_inria_cameras, is_inria_output
+
+        return "inria" if is_inria_output(root) or is_inria_cameras(root / "cameras.json") else "embedded"
     if find_sparse_dir(root) is not None:
         return "colmap"
+    if (root / "poses_bounds.npy").is_file():
+        return "llff"
     if (root / "transforms.json").is_file():
         return "nerfstudio"
     if allow_images and image_files(root, downscale):
         return "images"
     raise SceneError(f"{root}: unknown scene layout, cannot tell the scene format: expected transforms_train.json "
-                     "(Blender), cameras.json (embedded), sparse/0/ (COLMAP), transforms.json (nerfstudio/DL3DV)"
+                     "(Blender), cameras.json (embedded or an INRIA 3DGS output), sparse/0/ (COLMAP), "
+                     "poses_bounds.npy (LLFF), transforms.json (nerfstudio/DL3DV)"
                      + (" or images/" if allow_images else ""))
 
 
@@ -102,8 +112,8 @@ def load_scene(root: str | Path, split: str = "train", llffhold: int = 8, downsc
                layout: str | None = None) -> list[Camera]:
     """Cameras (with image paths) of the ``split`` (``train``, ``test`` or ``all``) of a scene folder.
 
-    ``downscale`` picks ``images_{2,4,8}`` for COLMAP and nerfstudio scenes (intrinsics follow the actual
-    image size); ``None`` uses ``images/`` when present, else the finest downscaled folder there is.
+    ``downscale`` picks ``images_{2,4,8}`` for COLMAP, LLFF, INRIA (its source scene) and nerfstudio scenes
+    (intrinsics follow the actual image size); ``None`` uses ``images/`` when present, else the finest downscaled folder there is.
     Blender scenes use their own ``transforms_{split}.json`` split and ignore ``llffhold``/``downscale``.
     """
     root = Path(root)
@@ -124,6 +134,17 @@ def load_scene(root: str | Path, split: str = "train", llffhold: int = 8, downsc
         cams = sorted(read_scene_cameras(root / "cameras.json"), key=lambda c: c.name)
     elif layout == "colmap":
         cams = read_colmap_scene(root, downscale=downscale)[0]
+    elif layout == "llff":
+        from .llff import read_llff_scene
+
+        cams = read_llff_scene(root, downscale=downscale)
+    elif layout == "inria":
+        from .inria import inria_source, read_inria_scene
+
+        source = inria_source(root)
+        if (source / "transforms_train.json").is_file():  # trained on a Blender scene: its own split files
+            return load_scene(source, split, llffhold, downscale, "blender")
+        cams = read_inria_scene(root, downscale=downscale)
     else:
         cams = read_nerfstudio_scene(root, downscale=downscale)
     return split_views(cams, split, llffhold)
@@ -132,19 +153,47 @@ def load_scene(root: str | Path, split: str = "train", llffhold: int = 8, downsc
 def load_scene_points(root: str | Path, layout: str | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Sparse points ``(xyz (P, 3), rgb (P, 3) in [0, 1])`` of a scene, or None when it has none.
 
-    COLMAP: ``points3D``; nerfstudio: the ``ply_file_path`` point cloud, in the frame of transforms.json.
+    COLMAP: ``points3D``; LLFF: ``sparse/0/points3D.bin`` if present; nerfstudio: the ``ply_file_path`` point
+    cloud, in the frame of transforms.json.
     """
     root = Path(root)
     layout = layout or detect_layout(root)
     if layout == "colmap":
         _, xyz, rgb = read_colmap_scene(root, check_images=False)
         return (xyz, rgb) if len(xyz) else None
+    if layout == "llff":
+        from .llff import read_llff_points
+
+        return read_llff_points(root)
     if layout == "nerfstudio":
         meta = _read_json(root / "transforms.json")
         ply = meta.get("ply_file_path")
         if ply and (root / ply).is_file():
             return read_ply_points(root / ply)
     return None
+
+
+def scene_pretrained_model(root: str | Path, layout: str | None = None) -> Path | None:
+    """The dense model a scene folder ships: the highest ``point_cloud/iteration_<k>/point_cloud.ply`` of an INRIA
+    output, ``<root>/point_cloud.ply`` otherwise (the embedded scenes), or None."""
+    root = Path(root)
+    layout = layout or detect_layout(root, allow_images=True)
+    if layout == "inria":
+        from .inria import inria_ply
+
+        return inria_ply(root)
+    return root / "point_cloud.ply" if (root / "point_cloud.ply").is_file() else None
+
+
+def scene_white_background(root: str | Path, layout: str | None = None) -> bool:
+    """Whether the scene is rendered on white: Blender scenes, and INRIA outputs trained with ``white_background``."""
+    root = Path(root)
+    layout = layout or detect_layout(root, allow_images=True)
+    if layout == "inria":
+        from .inria import inria_config
+
+        return bool(inria_config(root).get("white_background", False))
+    return layout == "blender"
 
 
 def read_ply_points(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,5 +342,5 @@ def write_nerfstudio_transforms(path: str | Path, cameras: Sequence[Camera], roo
 
 
 __all__ = ["SceneError", "LAYOUTS", "detect_layout", "image_files", "is_scene_dir", "find_scenes", "load_scene",
-           "load_scene_points", "read_nerfstudio_scene", "write_nerfstudio_transforms", "read_ply_points",
-           "ColmapError"]
+           "load_scene_points", "scene_pretrained_model", "scene_white_background", "read_nerfstudio_scene",
+           "write_nerfstudio_transforms", "read_ply_points", "ColmapError"]

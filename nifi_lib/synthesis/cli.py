@@ -57,10 +57,18 @@ def _add_synthesis_options(p: argparse.ArgumentParser) -> None:
                    help="white, black or r,g,b (default: white for Blender scenes, black otherwise)")
 
 
+def _db(value) -> str:
+    return "n/a" if value is None else f"{value:.2f} dB"
+
+
 def _cmd_synthesize(args: argparse.Namespace) -> int:
-    meta = synthesize_scene(args.scene, args.out, _settings(args), ply=args.ply, overwrite=args.overwrite)
+    meta = synthesize_scene(args.scene, args.out, _settings(args), ply=args.ply, overwrite=args.overwrite,
+                            transforms=args.transforms)
     print(f"{args.out}: {meta['num_gaussians_full']} Gaussians -> "
           + ", ".join(f"rate {lv['label']}: {lv['num_gaussians']} ({lv['bytes']} B)" for lv in meta["levels"]))
+    print(f"{args.out}: dense model PSNR {_db(meta.get('full_psnr_test'))} on the test views "
+          f"(train {_db(meta.get('full_psnr_train'))}); decoded levels on the test views: "
+          + ", ".join(f"rate {lv['label']} {_db(lv.get('psnr_test'))}" for lv in meta["levels"]))
     return 0
 
 
@@ -72,7 +80,7 @@ def _splits(split: str) -> list[str]:
 def _cmd_pairs(args: argparse.Namespace) -> int:
     for split in _splits(args.split):
         m = codec_pairs(args.scene, split, args.out, backend=args.backend, overwrite=args.overwrite,
-                        device=args.device)
+                        device=args.device, downscale=args.downscale)
     for lv in m["levels"]:
         print(f"rate {lv['label']}: {lv['num_gaussians']} Gaussians, {lv['bytes']} B, PSNR {lv['psnr']:.2f} dB "
               f"({lv['psnr_split']})")
@@ -93,13 +101,25 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("synthesize", help="dense 3DGS -> pruned, fine-tuned, 8-bit + entropy-coded levels (Sec. 3)")
-    p.add_argument("--scene", required=True, help="scene folder (transforms_*.json, cameras.json or COLMAP)")
+    p.add_argument("--scene", required=True,
+                   help="scene folder: Blender, embedded cameras.json, COLMAP, LLFF (poses_bounds.npy), nerfstudio "
+                        "transforms.json, or an INRIA 3DGS output folder (its PLY is the dense model)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--rates", nargs="+", default=list(PAPER_RATE_LABELS),
                    help="rate labels (lambda names); one level per rate, 0.1 = largest level")
     g.add_argument("--levels", type=int, default=None, help="number of levels L (labels: paper names for L = 3)")
     p.add_argument("--out", required=True, help="artifact folder, e.g. artifacts/<scene>/")
-    p.add_argument("--ply", default=None, help="pretrained dense 3DGS PLY (default: <scene>/point_cloud.ply, else fit)")
+    p.add_argument("--ply", default=None,
+                   help="pretrained dense 3DGS: a PLY, an INRIA 3DGS output folder, a nerfstudio splatfacto export "
+                        "(PLY + dataparser_transforms.json) or a gsplat checkpoint .pt (default: the scene's own: an "
+                        "INRIA output's PLY or <scene>/point_cloud.ply, else fit)")
+    p.add_argument("--transforms", default=None,
+                   help="frame transform of --ply to undo: nerfstudio's dataparser_transforms.json (found next to "
+                        "the PLY when not given) or a 4x4 similarity (JSON/.npy, x_model = T x_scene; gsplat's "
+                        "normalize_world_space)")
+    p.add_argument("--downscale", type=int, default=None, choices=(1, 2, 4, 8),
+                   help="use images_<d>/ of COLMAP, LLFF, INRIA-source and nerfstudio scenes (default: images/, else "
+                        "the finest images_<d>/ there is)")
     p.add_argument("--overwrite", action="store_true", help="redo even if a complete synthesis exists")
     _add_synthesis_options(p)
     p.set_defaults(func=_cmd_synthesize)
@@ -111,6 +131,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="pairs/<scene>/ (a trailing /<split>/ is accepted and dropped)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "gsplat"))
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--downscale", type=int, default=None, choices=(1, 2, 4, 8),
+                   help="render at the views of images_<d>/ (default: the resolution `nifi synthesize` used)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_pairs)
 
@@ -126,7 +148,8 @@ def register(sub) -> None:
     p.add_argument("--split", default="test", choices=("train", "test", "all"),
                    help="views to write; all = both train/ and test/ (default: %(default)s)")
     p.add_argument("--downscale", type=int, default=None, choices=(1, 2, 4, 8),
-                   help="use images_<d>/ of COLMAP, nerfstudio and image-only scenes (default: images/)")
+                   help="use images_<d>/ of every scene (default: per scene, the 3DGS convention: Mip-NeRF360 "
+                        "outdoor images_4, indoor images_2, other datasets images/)")
     p.add_argument("--artifacts_root", default="artifacts/benchmarks", help="nifi-codec: where artifacts go")
     p.add_argument("--overwrite", action="store_true")
     _add_synthesis_options(p)

@@ -2,9 +2,16 @@
 
 ``synthesize_scene`` writes ``artifacts/<scene>/``::
 
-    full.ply            the dense scene (given PLY, <scene>/point_cloud.ply, or fitted here)
+    full.ply            the dense scene (given model, the scene's own PLY, or fitted here)
     level_<l>.nifigs    one bitstream per level l = 0..L-1 (level 0 = c_min primitives)
-    synth.json          schedule, importance, per-level sizes (bytes on disk, zlib/lzma baselines), timings
+    synth.json          schedule, importance, per-level sizes (bytes on disk, zlib/lzma baselines), timings,
+                        quality: ``full_psnr_train``/``full_psnr_test`` of the dense model and per level
+                        ``psnr_test`` of the decoded level file (:func:`level_test_psnr`)
+
+The dense model's quality is checked before anything else is made: :func:`dense_quality_warnings` warns
+(a line starting with ``warning:`` on stderr, also listed in synth.json ``warnings``) when the test PSNR is
+below :data:`DENSE_PSNR_MIN_DB` or more than :data:`DENSE_PSNR_MAX_GAP_DB` below the training PSNR (a
+misaligned model, e.g. one left in a normalized frame, or an under-fitted scene).
 
 ``codec_pairs`` decodes each level, renders it at the views of a split and writes the pair layout of
 :mod:`nifi_lib.synthesis.pairs`; ``proxy_pairs`` and ``precomputed_pairs`` write the same layout from
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +54,10 @@ SYNTH_JSON = "synth.json"
 FULL_PLY = "full.ply"
 POINT_CLOUD = "point_cloud.ply"
 MODES = ("nifi-codec", "proxy", "precomputed")
+# The dense model is reported as poor below this test PSNR (dB): a well-fitted real scene is ~25-30 dB.
+DENSE_PSNR_MIN_DB = 20.0
+# ... or when its test PSNR is this far below its training PSNR (dB): misaligned cameras or an over-fit.
+DENSE_PSNR_MAX_GAP_DB = 6.0
 PROXY_NOTE = ("proxy mode: image-space degradations (detail loss, blotches, colour shifts) imitating 3DGS "
               "compression artifacts; no codec was run, levels have no size")
 
@@ -95,14 +107,18 @@ def _subsample(n: int, k: int | None) -> list[int]:
     return sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)})
 
 
-def _fit_full(cameras, images, iterations: int, settings: SynthesisSettings, background, progress: bool):
-    """Fit a dense 3DGS with :func:`nifi_lib.gs.fit.fit_gaussians` (only the keyword arguments it accepts)."""
+def _fit_full(cameras, images, iterations: int, settings: SynthesisSettings, background, progress: bool,
+              points: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """Fit a dense 3DGS with :func:`nifi_lib.gs.fit.fit_gaussians` (only the keyword arguments it accepts),
+    from the scene's sparse ``points`` ``(xyz, rgb)`` when it has them (COLMAP, LLFF, nerfstudio), else random."""
     try:
         from ..gs.fit import fit_gaussians
     except ImportError as e:  # pragma: no cover - gs area incomplete
         raise SynthesisError("no pretrained PLY given and nifi_lib.gs.fit is not available to fit one") from e
     wanted = dict(iterations=int(iterations), seed=settings.seed, background=background, backend=settings.backend,
                   progress=progress, device=_device(settings.device))
+    if points is not None:
+        wanted.update(init=points[0], init_colors=points[1])
     params = inspect.signature(fit_gaussians).parameters
     accepts_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
     kwargs = {k: v for k, v in wanted.items() if accepts_kw or k in params}
@@ -146,18 +162,46 @@ def _read_synth(out_dir: str | Path) -> tuple[dict | None, str | None]:
     return meta, None
 
 
+def dense_quality_warnings(psnr_train: float, psnr_test: float) -> list[str]:
+    """``warning: ...`` lines when the dense model looks poor (module docstring); [] when it looks fine."""
+    out = []
+    if not psnr_test >= DENSE_PSNR_MIN_DB:
+        out.append(f"warning: the dense model reaches only {psnr_test:.2f} dB on the test views (below "
+                   f"{DENSE_PSNR_MIN_DB:.0f} dB): every level inherits this; fit longer or check the model/cameras")
+    if psnr_train - psnr_test > DENSE_PSNR_MAX_GAP_DB:
+        out.append(f"warning: the dense model's test PSNR {psnr_test:.2f} dB is {psnr_train - psnr_test:.1f} dB below "
+                   f"its training PSNR {psnr_train:.2f} dB (more than {DENSE_PSNR_MAX_GAP_DB:.0f} dB): misaligned "
+                   "cameras (a model in a normalized frame?) or an over-fitted scene")
+    return out
+
+
+def level_test_psnr(level_file: str | Path, scene: SourceScene, backend: str = "auto",
+                    device: str | None = None) -> float:
+    """Mean test-view PSNR of a level as it is stored: the written file is decoded and rendered."""
+    return model_psnr(codec.read_level(level_file), scene, "test", backend, device)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
 def synthesize_scene(scene_dir: str | Path, out_dir: str | Path, settings: SynthesisSettings | None = None,
                      ply: str | Path | None = None, progress: bool = True, overwrite: bool = False,
-                     log: Callable[[str], None] = print) -> dict:
+                     log: Callable[[str], None] = print, transforms: str | Path | None = None,
+                     warn: Callable[[str], None] = _stderr) -> dict:
     """Build ``out_dir/{full.ply, level_<l>.nifigs, synth.json}`` from a scene folder (module docstring).
 
-    The dense model is ``ply``, else ``<scene>/point_cloud.ply``, else fitted with ``fit_iterations``.
+    The dense model is ``ply`` (any format of :mod:`nifi_lib.data.pretrained`: a 3DGS PLY, an INRIA output
+    folder, a nerfstudio splatfacto export, a gsplat checkpoint; ``transforms``: the frame transform to undo),
+    else the scene's own (an INRIA output's PLY, ``<scene>/point_cloud.ply``), else fitted with ``fit_iterations``.
     Importance (GoDe) is computed once on the dense model over the training views; level l keeps the
     top ``|G_l|`` primitives (so G_0 < G_1 < G_2 are nested), is fine-tuned for ``finetune_iterations``
     and coded into ``level_<l>.nifigs``. An existing complete output with the same settings is reused
     unless ``overwrite``.
     """
-    from ..gs.model import load_ply, save_ply
+    from ..data.pretrained import load_pretrained
+    from ..data.scenes import scene_pretrained_model
+    from ..gs.model import save_ply
 
     s = settings or SynthesisSettings()
     t_start = time.perf_counter()
@@ -172,30 +216,46 @@ def synthesize_scene(scene_dir: str | Path, out_dir: str | Path, settings: Synth
     check_images(scene, test_views, progress, "check test images")
     train_imgs = scene.load_images(train_views)
     train_cams = [v.camera for v in train_views]
-    ply_path = Path(ply) if ply is not None else (scene.root / POINT_CLOUD if (scene.root / POINT_CLOUD).is_file() else None)
-    full = load_ply(ply_path) if ply_path is not None else None
+    ply_path = Path(ply) if ply is not None else scene_pretrained_model(scene.root, scene.format)
+    full, model_info = load_pretrained(ply_path, transforms) if ply_path is not None else (None, None)
     if full is not None:
         sizes = level_sizes(full.num_gaussians, s.c_min, s.num_levels, s.n_top)
     settings_key = {k: v for k, v in asdict(s).items() if k not in ("backend", "device")}
     settings_key["ply"] = display_path(ply_path)
+    if transforms is not None:
+        settings_key["ply_transforms"] = display_path(transforms)
     existing = synth_complete(out_dir)
     if existing is not None and not overwrite and existing.get("settings") == json.loads(json.dumps(settings_key)):
         log(f"{out_dir}: complete synthesis with the same settings found, skipping (use --overwrite to redo)")
+        for w in existing.get("warnings", []):
+            warn(w)
         return existing
     # 2. dense model
     fit_info = None
     if full is None:
         log(f"{scene.name}: no pretrained PLY; fitting a dense 3DGS for {s.fit_iterations} iterations")
         t0 = time.perf_counter()
-        full, hist = _fit_full(train_cams, train_imgs, s.fit_iterations, s, scene.background, progress)
+        from ..data.scenes import load_scene_points
+
+        points = load_scene_points(scene.root, scene.format)
+        full, hist = _fit_full(train_cams, train_imgs, s.fit_iterations, s, scene.background, progress, points)
         full = full.detach().to("cpu")
-        fit_info = {"iterations": s.fit_iterations, "seconds": time.perf_counter() - t0}
+        fit_info = {"iterations": s.fit_iterations, "seconds": time.perf_counter() - t0,
+                    "init": f"{len(points[0])} scene points" if points is not None else "random"}
         losses = hist.get("loss") if isinstance(hist, dict) else getattr(hist, "loss", None)
         if losses:
             fit_info["final_loss"] = float(losses[-1])
         sizes = level_sizes(full.num_gaussians, s.c_min, s.num_levels, s.n_top)
     full.validate(str(ply_path) if ply_path else "fitted model")
     full_dev, train_imgs = full.to(dev), train_imgs.to(dev)
+    # 2b. how good is the dense model? (every level inherits it; warn before anything is made from it)
+    full_psnr_train = model_psnr(full_dev, scene, "train", s.backend, s.device)
+    full_psnr_test = model_psnr(full_dev, scene, "test", s.backend, s.device)
+    log(f"{scene.name}: dense model ({full.num_gaussians} Gaussians): PSNR {full_psnr_train:.2f} dB on the "
+        f"{len(train_views)} training views, {full_psnr_test:.2f} dB on the {len(test_views)} test views")
+    quality_warnings = dense_quality_warnings(full_psnr_train, full_psnr_test)
+    for w in quality_warnings:
+        warn(w)
     # 3. importance on the dense model
     t0 = time.perf_counter()
     pick = _subsample(len(train_views), s.importance_views)
@@ -214,18 +274,22 @@ def synthesize_scene(scene_dir: str | Path, out_dir: str | Path, settings: Synth
                                    backend=s.backend, seed=s.seed + l, progress=progress, desc=f"fine-tune level {l}")
             tuned = tuned.subset(morton_order(tuned).to(tuned.device))  # render-invariant; helps the coder
             stats = codec.write_level(tuned, stage / level_filename(l))
+            psnr_test = level_test_psnr(stage / level_filename(l), scene, s.backend, s.device)
             levels.append({"level": l, "label": label, "num_gaussians": k, "file": level_filename(l),
-                           **stats.to_dict(), "finetune_iterations": s.finetune_iterations,
+                           **stats.to_dict(), "psnr_test": psnr_test, "finetune_iterations": s.finetune_iterations,
                            "finetune_final_loss": hist["loss"][-1] if hist["loss"] else None,
                            "seconds": time.perf_counter() - t0})
             log(f"{scene.name}: level {l} (rate {label}): {k} Gaussians, {stats.bytes} B on disk "
                 f"({stats.bytes / 1e6:.3f} MB; raw 8-bit {stats.raw_8bit_bytes} B, zlib {stats.zlib_bytes} B, "
-                f"lzma {stats.lzma_bytes} B)")
+                f"lzma {stats.lzma_bytes} B), decoded test PSNR {psnr_test:.2f} dB")
         full_bytes = (stage / FULL_PLY).stat().st_size
         meta = {
             "format_version": 1, "scene": scene.name, "source": display_path(scene.root), "source_format": scene.format,
             "background": list(scene.background), "full_ply": FULL_PLY, "full_ply_bytes": full_bytes,
             "full_source": display_path(ply_path) if ply_path else "fitted", "fit": fit_info,
+            "full_source_format": model_info["format"] if model_info else "fitted",
+            "full_psnr_train": full_psnr_train, "full_psnr_test": full_psnr_test,
+            "psnr_views": {"train": len(train_views), "test": len(test_views)}, "warnings": quality_warnings,
             "num_gaussians_full": full.num_gaussians, "sh_degree": full.sh_degree,
             "schedule": {"c_min": s.c_min, "num_levels": s.num_levels, "n_top": sizes[-1],
                          "n_top_reading": "size of the largest pruned level (default N // 4 of the full model)",
@@ -297,8 +361,10 @@ def write_scene_pairs(scene: SourceScene, scene_dir: Path, split: str, mode: str
 
 def codec_pairs(artifact_dir: str | Path, split: str, out: str | Path, backend: str = "auto",
                 progress: bool = True, overwrite: bool = False, log: Callable[[str], None] = print,
-                device: str | None = None) -> dict:
-    """``nifi pairs``: decode every level of ``artifact_dir``, render ``split``, write pairs + manifest."""
+                device: str | None = None, downscale: int | None = None) -> dict:
+    """``nifi pairs``: decode every level of ``artifact_dir``, render ``split``, write pairs + manifest.
+
+    ``downscale``: render at the scene's ``images_<d>/`` views (default: the resolution of the synthesis)."""
     from ..gs.render import render
 
     artifact_dir = Path(artifact_dir)
@@ -310,13 +376,18 @@ def codec_pairs(artifact_dir: str | Path, split: str, out: str | Path, backend: 
     labels = [lv["label"] for lv in meta["levels"]]
     identity = {"artifacts": display_path(artifact_dir),
                 "synth_sha256": sha256_file(artifact_dir / SYNTH_JSON)[:16]}
+    synth_downscale = meta.get("settings", {}).get("downscale")
+    if downscale is not None and downscale != synth_downscale:
+        identity["downscale"] = downscale
+    else:
+        downscale = synth_downscale
     old = read_manifest(scene_dir) if scene_dir.is_dir() else None
     if (not overwrite and old is not None and old.get("identity") == identity
             and manifest_complete(scene_dir, labels, [split], mode="nifi-codec")):
         log(f"{scene_dir}: pairs of split '{split}' are complete, skipping (use --overwrite to redo)")
         return old
     scene = open_scene(repo_path(meta["source"]), name=meta["scene"], background=meta["background"],
-                       downscale=meta.get("settings", {}).get("downscale"), require_cameras=True)
+                       downscale=downscale, require_cameras=True)
     views = scene.views(split)
     check_images(scene, views + (scene.views("test") if split != "test" else []), progress)
     dev = _device(device)
@@ -430,6 +501,8 @@ def prepare_benchmark(dataset: str, dataset_root: str | Path, out: str | Path, r
     ``method``: ``proxy``, ``precomputed`` (needs ``compressed_root``) or ``nifi-codec`` (synthesizes
     ``<artifacts_root>/<dataset>/<scene>/`` first). Scenes whose manifest already lists every rate and the
     split with all files are skipped. ``shard = "i/n"`` processes scenes ``i, i + n, ...`` (sorted by name).
+    ``downscale`` None: per scene the 3DGS convention (:func:`nifi_lib.data.registry.default_downscale`:
+    Mip-NeRF360 outdoor ``images_4``, indoor ``images_2``, else ``images/``); a number applies to every scene.
     """
     if method not in MODES:
         raise SynthesisError(f"unknown compression method {method!r} (one of {', '.join(MODES)})")
@@ -439,9 +512,13 @@ def prepare_benchmark(dataset: str, dataset_root: str | Path, out: str | Path, r
         raise SynthesisError(f"unknown split {split!r}")
     labels = [lab for _, lab in _levels_for_labels(rates)]
     i, n = parse_shard(shard)
+    from ..data.registry import default_downscale
+
     scenes = find_scenes(dataset_root, downscale)[i::n]
     results = []
+    given_downscale = downscale
     for root in tqdm(scenes, desc=f"{dataset} scenes", disable=not progress):
+        downscale = given_downscale if given_downscale is not None else default_downscale(dataset, root.name)
         scene_dir = Path(out) / dataset / root.name
         if not overwrite and manifest_complete(scene_dir, labels, [split], mode=method):
             log(f"{scene_dir}: complete, skipping")
@@ -459,7 +536,8 @@ def prepare_benchmark(dataset: str, dataset_root: str | Path, out: str | Path, r
             synthesize_scene(root, art, s, progress=progress, overwrite=overwrite, log=log)
             codec_pairs(art, split, scene_dir, backend=s.backend, progress=progress, overwrite=True, log=log,
                         device=s.device)
-        results.append({"scene": root.name, "status": "done", "seconds": time.perf_counter() - t0})
+        results.append({"scene": root.name, "status": "done", "downscale": downscale,
+                        "seconds": time.perf_counter() - t0})
         log(f"{scene_dir}: done in {time.perf_counter() - t0:.1f} s")
     return results
 

@@ -6,8 +6,9 @@ splits are the project's everywhere (Blender: the transforms files; others: sort
 ``images`` layout (``images/``, or ``images_<d>/`` with ``downscale = d``, no cameras) is accepted too:
 its files are sorted by name and split with the same rule (test = index % 8 == 0).
 
-Background: RGBA images (NeRF-synthetic) are composited on white for Blender scenes (the 3DGS
-``--white_background`` setting) and on black otherwise; renders use the same background.
+Background: RGBA images (NeRF-synthetic) are composited on white for Blender scenes and INRIA outputs
+trained with ``white_background`` (the 3DGS ``--white_background`` setting) and on black otherwise; renders use
+the same background.
 View names are image file stems, made unique within a split (Blender ``all`` has ``train/r_0`` and
 ``test/r_0``: clashing stems are prefixed with their folder name). Nothing is written here.
 """
@@ -19,7 +20,8 @@ from typing import Sequence
 
 import torch
 
-from ..data.scenes import SceneError, detect_layout, find_scenes as find_scene_dirs, image_files, load_scene
+from ..data.scenes import (SceneError, detect_layout, find_scenes as find_scene_dirs, image_files, load_scene,
+                           scene_white_background)
 
 SPLITS = ("train", "test", "all")
 LLFFHOLD = 8
@@ -40,7 +42,7 @@ class View:
 class SourceScene:
     name: str
     root: Path
-    format: str                       # blender | embedded | colmap | nerfstudio | images
+    format: str                       # blender | inria | embedded | colmap | llff | nerfstudio | images
     background: tuple[float, float, float]
     downscale: int | None = None
     _cache: dict = field(default_factory=dict, repr=False)
@@ -102,7 +104,8 @@ def open_scene(root: str | Path, name: str | None = None, downscale: int | None 
     if require_cameras and fmt == "images":
         raise SceneError(f"{root}: the scene has images only (no cameras.json, transforms*.json or COLMAP model); "
                          "rendering a compressed model needs cameras")
-    bg = tuple(float(x) for x in background) if background is not None else (WHITE if fmt == "blender" else BLACK)
+    bg = (tuple(float(x) for x in background) if background is not None
+          else (WHITE if scene_white_background(root, fmt) else BLACK))
     return SourceScene(name or root.name, root, fmt, bg, downscale)
 
 
@@ -115,5 +118,5 @@ def find_scenes(dataset_root: str | Path, downscale: int | None = None) -> list[
     found = find_scene_dirs(root, max_depth=1, allow_images=True, downscale=downscale)
     if not found:
         raise SceneError(f"{root}: no scenes found (sub-folders with transforms_train.json, cameras.json, a COLMAP "
-                         "model, transforms.json or images/)")
+                         "model, poses_bounds.npy, transforms.json or images/)")
     return found
