@@ -108,3 +108,8 @@ def test_per_frame_seeds_match_single_frames():
     assert not torch.allclose(batch[0], r.restore(x[:1], seed=6)[0], atol=1e-3)   # the seed matters
     with pytest.raises(ValueError, match="2 seeds for a batch of 3"):
         r.restore(x, seed=[1, 2])
+    # frames past the tile size go through overlapping tiles: still frame by frame the same as one by one
+    r.tile_size, r.tile_overlap = 16, 8
+    y = torch.rand(2, 3, 24, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    tiled = r.restore(y, seed=[2, 2])
+    torch.testing.assert_close(tiled, torch.cat([r.restore(y[i:i + 1], seed=2) for i in range(2)]), atol=1e-5, rtol=0)
