@@ -10,7 +10,7 @@ import torch
 
 from nifi_lib.cli import main
 from nifi_lib.evaluation.render_path import (RenderPathError, _side_by_side, flicker_summary, render_path,
-                                             temporal_flicker)
+                                             temporal_error, temporal_flicker)
 from nifi_lib.paths import EMBEDDED_DIR
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,6 +45,10 @@ def test_temporal_flicker_values():
     alternating = [torch.zeros(3, 2, 2), torch.ones(3, 2, 2)] * 3
     assert temporal_flicker(alternating) == pytest.approx(1.0)
     assert temporal_flicker(iter(ramp[:1])) is None                  # one frame: undefined
+    assert temporal_error(ramp, ramp) == 0.0                         # moves exactly as the reference
+    assert temporal_error(still[:4], ramp) == pytest.approx(0.1)     # frozen while the reference moves
+    noisy = [r + (0.05 if t % 2 else 0.0) for t, r in enumerate(ramp)]
+    assert temporal_error(noisy, ramp) == pytest.approx(0.05)        # flicker on top of the motion
     s = flicker_summary({"compressed": 0.3, "restored": 0.2, "clean": 0.1})
     assert s["restored_over_clean"] == pytest.approx(2.0) and s["compressed_over_clean"] == pytest.approx(3.0)
     assert flicker_summary({"compressed": None, "restored": None, "clean": None})["restored_over_clean"] is None
@@ -65,6 +69,7 @@ def test_cli_spiral_writes_mp4_frames_and_flicker_then_resumes(artifacts, tmp_pa
         assert 0 < s["flicker"][stream] < 1
     assert s["clean_source"] == "dense render (full.ply)" and s["made_now"] == 6 and s["t0"] == 199
     assert s["flicker"]["restored_over_clean"] == pytest.approx(s["flicker"]["restored"] / s["flicker"]["clean"])
+    assert all(0 < s["temporal_error_vs_clean"][k] < 1 for k in ("compressed", "restored"))
     mp4 = out / "render_path.mp4"
     assert mp4.stat().st_size > 0 and s["video_frames"] == 6
     frames = _frames(mp4)

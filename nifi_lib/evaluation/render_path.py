@@ -22,7 +22,9 @@ of its own; batching does not change a frame).
 **Temporal stability** (:func:`temporal_flicker`): the mean absolute difference between consecutive frames
 (8-bit frames in [0, 1], averaged over pixels, channels and the ``T - 1`` pairs), for the compressed, restored and
 clean sequences. Camera motion moves every sequence alike, so the clean number is the floor the motion alone gives;
-``restored_over_clean`` > 1 means the restorer adds flicker of its own. On the ``test`` path consecutive frames are
+``restored_over_clean`` > 1 means the restorer adds flicker of its own, < 1 that its frames change less than the
+clean ones (smoother, less detail moving). :func:`temporal_error` separates the two: the mean absolute difference
+between a sequence's frame-to-frame change and the clean one's (0 = it moves exactly as the clean video). On the ``test`` path consecutive frames are
 distinct test views (far apart), so there the numbers measure view changes, not flicker.
 """
 from __future__ import annotations
@@ -86,6 +88,36 @@ def temporal_flicker(frames: Iterable[torch.Tensor]) -> float | None:
     m = FlickerMeter()
     for f in frames:
         m.add(f)
+    return m.value
+
+
+class TemporalErrorMeter:
+    """Streaming :func:`temporal_error`: ``add(frame, reference)`` in order, holding only the previous pair."""
+
+    def __init__(self) -> None:
+        self.prev: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.total = 0.0
+        self.pairs = 0
+
+    def add(self, frame: torch.Tensor, reference: torch.Tensor) -> None:
+        f, r = frame.detach().double(), reference.detach().double()
+        if self.prev is not None:
+            pf, pr = self.prev
+            self.total += float(((f - pf) - (r - pr)).abs().mean())
+            self.pairs += 1
+        self.prev = (f, r)
+
+    @property
+    def value(self) -> float | None:
+        return self.total / self.pairs if self.pairs else None
+
+
+def temporal_error(frames: Iterable[torch.Tensor], references: Iterable[torch.Tensor]) -> float | None:
+    """Mean over ``t`` of ``mean |(f_{t+1} - f_t) - (g_{t+1} - g_t)|``: how far a sequence's frame-to-frame change
+    is from the reference's (0: it changes exactly as the clean video does; flicker and lost motion both count)."""
+    m = TemporalErrorMeter()
+    for f, g in zip(frames, references):
+        m.add(f, g)
     return m.value
 
 
@@ -263,6 +295,7 @@ def render_path(artifacts: str | Path, rate: str, path: str, out: str | Path, ck
     t = time.perf_counter()
     meters = {s: FlickerMeter() for s in STREAMS}
     psnr = {"compressed": [], "restored": []}
+    terr = {s: TemporalErrorMeter() for s in psnr}
 
     def panels():
         for i in range(len(cams)):
@@ -270,6 +303,7 @@ def render_path(artifacts: str | Path, rate: str, path: str, out: str | Path, ck
             for s in STREAMS:
                 meters[s].add(imgs[s])
             for s in psnr:
+                terr[s].add(imgs[s], imgs["clean"])
                 mse = float(((imgs[s] - imgs["clean"]) ** 2).mean())
                 psnr[s].append(10 * math.log10(1.0 / max(mse, 1e-10)))
             yield _side_by_side([(imgs[s].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8) for s in STREAMS])
@@ -285,6 +319,8 @@ def render_path(artifacts: str | Path, rate: str, path: str, out: str | Path, ck
         "made_now": len(todo), "clean_source": clean_source,
         "flicker": flicker_summary({s: meters[s].value for s in STREAMS}),
         "flicker_definition": "mean over consecutive frame pairs of mean |f_{t+1} - f_t| (8-bit frames in [0, 1])",
+        "temporal_error_vs_clean": {s: m.value for s, m in terr.items()},
+        "temporal_error_definition": "mean over t of mean |(f_{t+1} - f_t) - (clean_{t+1} - clean_t)|",
         "psnr_vs_clean": {s: (sum(v) / len(v) if v else None) for s, v in psnr.items()},
         "seconds": {k: round(v, 3) for k, v in timings.items()},
         "seconds_per_frame": round(timings["total"] / max(len(cams), 1), 4),
@@ -304,7 +340,10 @@ def describe(summary: dict) -> str:
             f"{summary['size'][0]}x{summary['size'][1]} -> {summary['video']} ({summary['seconds']['total']:.1f} s)\n"
             f"flicker (mean |f_t+1 - f_t|): compressed {fmt(f['compressed'])}, restored {fmt(f['restored'])}, "
             f"clean {fmt(f['clean'])} [{summary['clean_source']}]; restored / clean "
-            f"{fmt(f['restored_over_clean'])}")
+            f"{fmt(f['restored_over_clean'])}\n"
+            f"temporal error vs clean (mean |d_t f - d_t clean|): compressed "
+            f"{fmt(summary['temporal_error_vs_clean']['compressed'])}, restored "
+            f"{fmt(summary['temporal_error_vs_clean']['restored'])}")
 
 
 def cmd_render_path(args) -> int:
@@ -354,4 +393,4 @@ def register(sub) -> None:
 
 
 __all__ = ["FlickerMeter", "RenderPathError", "describe", "flicker_summary", "path_cameras", "render_path",
-           "register", "temporal_flicker", "write_video"]
+           "register", "temporal_error", "temporal_flicker", "write_video"]
