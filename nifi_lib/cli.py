@@ -24,7 +24,7 @@ COMMAND_MODULES = [
     "nifi_lib.synthesis.cli",       # synthesize, pairs, prepare-benchmark
     "nifi_lib.training.cli",        # prior train, train, verify
     "nifi_lib.restoration.cli",     # restore, ckpt import/export
-    "nifi_lib.evaluation.cli",      # weights, eval, benchmark
+    "nifi_lib.evaluation.cli",      # weights, eval, benchmark, render-path
     "nifi_lib.bench.cli",           # bench (GPU performance)
     "nifi_lib.experiments.notebook_runner",  # run-notebooks
     "nifi_lib.experiments.rehearse",         # rehearse (the paper path on a random SD3, end to end)

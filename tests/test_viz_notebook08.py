@@ -60,8 +60,13 @@ def test_widget_state_and_figures(executed):
     # the HTML export carries the widget state and the static figures
     assert WIDGET_STATE in html and html.count("data:image/png;base64") >= 7
     figs = tmp / "figures"
-    for name in ("fig3_0.5", "fig3_1.0", "contact_rate_0.5", "contact_rate_1.0", "zoom", "split", "diff"):
+    for name in ("fig3_0.5", "fig3_1.0", "contact_rate_0.5", "contact_rate_1.0", "zoom", "split", "diff", "fly_through"):
         assert (figs / f"{NB}_{name}.png").stat().st_size > 1000, name
     text = "".join("".join(o["text"]) for o in outputs if o["output_type"] == "stream")
     assert "using a demo run" in text and str(figs / f"{NB}_fig3_1.0.png") in text
     assert (tmp / "demo/outputs/none/embedded/boxes/rate_1.0/test/000.png").is_file()
+    # the fly-through: an inline mp4 (HTML5 video) and its flicker numbers, frames under the demo folder
+    assert "flicker (mean |f_t+1 - f_t|): compressed" in text and "frozen base" in text
+    assert any("<video" in "".join(o.get("data", {}).get("text/html", "")) for o in outputs)
+    fly = json.loads((tmp / "demo/render_path/boxes_0.5_spiral/render_path.json").read_text())
+    assert fly["frames"] == 8 and fly["video_frames"] == 8 and fly["flicker"]["restored"] > 0

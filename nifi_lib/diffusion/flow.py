@@ -104,11 +104,16 @@ def project_to_t0(latents: torch.Tensor, start: Eq7Start, generator: torch.Gener
     """``x~_t0`` of Eq. 7 from the degraded latent ``x~``: Eq. 2 at ``start.sigma_t0``, or ``x~`` itself at t0 = T.
 
     ``noise`` (else drawn from ``generator``, after the latent sample, in the latents' dtype and device, as
-    the authors' code) is used only when ``start.add_noise``; at t0 = T nothing is drawn.
+    the authors' code) is used only when ``start.add_noise``; at t0 = T nothing is drawn. ``generator`` may be a
+    list, one per frame of the batch (as diffusers' ``randn_tensor``): frame i's noise is then what a batch of
+    one with ``generator[i]`` draws.
     """
     if not start.add_noise:
         return latents
-    if noise is None:
+    if noise is None and isinstance(generator, (list, tuple)):   # one generator per frame (batched = one by one)
+        noise = torch.cat([torch.randn((1,) + tuple(latents.shape[1:]), generator=g, device=latents.device,
+                                       dtype=latents.dtype) for g in generator])
+    elif noise is None:
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     return forward_noise(latents, noise.to(device=latents.device, dtype=latents.dtype), start.sigma_t0)
 

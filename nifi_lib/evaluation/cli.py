@@ -1,4 +1,4 @@
-"""``nifi weights status|download|path``, ``nifi eval`` and ``nifi benchmark``."""
+"""``nifi weights status|download|path``, ``nifi eval``, ``nifi benchmark`` and ``nifi render-path``."""
 from __future__ import annotations
 
 import argparse
@@ -170,6 +170,10 @@ def register(sub) -> None:
                    help="methods to compare (default: none bm3d ffdnet img2img base_t0 nifi, plus nifi_wo_t0 when "
                         "--ckpt_wo_t0 is given)")
     b.set_defaults(func=cmd_benchmark)
+
+    from .render_path import register as register_render_path
+
+    register_render_path(sub)     # render-path (render then fix along a camera path)
 
     w = sub.add_parser("weights", help="perceptual-metric and baseline weights (status, download, path)")
     wsub = w.add_subparsers(dest="weights_cmd", metavar="{status,download,path}", required=True)

@@ -721,7 +721,53 @@ def comparison_run(run_dir: str, pairs_dir: str | None = None, outputs_dir: str 
     return paths
 
 
+# ------------------------------------------------------------------------------------------------
+# notebook 08: render then fix along a camera path
+# ------------------------------------------------------------------------------------------------
+def fly_through(run_dir: str, scene: str = "boxes", rate: str = "0.5", path: str = "spiral", frames: int = 24,
+                artifacts: str | None = None, ckpt: str | None = None, demo: bool = True,
+                demo_dir: str = "runs/08_visual_demo", fps: float = 12.0, device: str | None = None) -> dict:
+    """Notebook 08's fly-through: :func:`~nifi_lib.evaluation.render_path.render_path` of ``scene``'s level
+    ``rate`` along ``path`` (``frames`` frames), into ``<demo_dir>/render_path/<scene>_<rate>_<path>``.
+
+    Artifacts: ``artifacts``, else ``<run_dir>/artifacts/<scene>`` (notebook 01's), else (``demo``) the embedded
+    scene synthesized into ``<demo_dir>/artifacts/<scene>`` with the embedded schedule (~15 s on CPU); without
+    ``demo`` (paper) an :class:`InputsError`. Checkpoint: ``ckpt``, else ``<run_dir>/nifi/best.pt`` (notebook 05's)
+    when it exists, else the frozen base (said in ``note``). Returns the summary with ``note`` and ``video_path``."""
+    from ..evaluation.render_path import render_path
+    from ..synthesis.pipeline import SynthesisSettings, synth_complete, synthesize_scene
+    from .embedded import EMBEDDED_SCENES
+
+    run = repo_path(run_dir) if run_dir else None
+    notes = []
+    if artifacts:
+        art = existing_dir(artifacts, "artifacts folder", "nifi synthesize --scene <scene> --out <artifacts>")
+    elif run is not None and synth_complete(run / "artifacts" / scene) is not None:
+        art = run / "artifacts" / scene
+    elif demo:
+        art = repo_path(demo_dir) / "artifacts" / scene
+        if synth_complete(art) is None:
+            synthesize_scene(EMBEDDED_SCENES / scene, art, SynthesisSettings(c_min=64, n_top=300,
+                             finetune_iterations=300, device="cpu"), progress=False, log=lambda *_: None)
+        notes.append(f"artifacts synthesized for this demo in {_display(art)} (no {_display(run)}/artifacts/{scene})")
+    else:
+        raise InputsError(f"no artifacts for scene {scene}: pass path_artifacts (a `nifi synthesize` folder)")
+    if ckpt:
+        ck = existing_file(ckpt, "checkpoint", "nifi train")
+    elif run is not None and (run / "nifi" / "best.pt").is_file():
+        ck = run / "nifi" / "best.pt"
+    else:
+        ck = None
+        notes.append("no trained checkpoint found: restored by the frozen base (no phi-), not NiFi")
+    out = repo_path(demo_dir) / "render_path" / f"{scene}_{rate}_{Path(path).stem}"
+    summary = render_path(art, rate, path, out, ckpt=str(ck) if ck else None, frames=frames, fps=fps,
+                          device=default_device(device), progress=False, log=lambda *_: None)
+    summary["note"] = "; ".join(notes) or f"NiFi phi- of {_display(ck)}"
+    summary["video_path"] = str(out / "render_path.mp4")
+    return summary
+
+
 __all__ = ["InputsError", "paper_mode", "series_config", "run_summary", "best_validation",
            "SceneSynthesis", "scene_synthesis", "pair_views", "PriorInputs", "prior_inputs", "describe_backbone",
            "example_image", "wo_t0_checkpoint", "TrainingInputs", "training_inputs", "EvaluationInputs",
-           "evaluation_inputs", "dense_reference", "comparison_run"]
+           "evaluation_inputs", "dense_reference", "comparison_run", "fly_through"]

@@ -1,16 +1,18 @@
-"""``nifi restore`` (the authors' inference.py flags, plus --t0/--seed) and ``nifi export-ckpt``."""
+"""``nifi restore`` (the authors' inference.py flags, plus --t0/--seed; a folder streamed in batches, resumable)
+and ``nifi export-ckpt``."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import torch
 from tqdm import tqdm
 
 from ..diffusion.backbone import DTYPES
 from ..errors import NifiError
-from ..io.images import BACKGROUNDS, IMAGE_EXTS, ImageError, ImageModeError, list_images, load_image, save_image
+from ..io.images import BACKGROUNDS, IMAGE_EXTS, ImageError, ImageModeError, list_images, load_image, probe_rgb, save_image
 
 
 class RestoreInputError(NifiError, ValueError):
@@ -58,6 +60,7 @@ def _read_input(src: Path, allow_convert: bool, background: str) -> torch.Tensor
 
 
 def _resolve_io(lq: Path, out: Path) -> list[tuple[Path, Path]]:
+    """``(input, output)`` paths (paths only: frames are read one batch at a time, :func:`iter_batches`)."""
     if lq.is_dir():
         files = list_images(lq)
         if not files:
@@ -71,29 +74,74 @@ def _resolve_io(lq: Path, out: Path) -> list[tuple[Path, Path]]:
     return [(lq, target)]
 
 
+def _probe_input(src: Path, allow_convert: bool) -> tuple[int, int]:
+    """``(width, height)`` of an input after the header checks (mode, bit depth, size), pixels not decoded."""
+    try:
+        return probe_rgb(src, allow_convert=allow_convert)
+    except ImageModeError as e:
+        raise RestoreInputError(f"{src}: image mode is {e.mode}, expected 8-bit RGB; convert it to RGB first "
+                                f"or pass --allow_convert (greyscale/palette -> RGB, transparency composited on "
+                                f"--background, default white)") from e
+
+
+def iter_batches(items: Iterable[tuple[Path, Path, tuple[int, int]]], batch_size: int,
+                 read: Callable[[Path], torch.Tensor]) -> Iterator[tuple[list[Path], torch.Tensor]]:
+    """``(outputs, frames (B, 3, H, W) in [0, 1])`` batches of up to ``batch_size`` consecutive frames of one size.
+
+    Lazy: a frame is read (``read(src)``) only when its batch is formed, so at most one batch is held in memory
+    whatever the folder's length; a frame of another size than the one before starts a new batch."""
+    if batch_size < 1:
+        raise RestoreInputError(f"--batch_size {batch_size}: must be at least 1")
+    dsts: list[Path] = []
+    frames: list[torch.Tensor] = []
+    size = None
+    for src, dst, wh in items:
+        if dsts and (wh != size or len(dsts) == batch_size):
+            yield dsts, torch.stack(frames)
+            dsts, frames = [], []
+        size = wh
+        dsts.append(dst)
+        frames.append(read(src))
+    if dsts:
+        yield dsts, torch.stack(frames)
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     from ..diffusion.latents import to_model_range, to_unit_range
     from .restorer import Restorer
 
     device = _check_device(args.device) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
-    pairs = _resolve_io(Path(args.lq), Path(args.out))
-    # Read and check every input before loading the model or writing anything.
-    images = []
-    for src, _ in pairs:
-        images.append(_read_input(src, args.allow_convert, args.background))
+    lq = Path(args.lq)
+    pairs = _resolve_io(lq, Path(args.out))
+    # A folder resumes: frames whose output exists are skipped (--overwrite restores them again).
+    skipped = 0
+    if lq.is_dir() and not args.overwrite:
+        todo = [(s, d) for s, d in pairs if not d.is_file()]
+        skipped = len(pairs) - len(todo)
+        pairs = todo
+    # Check every input's header (mode, bit depth, size) before loading the model or writing anything; the
+    # pixels are decoded one batch at a time while restoring.
+    items = [(src, dst, _probe_input(src, args.allow_convert)) for src, dst in pairs]
+    if skipped:
+        print(f"nifi restore: {skipped} frame(s) already restored in {args.out}, skipped (--overwrite to redo)",
+              file=sys.stderr)
+    if not items:
+        return 0
     dtype = _canonical_dtype(args.dtype) or ("bf16" if device.startswith("cuda") else "fp32")
     restorer = Restorer.from_pretrained(args.base_model, ckpt=args.ckpt,
                                         embeddings=args.embeddings, device=device, dtype=dtype, t0=args.t0,
                                         tile_size=args.tile_size)
     # frames beyond the transformer's position table are tiled automatically: said once, on stderr
     restorer.notify = lambda msg: print(f"nifi restore: {msg}", file=sys.stderr)
-    results = []
-    for (src, dst), img in tqdm(list(zip(pairs, images)), desc="restore", disable=len(pairs) < 2):
-        out = restorer.restore(to_model_range(img)[None], seed=args.seed)
-        results.append((dst, to_unit_range(out[0]).cpu()))
-    for dst, img in results:  # every frame restored before the first is written
-        save_image(dst, img)
-        print(dst)
+    read = lambda src: _read_input(src, args.allow_convert, args.background)  # noqa: E731
+    with tqdm(total=len(items), desc="restore", unit="frame", disable=len(items) < 2) as bar:
+        for dsts, frames in iter_batches(items, args.batch_size, read):
+            # one generator per frame, each seeded with --seed: a batch restores each frame as one by one
+            out = restorer.restore(to_model_range(frames), seed=[args.seed] * len(dsts))
+            for dst, img in zip(dsts, to_unit_range(out).cpu()):
+                save_image(dst, img)   # atomic: an interrupted run leaves whole frames only
+                tqdm.write(str(dst))
+            bar.update(len(dsts))
     return 0
 
 
@@ -124,8 +172,10 @@ def cmd_export_peft(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("restore", help="one-step restoration of rendered frames (Eq. 7)",
-                       description="One-step restoration of rendered frames (Eq. 7). Frames larger than the "
-                                   "transformer's position table are restored in overlapping tiles automatically.")
+                       description="One-step restoration of rendered frames (Eq. 7). A folder is streamed (one batch "
+                                   "in memory), resumes (outputs that exist are skipped) and shows progress. Frames "
+                                   "larger than the transformer's position table are restored in overlapping tiles "
+                                   "automatically.")
     p.add_argument("--base_model", default=None,
                    help="diffusers folder or hub id (paper: stabilityai/stable-diffusion-3-medium-diffusers) "
                         "(default: data/embedded/backbone, or the backbone --ckpt records when it records one)")
@@ -146,6 +196,12 @@ def register(sub) -> None:
     p.add_argument("--tile_size", type=int, default=None,
                    help="process frames larger than this in tiles (pixels) (default: none; frames beyond the "
                         "transformer's position table are tiled automatically)")
+    p.add_argument("--batch_size", type=int, default=1,
+                   help="frames of one size restored together (default: %(default)s); each frame keeps its own "
+                        "--seed generator, so the result does not depend on it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with a folder --lq, restore frames whose output already exists again (default: skip them, "
+                        "so an interrupted run resumes)")
     p.add_argument("--allow_convert", action="store_true",
                    help="convert greyscale/palette inputs to RGB and composite RGBA on --background instead of "
                         "refusing them (default: off, only 8-bit RGB accepted)")

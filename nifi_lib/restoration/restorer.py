@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Sequence
 
 import torch
 from torch.profiler import record_function
@@ -152,18 +152,24 @@ class Restorer:
         return sched
 
     @torch.no_grad()
-    def restore(self, images: torch.Tensor, t0: float | None = None, seed: int | None = None,
+    def restore(self, images: torch.Tensor, t0: float | None = None, seed: int | Sequence[int] | None = None,
                 generator: torch.Generator | None = None, add_noise: bool = True) -> torch.Tensor:
         """Restore a batch ``(N, 3, H, W)`` in [-1, 1]; returns the same shape in [-1, 1].
 
         ``seed`` seeds one generator used first for the latent sample and then for the noise, so the
-        result is reproducible. Frames larger than ``tile_size`` are processed in overlapping tiles, and so
+        result is reproducible. A sequence of ``N`` seeds gives each frame its own generator (a list, as
+        diffusers' ``randn_tensor``), so frame i of the batch is what ``restore(images[i:i+1], seed=seed[i])``
+        returns (``nifi restore --batch_size``: batching does not change a frame). Frames larger than ``tile_size`` are processed in overlapping tiles, and so
         are frames whose latent exceeds the transformer's position table (:func:`position_table_limit`; tiles
         of the largest size it allows, announced once per restorer through ``notify``, see :meth:`_tile_plan`).
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}")
-        if generator is None:
+        if generator is None and isinstance(seed, (list, tuple)):
+            if len(seed) != images.shape[0]:
+                raise ValueError(f"{len(seed)} seeds for a batch of {images.shape[0]} frames")
+            generator = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seed]
+        elif generator is None:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(0 if seed is None else int(seed))
         h, w = images.shape[-2:]

@@ -145,5 +145,26 @@ def export_rate_figures(index: RunIndex, prefix: str = "08_visual_comparison", m
     return {r: {k: by_kind[k][r] for k in RATE_FIGURES} for r in by_kind["fig3"]}
 
 
+def fly_through_strip(summary: dict, n: int = 4) -> PanelGrid:
+    """``n`` evenly spaced frames of a ``nifi render-path`` run (its ``render_path.json`` as a dict): rows
+    compressed, restored, clean (the still that stands for the video where no player runs)."""
+    from ..io.images import load_image
+    from ..paths import repo_path
+    from .compare import as_image
+
+    total = int(summary["frames"])
+    picks = sorted({round(i * (total - 1) / max(n - 1, 1)) for i in range(min(n, total))})
+    rows, labels = [], []
+    for stream in summary["video_layout"]:
+        folder = repo_path(summary["frames_dirs"][stream])
+        rows.append([Panel(f"frame {i}", as_image(load_image(folder / f"{i:05d}.png"))) for i in picks])
+        labels.append(stream if stream != "clean" else f"clean ({summary['clean_source']})")
+    f = summary["flicker"]
+    note = (f"flicker (mean |f_t+1 - f_t|): compressed {f['compressed']:.4f}, restored {f['restored']:.4f}, "
+            f"clean {f['clean']:.4f}" if f.get("clean") is not None else None)
+    return PanelGrid(rows, row_labels=labels, note=note,
+                     title=f"{summary['scene']}, rate {summary['rate']}, {summary['path']} path")
+
+
 __all__ = ["display_methods", "fig3_overlay", "contact_sheet", "fig3_for_rate", "contact_sheet_for_rate",
-           "save_rate_figures", "export_rate_figures", "RATE_FIGURES"]
+           "save_rate_figures", "export_rate_figures", "RATE_FIGURES", "fly_through_strip"]
