@@ -63,15 +63,17 @@ def test_v2_keeps_the_rotation_and_the_geometry_close(tmp_path):
     codec.write_level(m, tmp_path / "l.nifigs", version=2)
     d = codec.read_level(tmp_path / "l.nifigs")
     # compare in the file's (Morton) order
-    c = compact.quantize_compact(m.tensors(), 1, compact.CompactSettings())
-    order = np.argsort(compact.morton_keys(compact.grid_quantize(m.means.numpy(), c.lo[:3], c.hi[:3], 1 << 16), 16),
-                       kind="stable")
+    st = compact.CompactSettings()
+    bits = st.position_bits
+    c = compact.quantize_compact(m.tensors(), 1, st)
+    order = np.argsort(compact.morton_keys(compact.grid_quantize(m.means.numpy(), c.lo[:3], c.hi[:3], 1 << bits),
+                                           bits), kind="stable")
     ref = m.subset(torch.from_numpy(order))
     span = (m.means.max(0).values - m.means.min(0).values)
-    assert ((d.means - ref.means).abs() <= span / 65535 * 0.51 + 1e-6).all()
+    assert ((d.means - ref.means).abs() <= span / ((1 << bits) - 1) * 0.51 + 1e-6).all()
     qa = torch.nn.functional.normalize(ref.quats, dim=1)
-    assert ((qa * d.quats).sum(1).abs() > 0.97).all()                  # 6-bit rotations
-    assert torch.equal(torch.sigmoid(d.opacity_logits) > 0.5, torch.sigmoid(ref.opacity_logits) > 0.5) or True
+    dots = (qa * d.quats).sum(1).abs()
+    assert (dots > 0.9).all() and dots.mean() > 0.99                   # 5-bit rotations: ~8 degrees on average
 
 
 def test_v2_tiny_levels_and_degree_reduction(tmp_path):

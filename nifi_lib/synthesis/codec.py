@@ -387,7 +387,7 @@ def probe_other_bytes(model, settings: CompactSettings) -> int:
 
 
 def plan_level(model, settings: CompactSettings | None = None, budget_bytes_per_gaussian: float | None = 12.0,
-               margin: float = 0.95) -> CompactSettings:
+               margin: float = 0.97) -> CompactSettings:
     """The settings of a level: the richest SH degree / codebook whose estimated file fits ``margin`` x the budget."""
     s = (settings or CompactSettings()).validate()
     if budget_bytes_per_gaussian is None:
