@@ -282,3 +282,20 @@ def test_blender_scene_white_background_and_splits(tmp_path):
     assert np.array_equal(clean, to_uint8(_load_rgb_on_background(v.image_path, (1.0, 1.0, 1.0))))
     deg = read_rgb(tmp_path / "pairs" / "lego" / "rate_1.0" / "test" / "degraded" / "r_8.png")
     assert (deg[:3, :3] == 255).all()  # empty corners render the white background
+
+
+def test_levels_record_the_v2_codec_and_both_psnrs(toy, artifacts, tmp_path):
+    out, meta = artifacts
+    for lv in meta["levels"]:
+        assert lv["codec_version"] == 2 and lv["qat"] is True
+        assert sum(lv["breakdown"].values()) == lv["bytes"] == (out / lv["file"]).stat().st_size
+        assert set(lv["breakdown"]) == {"header", "positions", "opacity", "scale", "rotation", "sh_dc", "sh_rest"}
+        assert lv["bytes_per_gaussian"] == lv["bytes"] / lv["num_gaussians"]
+        assert math.isfinite(lv["psnr_test"]) and math.isfinite(lv["psnr_test_float"])
+        assert (out / lv["file"]).read_bytes()[6:8] == b"\x02\x00"
+    old = synthesize_scene(toy, tmp_path / "v1", SynthesisSettings(c_min=30, finetune_iterations=3, codec_version=1),
+                           progress=False, log=quiet)
+    for lv in old["levels"]:
+        assert lv["codec_version"] == 1 and lv["qat"] is False
+        assert (tmp_path / "v1" / lv["file"]).read_bytes()[6:8] == b"\x01\x00"
+        assert codec.read_level(tmp_path / "v1" / lv["file"]).num_gaussians == lv["num_gaussians"]

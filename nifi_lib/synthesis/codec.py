@@ -1,6 +1,43 @@
-"""The ``.nifigs`` bitstream: one file per pruned level (8-bit quantization + range coding, Sec. 3).
+"""The ``.nifigs`` bitstream: one file per pruned level (quantization + range coding, Sec. 3).
 
-Layout (all integers little-endian)::
+Two versions, told apart by the uint16 after the magic; :func:`read_level` decodes both, :func:`write_level`
+writes either (``version=2`` is what the pipeline writes by default).
+
+Version 2 (compact; attribute content and exact dequantization in :mod:`nifi_lib.synthesis.compact`;
+all integers little-endian)::
+
+    offset  size        field
+    0       6           magic b"NIFIGS"
+    6       2           version (uint16) = 2
+    8       4           N, number of Gaussians (uint32)
+    12      1           d', SH degree of the decoded model (uint8, 0..4)
+    13      1           b_p, position bits per axis (uint8, 1..21)
+    14      1           b_o, opacity bits (1..8)
+    15      1           b_s, log-scale bits (1..8)
+    16      1           b_r, rotation bits (2..8; 2^b_r - 1 levels)
+    17      1           b_c, SH DC bits (1..8)
+    18      2           K, SH-rest codebook rows (uint16; 0 iff d' = 0 or N = 0)
+    20      40          lo (float32 x 10): positions x y z, opacity, log-scales x y z, SH DC r g b
+    60      40          hi (float32 x 10), same order
+    100     4 + P       positions section: uint32 byte length P, then
+                          uint32 E, an entropy block of E bytes with the bit lengths e of the Morton-key gaps
+                          (sorted keys of the 3 b_p-bit position codes, first gap to 0), then the gaps' mantissas,
+                          e - 1 raw bits each, MSB first, zero-padded to a byte
+    ..      4 + P       opacity section: length, entropy block of 1 channel
+    ..      4 + P       scale section: length, entropy block of 3 channels
+    ..      4 + P       rotation section: length, entropy block of 3 channels (x, y, z)
+    ..      4 + P       SH DC section: length, entropy block of 3 channels
+    ..      4 + P       SH rest section: length, codebook (K x 3((d'+1)^2-1) float16, row-major), then an entropy
+                        block of the row indices: 1 channel (K <= 256) or 2 (low byte, high byte)
+    ..      4           CRC-32 of every byte before it (uint32)
+
+An entropy block codes ``C`` uint8 channels of N symbols with the static per-channel models of
+:mod:`nifi_lib.synthesis.entropy`: bin width w (uint8), table resolution r (uint8), the predictor bitmask
+(ceil(C/8) bytes, as in version 1), uint16 T, T bytes of packed frequency tables, then the range-coded
+payload (uint32 words) to the end of the block. The primitives of a version-2 file are in Morton order;
+the decoded level is a pure function of the bytes, and re-encoding it gives the same file.
+
+Version 1 (per-channel 8-bit, kept readable and writable)::
 
     offset  size        field
     0       6           magic b"NIFIGS"
@@ -40,10 +77,16 @@ import numpy as np
 from ..errors import NifiError
 from ..io.atomic import atomic_write_bytes
 from . import entropy
+from . import compact
+from .compact import CompactScene, CompactSettings
 from .quantize import QuantizedScene, dequantize, quantize, sh_rest_coeffs
 
 MAGIC = b"NIFIGS"
-VERSION = 1
+VERSION = 2           # what write_level writes by default
+VERSIONS = (1, 2)     # what read_level reads
+V1 = 1
+_HEAD2 = struct.Struct("<6sHIBBBBBBH")
+SECTIONS = ("positions", "opacity", "scale", "rotation", "sh_dc", "sh_rest")
 _HEAD = struct.Struct("<6sHIBHBB")
 MAX_SH_DEGREE = 4
 
@@ -66,6 +109,13 @@ class CodecStats:
     zlib_bytes: int
     lzma_bytes: int
     entropy_bound_bytes: float
+    codec_version: int = V1
+    breakdown: dict | None = None        # bytes per part of the file (header, each attribute section)
+    codec_settings: dict | None = None   # version 2: the settings the file was written with
+
+    @property
+    def bytes_per_gaussian(self) -> float:
+        return self.bytes / max(1, self.num_gaussians)
 
     @property
     def mb(self) -> float:
@@ -74,6 +124,7 @@ class CodecStats:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mb"] = self.mb
+        d["bytes_per_gaussian"] = self.bytes_per_gaussian
         return d
 
 
@@ -89,7 +140,7 @@ def encode_quantized(q: QuantizedScene) -> bytes:
     tables = entropy.pack_table(table)
     payload = words.astype("<u4").tobytes()
     body = b"".join([
-        _HEAD.pack(MAGIC, VERSION, q.num_gaussians, q.sh_degree, c, resolution, width),
+        _HEAD.pack(MAGIC, V1, q.num_gaussians, q.sh_degree, c, resolution, width),
         np.packbits(delta.astype(np.uint8), bitorder="little").tobytes(),
         q.lo.astype("<f4").tobytes(), q.hi.astype("<f4").tobytes(),
         struct.pack("<I", len(tables)), tables,
@@ -108,8 +159,10 @@ def decode_quantized(data: bytes, source: str = "<bytes>") -> QuantizedScene:
     magic, version, n, degree, c, resolution, width = _HEAD.unpack_from(data, 0)
     if magic != MAGIC:
         raise fail(f"not a .nifigs bitstream (magic {magic!r}, expected {MAGIC!r})")
-    if version != VERSION:
-        raise fail(f"unsupported bitstream version {version} (this reader knows version {VERSION})")
+    if version == 2:
+        raise fail("is a version-2 bitstream (read it with decode_compact or read_level)")
+    if version != V1:
+        raise fail(f"unsupported bitstream version {version} (this reader knows versions {VERSIONS})")
     (crc,) = struct.unpack_from("<I", data, len(data) - 4)
     if zlib.crc32(data[:-4]) & 0xFFFFFFFF != crc:
         raise fail("checksum mismatch: the file is corrupt or truncated")
@@ -158,9 +211,228 @@ def baseline_sizes(q: QuantizedScene) -> dict[str, int]:
             "lzma_bytes": len(lzma.compress(raw, preset=9))}
 
 
-def write_level(model, path: str | Path) -> CodecStats:
-    """Quantize + entropy-code ``model`` into ``path`` (atomic write); return sizes measured on disk."""
-    return write_quantized(quantize(model), path)
+# --- version 2 ---------------------------------------------------------------------------------------------
+
+def _block(codes: np.ndarray) -> tuple[bytes, int, float]:
+    """Entropy block of uint8 channels -> (bytes, table bytes, entropy bound in bytes)."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    delta = entropy.choose_predictors(codes)
+    res = entropy.predict(codes, delta)
+    width, resolution, table, words = entropy.encode_codes(res)
+    tables = entropy.pack_table(table)
+    data = b"".join([struct.pack("<BB", width, resolution), np.packbits(delta.astype(np.uint8), bitorder="little")
+                     .tobytes(), struct.pack("<H", len(tables)), tables, words.astype("<u4").tobytes()])
+    return data, len(tables), entropy.empirical_entropy_bits(res) / 8.0
+
+
+def _unblock(data: bytes, n: int, c: int, what: str) -> np.ndarray:
+    nmask = (c + 7) // 8
+    if len(data) < 4 + nmask:
+        raise entropy.EntropyCodingError(f"{what}: entropy block of {len(data)} bytes is truncated")
+    width, resolution = struct.unpack_from("<BB", data, 0)
+    delta = np.unpackbits(np.frombuffer(data[2:2 + nmask], dtype=np.uint8), bitorder="little")[:c].astype(bool)
+    (tlen,) = struct.unpack_from("<H", data, 2 + nmask)
+    start = 4 + nmask + tlen
+    if start > len(data) or (len(data) - start) % 4:
+        raise entropy.EntropyCodingError(f"{what}: entropy block lengths are inconsistent")
+    if width not in entropy.BIN_WIDTHS or resolution not in entropy.TABLE_RESOLUTIONS:
+        raise entropy.EntropyCodingError(f"{what}: unknown table layout (bin width {width}, resolution {resolution})")
+    table = entropy.unpack_table(data[4 + nmask:start], c, width)
+    words = np.frombuffer(data[start:], dtype="<u4").astype(np.uint32)
+    return entropy.unpredict(entropy.decode_codes(words, table, n, width, resolution), delta)
+
+
+def _index_channels(indices: np.ndarray, rows: int) -> np.ndarray:
+    idx = np.asarray(indices, dtype=np.uint16)
+    if rows <= 256:
+        return idx.astype(np.uint8)[:, None]
+    return np.stack([(idx & 0xFF).astype(np.uint8), (idx >> 8).astype(np.uint8)], axis=1)
+
+
+def _sections(c: CompactScene) -> tuple[dict[str, bytes], dict[str, int], float]:
+    """The six sections' bytes, their table bytes and the entropy bound of everything range coded."""
+    out, tables, bound = {}, {}, 0.0
+    e, mant, lengths = compact.split_key_gaps(compact.morton_keys(c.positions, c.position_bits))
+    blk, t, b = _block(e.astype(np.uint8)[:, None])
+    out["positions"] = struct.pack("<I", len(blk)) + blk + compact.pack_bits(mant, lengths)
+    tables["positions"], bound = t, bound + b + compact.mantissa_bytes(lengths)
+    for name, codes in (("opacity", c.opacity), ("scale", c.scales), ("rotation", c.rotation), ("sh_dc", c.sh_dc)):
+        out[name], tables[name], b = _block(codes)
+        bound += b
+    book = np.ascontiguousarray(c.codebook, dtype="<f2").tobytes()
+    if c.sh_degree > 0 and c.num_gaussians:
+        blk, t, b = _block(_index_channels(c.indices, len(c.codebook)))
+    else:
+        blk, t, b = b"", 0, 0.0
+    out["sh_rest"], tables["sh_rest"], bound = book + blk, t + len(book), bound + b
+    return out, tables, bound
+
+
+def encode_compact(c: CompactScene) -> bytes:
+    """Serialise a :class:`CompactScene` into the version-2 byte layout (module docstring)."""
+    return _encode_compact(c)[0]
+
+
+def _encode_compact(c: CompactScene) -> tuple[bytes, dict[str, int], int, float]:
+    if not 0 <= c.sh_degree <= MAX_SH_DEGREE:
+        raise BitstreamError(f"SH degree {c.sh_degree} is not supported (0..{MAX_SH_DEGREE})")
+    rows = len(c.codebook) if c.sh_degree > 0 and c.num_gaussians else 0
+    if rows > 65535 or (c.sh_degree > 0 and c.num_gaussians and rows == 0):
+        raise BitstreamError(f"codebook of {rows} rows cannot be stored (1..65535)")
+    sections, tables, bound = _sections(c)
+    head = _HEAD2.pack(MAGIC, 2, c.num_gaussians, c.sh_degree, c.position_bits, c.opacity_bits, c.scale_bits,
+                       c.rotation_bits, c.dc_bits, rows) + c.lo.astype("<f4").tobytes() + c.hi.astype("<f4").tobytes()
+    body = head + b"".join(struct.pack("<I", len(sections[k])) + sections[k] for k in SECTIONS)
+    data = body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
+    breakdown = {"header": len(head) + 4 * len(SECTIONS) + 4, **{k: len(sections[k]) for k in SECTIONS}}
+    return data, breakdown, sum(tables.values()), bound
+
+
+def decode_compact(data: bytes, source: str = "<bytes>") -> CompactScene:
+    """Parse and entropy-decode version-2 bytes; every defect raises :class:`BitstreamError` naming ``source``."""
+    def fail(msg: str) -> BitstreamError:
+        return BitstreamError(f"{source}: {msg}")
+
+    minimum = _HEAD2.size + 80 + 4 * len(SECTIONS) + 4
+    if len(data) < minimum:
+        raise fail(f"truncated: {len(data)} bytes is shorter than the {minimum}-byte minimum of version 2")
+    magic, version, n, degree, bp, bo, bs, br, bc, rows = _HEAD2.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise fail(f"not a .nifigs bitstream (magic {magic!r}, expected {MAGIC!r})")
+    if version != 2:
+        raise fail(f"unsupported bitstream version {version} (this reader knows versions {VERSIONS})")
+    (crc,) = struct.unpack_from("<I", data, len(data) - 4)
+    if zlib.crc32(data[:-4]) & 0xFFFFFFFF != crc:
+        raise fail("checksum mismatch: the file is corrupt or truncated")
+    if (degree > MAX_SH_DEGREE or not 1 <= bp <= compact.MAX_POSITION_BITS
+            or not all(1 <= b <= compact.MAX_BITS for b in (bo, bs, bc)) or not 2 <= br <= compact.MAX_BITS
+            or (rows == 0) != (degree == 0 or n == 0)):
+        raise fail(f"header is inconsistent (SH degree {degree}, bits {bp}/{bo}/{bs}/{br}/{bc}, {rows} codebook rows)")
+    lo = np.frombuffer(data, dtype="<f4", count=10, offset=_HEAD2.size).astype(np.float32)
+    hi = np.frombuffer(data, dtype="<f4", count=10, offset=_HEAD2.size + 40).astype(np.float32)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (hi >= lo).all()):
+        raise fail("min/max side info is not finite or not ordered")
+    pos, end = _HEAD2.size + 80, len(data) - 4
+    parts = {}
+    for name in SECTIONS:
+        if pos + 4 > end:
+            raise fail(f"truncated before the {name} section")
+        (length,) = struct.unpack_from("<I", data, pos)
+        if pos + 4 + length > end:
+            raise fail(f"truncated inside the {name} section ({end - pos - 4} bytes left, {length} needed)")
+        parts[name] = data[pos + 4:pos + 4 + length]
+        pos += 4 + length
+    if pos != end:
+        raise fail(f"{end - pos} unexpected bytes after the last section")
+    k = sh_rest_coeffs(degree)
+    try:
+        p = parts["positions"]
+        if len(p) < 4:
+            raise entropy.EntropyCodingError("positions: section is truncated")
+        (elen,) = struct.unpack_from("<I", p, 0)
+        if 4 + elen > len(p):
+            raise entropy.EntropyCodingError("positions: gap block is longer than the section")
+        e = _unblock(p[4:4 + elen], n, 1, "positions")[:, 0].astype(np.int64)
+        if n and e.max() > 3 * bp:
+            raise entropy.EntropyCodingError(f"positions: a key gap of {e.max()} bits exceeds {3 * bp}-bit keys")
+        lengths = np.maximum(e - 1, 0)
+        if len(p) - 4 - elen != compact.mantissa_bytes(lengths):
+            raise entropy.EntropyCodingError(f"positions: {len(p) - 4 - elen} mantissa bytes, "
+                                             f"{compact.mantissa_bytes(lengths)} expected")
+        mant = compact.unpack_bits(p[4 + elen:], lengths)
+        top = np.where(e > 0, np.left_shift(np.uint64(1), lengths.astype(np.uint64)), np.uint64(0))
+        gaps = (top + mant).astype(np.uint64)
+        if n and int(gaps.astype(object).sum()) >= (1 << (3 * bp)):
+            raise entropy.EntropyCodingError("positions: keys run past the position grid")
+        keys = np.cumsum(gaps, dtype=np.uint64)
+        positions = compact.morton_decode(keys, bp)
+        opacity = _unblock(parts["opacity"], n, 1, "opacity")
+        scales = _unblock(parts["scale"], n, 3, "scale")
+        rotation = _unblock(parts["rotation"], n, 3, "rotation")
+        sh_dc = _unblock(parts["sh_dc"], n, 3, "sh_dc")
+        for name, codes, bits in (("opacity", opacity, bo), ("scale", scales, bs), ("sh_dc", sh_dc, bc)):
+            if n and int(codes.max()) >= (1 << bits):
+                raise entropy.EntropyCodingError(f"{name}: a code exceeds {bits} bits")
+        if n and int(rotation.max()) >= (1 << br) - 1:
+            raise entropy.EntropyCodingError(f"rotation: a code exceeds {(1 << br) - 2}")
+        r = parts["sh_rest"]
+        nbook = rows * 3 * k * 2
+        if len(r) < nbook:
+            raise entropy.EntropyCodingError(f"sh_rest: {len(r)} bytes, the codebook alone needs {nbook}")
+        book = np.frombuffer(r[:nbook], dtype="<f2").astype(np.float16).reshape(rows, 3 * k)
+        if not np.isfinite(book).all():
+            raise entropy.EntropyCodingError("sh_rest: the codebook has non-finite values")
+        if rows:
+            ch = _unblock(r[nbook:], n, 1 if rows <= 256 else 2, "sh_rest")
+            idx = ch[:, 0].astype(np.int64) + (ch[:, 1].astype(np.int64) << 8 if ch.shape[1] == 2 else 0)
+            if n and idx.max() >= rows:
+                raise entropy.EntropyCodingError(f"sh_rest: an index exceeds the {rows} codebook rows")
+        else:
+            if len(r) != nbook:
+                raise entropy.EntropyCodingError("sh_rest: unexpected bytes after an empty codebook")
+            idx = np.zeros(n, np.int64)
+    except entropy.EntropyCodingError as err:
+        raise fail(str(err)) from err
+    return CompactScene(sh_degree=int(degree), position_bits=int(bp), opacity_bits=int(bo), scale_bits=int(bs),
+                        rotation_bits=int(br), dc_bits=int(bc), positions=positions, opacity=opacity, scales=scales,
+                        rotation=rotation, sh_dc=sh_dc, indices=idx.astype(np.uint16), codebook=book, lo=lo, hi=hi)
+
+
+def probe_other_bytes(model, settings: CompactSettings) -> int:
+    """Coded bytes of a level without its SH rest (what :func:`compact.plan_settings` budgets around)."""
+    from dataclasses import replace
+
+    c = compact.quantize_compact(model.tensors(), model.sh_degree, replace(settings, rest_degree=0))
+    return len(encode_compact(c))
+
+
+def plan_level(model, settings: CompactSettings | None = None, budget_bytes_per_gaussian: float | None = 12.0,
+               margin: float = 0.97) -> CompactSettings:
+    """The settings of a level: the richest SH degree / codebook whose estimated file fits ``margin`` x the budget."""
+    s = (settings or CompactSettings()).validate()
+    if budget_bytes_per_gaussian is None:
+        return s
+    n = model.num_gaussians
+    return compact.plan_settings(s, probe_other_bytes(model, s), n, model.sh_degree,
+                                 margin * budget_bytes_per_gaussian * n)
+
+
+def encode_model(model, settings: CompactSettings | None = None, budget_bytes_per_gaussian: float | None = None
+                 ) -> tuple[bytes, CompactScene, CompactSettings]:
+    """Version-2 bytes of ``model``; with a budget, step down (:func:`compact.cheaper`) until the file fits."""
+    s = (settings or CompactSettings()).validate()
+    while True:
+        c = compact.quantize_compact(model.tensors(), model.sh_degree, s)
+        data = encode_compact(c)
+        if budget_bytes_per_gaussian is None or len(data) <= budget_bytes_per_gaussian * max(1, c.num_gaussians):
+            return data, c, s
+        nxt = compact.cheaper(s, model.sh_degree, model.num_gaussians)
+        if nxt is None:
+            return data, c, s
+        s = nxt
+
+
+def write_level(model, path: str | Path, version: int = V1, settings: CompactSettings | None = None,
+                budget_bytes_per_gaussian: float | None = None) -> CodecStats:
+    """Code ``model`` into ``path`` (atomic write) as ``version`` 1 (8-bit) or 2 (compact); sizes measured on disk.
+
+    Version 2 writes the primitives in Morton order of their position codes; ``budget_bytes_per_gaussian``
+    steps the settings down until the file fits (:func:`encode_model`).
+    """
+    if version == V1:
+        return write_quantized(quantize(model), path)
+    if version != 2:
+        raise BitstreamError(f"cannot write bitstream version {version} (versions {VERSIONS})")
+    path = Path(path)
+    data, c, s = encode_model(model, settings, budget_bytes_per_gaussian)
+    _, breakdown, table_bytes, bound = _encode_compact(c)
+    atomic_write_bytes(path, data)
+    on_disk = path.stat().st_size
+    base = baseline_sizes(quantize(model))
+    return CodecStats(num_gaussians=c.num_gaussians, num_channels=14 + 3 * sh_rest_coeffs(c.sh_degree),
+                      bytes=on_disk, header_bytes=breakdown["header"], table_bytes=table_bytes,
+                      payload_bytes=on_disk - breakdown["header"] - table_bytes, entropy_bound_bytes=bound,
+                      codec_version=2, breakdown=breakdown, codec_settings=s.to_dict(), **base)
 
 
 def write_quantized(q: QuantizedScene, path: str | Path) -> CodecStats:
@@ -174,16 +446,47 @@ def write_quantized(q: QuantizedScene, path: str | Path) -> CodecStats:
     base = baseline_sizes(q)
     return CodecStats(num_gaussians=q.num_gaussians, num_channels=q.num_channels, bytes=on_disk,
                       header_bytes=head, table_bytes=tlen, payload_bytes=on_disk - head - tlen,
-                      entropy_bound_bytes=entropy.empirical_entropy_bits(q.codes) / 8.0, **base)
+                      entropy_bound_bytes=entropy.empirical_entropy_bits(q.codes) / 8.0, **base,
+                      codec_version=V1, breakdown={"header": head, "tables": tlen, "payload": on_disk - head - tlen})
 
 
-def read_quantized(path: str | Path) -> QuantizedScene:
+def _read_bytes(path: str | Path) -> bytes:
     path = Path(path)
     if not path.is_file():
         raise BitstreamError(f"{path}: bitstream file not found")
-    return decode_quantized(path.read_bytes(), source=str(path))
+    return path.read_bytes()
+
+
+def file_version(data: bytes, source: str = "<bytes>") -> int:
+    """The version field of ``.nifigs`` bytes (magic checked)."""
+    if len(data) < 8:
+        raise BitstreamError(f"{source}: truncated: {len(data)} bytes is shorter than the 8-byte magic and version")
+    magic, version = struct.unpack_from("<6sH", data, 0)
+    if magic != MAGIC:
+        raise BitstreamError(f"{source}: not a .nifigs bitstream (magic {magic!r}, expected {MAGIC!r})")
+    if version not in VERSIONS:
+        raise BitstreamError(f"{source}: unsupported bitstream version {version} (this reader knows versions "
+                             f"{VERSIONS})")
+    return int(version)
+
+
+def read_quantized(path: str | Path) -> QuantizedScene:
+    """The 8-bit codes of a version-1 file."""
+    return decode_quantized(_read_bytes(path), source=str(path))
+
+
+def read_compact(path: str | Path) -> CompactScene:
+    """The content of a version-2 file."""
+    return decode_compact(_read_bytes(path), source=str(path))
+
+
+def decode_level(data: bytes, source: str = "<bytes>"):
+    """Decode ``.nifigs`` bytes of either version into the ``GaussianModel`` they stand for."""
+    if file_version(data, source) == V1:
+        return dequantize(decode_quantized(data, source))
+    return compact.dequantize_compact(decode_compact(data, source))
 
 
 def read_level(path: str | Path):
-    """Decode a ``.nifigs`` file into the dequantized ``GaussianModel``."""
-    return dequantize(read_quantized(path))
+    """Decode a ``.nifigs`` file (version 1 or 2) into the dequantized ``GaussianModel``."""
+    return decode_level(_read_bytes(path), source=str(path))

@@ -5,6 +5,10 @@ primitives of a level is fixed by the schedule): Adam on every attribute with th
 3DGS (Kerbl et al. 2023; means 1.6e-4 x scene extent decaying exponentially to 1.6e-6 x extent,
 SH DC 2.5e-3, SH rest 2.5e-3 / 20, opacity 2.5e-2, log-scales 5e-3, quaternions 1e-3) and the 3DGS
 loss ``0.8 L1 + 0.2 (1 - SSIM)`` on one random training view per iteration.
+
+Quantization-aware fine-tuning: with ``quantizer`` (e.g. :class:`nifi_lib.synthesis.compact.StraightThrough`)
+each iteration renders ``quantizer(params)``, the values the coded file will decode to with the identity as their
+gradient (straight-through estimator), so what is optimised is what is decoded.
 """
 from __future__ import annotations
 
@@ -30,10 +34,11 @@ def finetune_loss(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def finetune(model, cameras: Sequence, images: torch.Tensor, iterations: int, background=None,
              backend: str = "auto", seed: int = 0, extent: float | None = None, progress: bool = True,
-             desc: str = "fine-tune") -> tuple[object, dict]:
+             desc: str = "fine-tune", quantizer=None) -> tuple[object, dict]:
     """Fine-tune ``model`` for ``iterations`` steps; returns ``(model, history)`` (input is not modified).
 
     ``history`` holds the loss per step and the seconds taken. ``iterations = 0`` returns a copy.
+    ``quantizer``: a callable model -> model applied before rendering (quantization-aware fine-tuning).
     """
     from ..gs.cameras import cameras_extent
     from ..gs.render import render
@@ -54,7 +59,8 @@ def finetune(model, cameras: Sequence, images: torch.Tensor, iterations: int, ba
         opt.param_groups[0]["lr"] = extent * math.exp((1 - frac) * math.log(MEANS_LR_INIT)
                                                       + frac * math.log(MEANS_LR_FINAL))
         v = int(torch.randint(len(cameras), (1,), generator=gen))
-        out = render(params, cameras[v], backend=backend, background=background)
+        out = render(params if quantizer is None else quantizer(params), cameras[v], backend=backend,
+                     background=background)
         loss = finetune_loss(out.image, images[v].to(out.image))
         opt.zero_grad(set_to_none=True)
         loss.backward()

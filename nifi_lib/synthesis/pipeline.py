@@ -39,7 +39,7 @@ from ..errors import NifiError
 from ..io.atomic import atomic_write_json
 from ..io.hashing import sha256_file
 from ..paths import repo_path
-from . import codec
+from . import codec, compact
 from .finetune import finetune
 from .importance import gode_importance, prune_top_k
 from .pairs import (MANIFEST, display_path, manifest_complete, mean_psnr, merge_levels, psnr,
@@ -86,6 +86,10 @@ class SynthesisSettings:
     background: tuple[float, float, float] | None = None
     downscale: int | None = None          # images_<d>/ of COLMAP / nerfstudio scenes
     device: str | None = None             # None: cuda when available, else cpu
+    codec_version: int = 2                # .nifigs version written (1: 8-bit per channel; 2: compact)
+    qat: bool = True                      # v2: quantization-aware fine-tuning (straight-through)
+    budget_bytes_per_gaussian: float | None = 12.0   # v2: the SH degree / codebook of a level fit this budget
+    codec_settings: dict | None = None    # v2: overrides of compact.CompactSettings (bit depths, codebook)
 
     def labels(self) -> list[str]:
         return rate_labels(self.num_levels, self.rates)
@@ -128,6 +132,21 @@ def _fit_full(cameras, images, iterations: int, settings: SynthesisSettings, bac
 
 def _device(name: str | None) -> torch.device:
     return torch.device(name if name else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _level_codec(s: SynthesisSettings, pruned) -> tuple[compact.CompactSettings | None, object]:
+    """(version-2 settings planned for the budget, straight-through quantizer or None) of one pruned level."""
+    if s.codec_version == 1:
+        return None, None
+    if s.codec_version != 2:
+        raise SynthesisError(f"codec_version must be 1 or 2, got {s.codec_version}")
+    try:
+        base = compact.CompactSettings(**{"seed": s.seed, **(s.codec_settings or {})})
+    except TypeError as e:
+        raise SynthesisError(f"codec_settings: {e}") from e
+    plan = codec.plan_level(pruned, base, s.budget_bytes_per_gaussian)
+    use = s.qat and s.finetune_iterations > 0
+    return plan, (compact.StraightThrough(plan, pruned.sh_degree) if use else None)
 
 
 # --- synthesize ---------------------------------------------------------------------------------------
@@ -270,18 +289,23 @@ def synthesize_scene(scene_dir: str | Path, out_dir: str | Path, settings: Synth
         for l, (k, label) in enumerate(zip(sizes, labels)):
             t0 = time.perf_counter()
             pruned, kept = prune_top_k(full_dev, importance, k)
+            plan, quantizer = _level_codec(s, pruned)
             tuned, hist = finetune(pruned, train_cams, train_imgs, s.finetune_iterations, background=scene.background,
-                                   backend=s.backend, seed=s.seed + l, progress=progress, desc=f"fine-tune level {l}")
+                                   backend=s.backend, seed=s.seed + l, progress=progress, desc=f"fine-tune level {l}",
+                                   quantizer=quantizer)
             tuned = tuned.subset(morton_order(tuned).to(tuned.device))  # render-invariant; helps the coder
-            stats = codec.write_level(tuned, stage / level_filename(l))
+            stats = codec.write_level(tuned, stage / level_filename(l), version=s.codec_version, settings=plan,
+                                      budget_bytes_per_gaussian=s.budget_bytes_per_gaussian)
+            psnr_test_float = model_psnr(tuned, scene, "test", s.backend, s.device)   # the level before coding
             psnr_test = level_test_psnr(stage / level_filename(l), scene, s.backend, s.device)
             levels.append({"level": l, "label": label, "num_gaussians": k, "file": level_filename(l),
-                           **stats.to_dict(), "psnr_test": psnr_test, "finetune_iterations": s.finetune_iterations,
+                           **stats.to_dict(), "psnr_test": psnr_test, "psnr_test_float": psnr_test_float,
+                           "qat": quantizer is not None, "finetune_iterations": s.finetune_iterations,
                            "finetune_final_loss": hist["loss"][-1] if hist["loss"] else None,
                            "seconds": time.perf_counter() - t0})
             log(f"{scene.name}: level {l} (rate {label}): {k} Gaussians, {stats.bytes} B on disk "
                 f"({stats.bytes / 1e6:.3f} MB; raw 8-bit {stats.raw_8bit_bytes} B, zlib {stats.zlib_bytes} B, "
-                f"lzma {stats.lzma_bytes} B), decoded test PSNR {psnr_test:.2f} dB")
+                f"lzma {stats.lzma_bytes} B), test PSNR {psnr_test_float:.2f} dB before coding, {psnr_test:.2f} dB decoded")
         full_bytes = (stage / FULL_PLY).stat().st_size
         meta = {
             "format_version": 1, "scene": scene.name, "source": display_path(scene.root), "source_format": scene.format,
