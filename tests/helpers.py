@@ -31,3 +31,20 @@ def randomize_lora(model, adapter: str, seed: int, scale: float = 0.05) -> None:
         for n, p in model.named_parameters():
             if "lora_" in n and f".{adapter}." in n + ".":
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def save_tiny_restorer(root, note: str = "test"):
+    """``root/backbone`` (a tiny SD3-shaped backbone folder) and ``root/r.ckpt`` (phi- with random rank-2 LoRA
+    weights, the authors' checkpoint format); returns the backbone with its adapters."""
+    from pathlib import Path
+
+    from nifi_lib.restoration.checkpoint import save_authors_checkpoint
+    from nifi_lib.restoration.lora import RESTORER, add_restorer_adapters
+
+    root = Path(root)
+    bb = tiny_backbone(seed=0)
+    bb.save_pretrained(root / "backbone", info={"note": note})
+    add_restorer_adapters(bb, rank=2)
+    randomize_lora(bb.transformer, RESTORER, seed=1)
+    save_authors_checkpoint(root / "r.ckpt", bb)
+    return bb

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import randomize_lora, tiny_backbone
+from helpers import save_tiny_restorer
 from nifi_lib.cli import main as nifi
 from nifi_lib.data.inria import write_inria_output
 from nifi_lib.data.llff import write_llff_scene
@@ -47,15 +47,8 @@ def renders(model, cams):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from nifi_lib.restoration.checkpoint import save_authors_checkpoint
-    from nifi_lib.restoration.lora import RESTORER, add_restorer_adapters
-
     root = tmp_path_factory.mktemp("bb")
-    bb = tiny_backbone(seed=0)
-    bb.save_pretrained(root / "backbone", info={"note": "test"})
-    add_restorer_adapters(bb, rank=2)
-    randomize_lora(bb.transformer, RESTORER, seed=1)
-    save_authors_checkpoint(root / "r.ckpt", bb)
+    save_tiny_restorer(root)
     return root
 
 

@@ -62,18 +62,14 @@ def models(tmp_path_factory):
     """Tiny SD3-shaped backbone folder and restorer weights in every format the CLI reads:
     ``ckpt`` (the authors' torch file), ``safetensors`` (our adapter file), ``other_backbone`` (the
     authors' format, made for a backbone with another attention width)."""
-    from helpers import TINY_TRANSFORMER, SD3_LIKE_VAE, randomize_lora, tiny_backbone
+    from helpers import TINY_TRANSFORMER, SD3_LIKE_VAE, save_tiny_restorer
     from nifi_lib.diffusion.backbone import build_tiny_backbone
     from nifi_lib.restoration.checkpoint import save_authors_checkpoint
     from nifi_lib.restoration.io import RESTORER_GROUPS
-    from nifi_lib.restoration.lora import RESTORER, add_restorer_adapters, save_adapters
+    from nifi_lib.restoration.lora import add_restorer_adapters, save_adapters
 
     root = tmp_path_factory.mktemp("models")
-    bb = tiny_backbone(seed=0)
-    bb.save_pretrained(root / "backbone", info={"note": "fault suite"})
-    add_restorer_adapters(bb, rank=2)
-    randomize_lora(bb.transformer, RESTORER, seed=1)
-    save_authors_checkpoint(root / "r.ckpt", bb)
+    bb = save_tiny_restorer(root, note="fault suite")
     save_adapters(root / "r.safetensors", bb, RESTORER_GROUPS)
     other = build_tiny_backbone(seed=0, vae_config=SD3_LIKE_VAE,
                                 transformer_config={**TINY_TRANSFORMER, "attention_head_dim": 16}).freeze()
