@@ -72,6 +72,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     compile: bool = False
     cuda_graphs: bool = False
+    compile_cache: str | None = None   # with compile: inductor's artifacts loaded before and saved after the first steps
     nan_policy: str = "skip"
     num_workers: int = 2           # DataLoader workers reading pairs on demand (0: in the training process)
     cache_mb: float = 1024.0       # LRU cache of decoded uint8 frames, per reading process

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from ..diffusion.fast_paths import load_compile_cache, save_compile_cache
 from .flops import hooked_layer_macs, restore_flops, train_step_flops, transformer_layers, vae_decoder_layers, \
     vae_encoder_layers
 
@@ -534,6 +535,7 @@ def bench_train(args, device: torch.device, budget: Budget, results: dict, out: 
             res["notes"].append(f"{name} skipped (time budget)")
             log(f"train {name} skipped (time budget)")
             return None
+        n0 = len(infos)
         try:
             m = measure(step, device, warmup=warmup, iters=args.iters)
         except Exception as e:  # noqa: BLE001
@@ -545,6 +547,7 @@ def bench_train(args, device: torch.device, budget: Budget, results: dict, out: 
         rows = info_to_python(infos[-3:])
         m["skipped_last3"] = [r["skipped"] for r in rows]
         m["loss_total_last"] = rows[-1]["loss_total"] if rows else None
+        m["steps_run"] = len(infos) - n0   # the loss above is after this many steps of this variant's trainer
         res["variants"][name] = m
         eager = res["variants"].get("eager", {}).get("median_ms")
         if eager:
@@ -558,10 +561,10 @@ def bench_train(args, device: torch.device, budget: Budget, results: dict, out: 
 
     variants = args.train_variants.split(",")
     if "eager" in variants:
-        run("eager", args.warmup)
+        run("eager", max(args.warmup, 3))
     if device.type == "cuda" and "channels_last" in variants:
         trainer.enable_fast_paths(compile=False, channels_last=True)
-        run("+channels_last+cudnn_benchmark", args.warmup)
+        run("+channels_last+cudnn_benchmark", max(args.warmup, 3))
     if not args.no_compile and "compile" in variants:
         trainer.enable_fast_paths(compile=True)
         m = run("+compile (optimised)", max(args.warmup, 3))
@@ -577,6 +580,12 @@ def bench_train(args, device: torch.device, budget: Budget, results: dict, out: 
                               compile=False)
         trainer.enable_fast_paths(compile=True, cuda_graphs=True)
         run("+compile+cuda_graphs", max(args.warmup, 3))
+    ref, cg = res["variants"].get("eager", {}), res["variants"].get("+compile+cuda_graphs", {})
+    if ref.get("loss_total_last") is not None and cg.get("loss_total_last") is not None:
+        # both from a fresh trainer with the same seeds and the same number of steps: the same computation
+        res["loss_agreement"] = {"steps": [ref["steps_run"], cg["steps_run"]],
+                                 "rel_diff": abs(cg["loss_total_last"] - ref["loss_total_last"])
+                                 / max(abs(ref["loss_total_last"]), 1e-12)}
     del trainer, bb, perceptual
     free(device)
 
@@ -654,8 +663,18 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--deadline", type=float, default=1e9, help="seconds for the whole run; stages past it are skipped")
     p.add_argument("--reserve", type=float, default=20.0, help="seconds kept for writing results")
-    p.add_argument("--load-cache", default=None, help="inductor cache artifacts saved by an earlier run")
+    p.add_argument("--load-cache", default=None, help="a compile cache saved by an earlier run (--save-cache)")
+    p.add_argument("--save-cache", default=None, help="where to write this run's compile cache (default: "
+                   "<out>/compile_cache.bin; CUDA and compile only)")
     return p
+
+
+def _compile_times() -> str | None:
+    """``torch._dynamo.utils.compile_times`` (seconds per compiler phase of this process), or None."""
+    try:
+        return str(torch._dynamo.utils.compile_times(repr="str", aggregate=True))
+    except Exception as e:  # noqa: BLE001 - diagnostics only
+        return f"unavailable: {e!r}"
 
 
 def run(args) -> int:
@@ -681,12 +700,11 @@ def run(args) -> int:
         pass
     log(f"device {results['device']}, torch {results['torch']}, diffusers {results['diffusers']}, "
         f"peft {results.get('peft')}")
-    if args.load_cache:
-        try:
-            torch.compiler.load_cache_artifacts(Path(args.load_cache).read_bytes())
-            log(f"loaded compile cache {args.load_cache}")
-        except Exception as e:  # noqa: BLE001
-            log(f"compile cache not loaded: {e!r}")
+    if args.load_cache:   # a missing or foreign file stops the run (a "warm" measurement without it would lie)
+        t = time.perf_counter()
+        results["compile_cache_loaded"] = {**load_compile_cache(args.load_cache),
+                                           "seconds": round(time.perf_counter() - t, 2)}
+        log(f"loaded compile cache {results['compile_cache_loaded']}")
     parts = args.order.split(",") if args.part == "all" else [args.part]
     rc = 0
     for part in parts:
@@ -700,23 +718,26 @@ def run(args) -> int:
             log(f"{part} FAILED: {e!r}")
             traceback.print_exc()
             free(device)
-            if isinstance(e, KeyboardInterrupt):
-                break
         c = torch._dynamo.utils.counters
         results.setdefault("dynamo", {})[part] = {
             "graph_breaks": sum(c["graph_break"].values()), "graph_break_reasons": dict(list(c["graph_break"].items())[:10]),
-            "unique_graphs": c["stats"].get("unique_graphs", 0), "calls_captured": c["stats"].get("calls_captured", 0)}
+            "unique_graphs": c["stats"].get("unique_graphs", 0), "calls_captured": c["stats"].get("calls_captured", 0),
+            # where a first call's seconds go, and whether the caches hit (issue 18: a warm cache that did not help)
+            "cache_counters": {k: dict(c[k]) for k in ("inductor", "aot_autograd") if c.get(k)},
+            "compile_times": _compile_times()}
         log(f"{part}: dynamo {results['dynamo'][part]}")
-        if out is not None and not args.no_compile and device.type == "cuda":
+        cache_out = args.save_cache or (out / "compile_cache.bin" if out is not None else None)
+        if cache_out is not None and not args.no_compile and device.type == "cuda":
             try:   # inductor's compiled artifacts, so that a later run on a fresh machine can skip compiling
-                art = torch.compiler.save_cache_artifacts()
-                if art is not None and len(art[0]) < 15 * 2 ** 20:
-                    (out / "compile_cache.bin").write_bytes(art[0])
-                    log(f"compile cache: {len(art[0]) / 2 ** 20:.1f} MiB")
+                n = save_compile_cache(cache_out)
+                results["compile_cache_saved"] = {"path": str(cache_out), "bytes": n}
+                log(f"compile cache: {(n or 0) / 2 ** 20:.1f} MiB in {cache_out}")
             except Exception as e:  # noqa: BLE001
                 log(f"compile cache not saved: {e!r}")
         if out is not None:
             (out / "bench.json").write_text(json.dumps(results, indent=1, default=str))
+        if any("KeyboardInterrupt" in str(e) for e in results.get("errors", [])):
+            break   # stopped from outside: what was measured (and where the compile time went) is written above
     text = summary(results)
     if out is not None:
         (out / "summary.md").write_text(text)

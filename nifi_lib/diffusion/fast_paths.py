@@ -7,6 +7,8 @@ the base, tiling) are :mod:`nifi_lib.restoration.fast_paths`.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 
@@ -133,5 +135,50 @@ def mark_step(bb) -> None:
         torch.compiler.cudagraph_mark_step_begin()
 
 
-__all__ = ["ChannelsLastGroupNorm", "mark_step", "optimize_backbone", "set_channels_last_group_norm",
-           "vae_channels_last"]
+# --------------------------------------------------------------------------- inductor's compile cache
+
+COMPILE_CACHE_MAGIC = b"NIFICC1\n"   # our header before torch's bytes: a wrong file fails with its name
+
+
+class CompileCacheError(ValueError):
+    """A compile-cache file that is not one (wrong header, truncated, or refused by this torch)."""
+
+
+def save_compile_cache(path: str | Path) -> int | None:
+    """Write inductor's compiled artifacts of this process (``torch.compiler.save_cache_artifacts``: FX graphs,
+    Triton kernels, autotuning results, AOT autograd entries) to ``path`` atomically; returns the bytes written,
+    or None when nothing was compiled. A later process on a fresh machine (same torch, GPU and code) loads it with
+    :func:`load_compile_cache` and skips inductor's code generation and autotuning (issue 18: the first training
+    step on a warm cache). The file is executable code for torch: load only caches your own runs wrote."""
+    from ..io.atomic import atomic_write_bytes
+
+    art = torch.compiler.save_cache_artifacts()
+    if art is None or not art[0]:
+        return None
+    data = COMPILE_CACHE_MAGIC + art[0]
+    atomic_write_bytes(path, data)
+    return len(data)
+
+
+def load_compile_cache(path: str | Path) -> dict:
+    """Hot-load a :func:`save_compile_cache` file into inductor's local caches before the first compiled call.
+    Returns ``{"path", "bytes", "artifacts"}`` (artifacts per kind, as torch counts them). A missing file raises
+    ``FileNotFoundError`` naming it; a file that is not a compile cache, or that this torch refuses, raises
+    :class:`CompileCacheError` naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no compile cache there (a run with train.compile and train.compile_cache "
+                                f"set writes it after its first steps)")
+    data = p.read_bytes()
+    if not data.startswith(COMPILE_CACHE_MAGIC):
+        raise CompileCacheError(f"{p}: not a nifi compile cache (no {COMPILE_CACHE_MAGIC!r} header)")
+    info = torch.compiler.load_cache_artifacts(data[len(COMPILE_CACHE_MAGIC):])
+    if info is None:
+        raise CompileCacheError(f"{p}: torch {torch.__version__} could not read these cache artifacts "
+                                f"(truncated, or written by another torch version)")
+    kinds = {k: len(v) for k, v in getattr(info, "artifacts", {}).items()}
+    return {"path": str(p), "bytes": len(data), "artifacts": kinds}
+
+
+__all__ = ["ChannelsLastGroupNorm", "CompileCacheError", "load_compile_cache", "mark_step", "optimize_backbone",
+           "save_compile_cache", "set_channels_last_group_norm", "vae_channels_last"]

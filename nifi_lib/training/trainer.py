@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..diffusion.backbone import Backbone, load_backbone
-from ..diffusion.fast_paths import mark_step, optimize_backbone
+from ..diffusion.fast_paths import load_compile_cache, mark_step, optimize_backbone, save_compile_cache
 from ..diffusion.flow import classifier_free_guidance, denoised_estimate, eq7_start, schedule_tables, sigma_at
 from ..diffusion.latents import decode_latents, encode_latents, to_model_range, transformer_velocity
 from ..diffusion.prompts import apply_prompt_dropout, dropout_mask
@@ -56,6 +56,7 @@ from .data import BatchLoader, PairError, PairSampler, find_pairs, holdout_views
 from .scene_prompts import ScenePrompts, training_embeddings
 from .objectives import critic_inputs, critic_loss, perceptual_matching_loss, restoration_distribution_matching_loss
 
+CACHE_SAVE_STEP = 3   # train.compile_cache is written after this step (compiled, CUDA graphs recorded) and at the end
 LOG_FIELDS = ["step", "loss_total", "loss_kl", "loss_l2", "loss_lpips", "loss_critic", "grad_norm_minus",
               "grad_norm_plus", "dm_grad_norm", "sigma", "lr_minus", "lr_plus", "skipped", "wall_time"]
 
@@ -673,6 +674,10 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
         raise TrainingError("training needs the prompt and null-prompt embeddings (model.embeddings .npz with "
                             "negative_prompt_embeds), for prompt dropout and CFG")
     perceptual, perceptual_name, fallback = build_perceptual(cfg, device)
+    cache_file = repo_path(t.compile_cache) if (t.compile and t.compile_cache) else None
+    compile_cache: dict = {"path": str(cache_file) if cache_file else None, "loaded": None, "saved_bytes": None}
+    if cache_file is not None and cache_file.is_file():   # before anything compiles (issue 18: warm first step)
+        compile_cache["loaded"] = load_compile_cache(cache_file)
     trainer = NiFiTrainer(cfg, bb, device=device, perceptual=perceptual, perceptual_name=perceptual_name)
     trainer.val_split = val_split
     trainer.scene_prompts = scene_prompts
@@ -743,9 +748,13 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
                 _append_log(log_path, rows)
                 trainer.save(latest)
             last_good_saved = step
+        if cache_file is not None and rank == 0 and step == min(CACHE_SAVE_STEP, t.max_steps):
+            compile_cache["saved_bytes"] = save_compile_cache(cache_file)   # the compiled step, for the next run
         if stop_after is not None and step >= stop_after:
             break
     flush()
+    if cache_file is not None and rank == 0 and trainer.state.step > CACHE_SAVE_STEP:
+        compile_cache["saved_bytes"] = save_compile_cache(cache_file)   # + validation's graphs
     bar.close()
     if rank == 0 and not best.exists() and latest.exists():
         atomic_save(best, lambda p: p.write_bytes(latest.read_bytes()))
@@ -765,7 +774,7 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
         "validation": trainer.state.history,
         "seconds": round(trainer.state.elapsed, 1), "device": str(device), "world_size": world,
         "weights": {"backbone": bb.source, "backbone_kind": bb.kind, "perceptual": perceptual_name, **fallback},
-        "smoke_test": smoke_test,
+        "smoke_test": smoke_test, "compile_cache": compile_cache,
     }
     if rank == 0:
         atomic_write_json(exp / "train_summary.json", summary)
