@@ -44,6 +44,31 @@ class BackboneError(NifiError, RuntimeError):
     """The backbone cannot be loaded (missing folder, no network, gated repo without a token)."""
 
 
+def vae_scale_factor(vae_config) -> int:
+    """The VAE's downsampling factor: 2 per down block but the last (diffusers' ``AutoencoderKL``)."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def patch_stride(backbone) -> int:
+    """The transformer's patch stride in image pixels: the VAE's downsampling factor x the transformer's
+    ``patch_size`` (one token covers a ``stride x stride`` block of the image; a restorer whose tokens do not
+    blend leaves a grid at this period, measured by :func:`nifi_lib.metrics.sharpness.patch_grid_artefact`).
+    Embedded backbone: 4 x 2 = 8 pixels; SD3-medium: 8 x 2 = 16.
+
+    ``backbone``: a :class:`Backbone`, or a diffusers folder / hub id whose ``vae/`` and ``transformer/``
+    configs are read (no weights loaded)."""
+    if isinstance(backbone, Backbone):
+        return backbone.patch_stride
+    ref = str(backbone)
+    try:
+        vae_cfg = AutoencoderKL.load_config(ref, subfolder="vae")
+        tr_cfg = SD3Transformer2DModel.load_config(ref, subfolder="transformer")
+    except Exception as e:
+        raise BackboneError(f"{ref}: cannot read the vae/ and transformer/ configs of the backbone "
+                            f"({e.__class__.__name__}: {e})") from e
+    return vae_scale_factor(vae_cfg) * int(tr_cfg["patch_size"])
+
+
 @dataclass
 class Backbone:
     """A frozen LDM: ``vae`` (E, D), ``transformer`` (eps_theta), ``scheduler`` and prompt embeddings."""
@@ -64,7 +89,7 @@ class Backbone:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_scale_factor(self.vae.config)
 
     @property
     def scaling_factor(self) -> float:
@@ -77,6 +102,11 @@ class Backbone:
     @property
     def patch_size(self) -> int:
         return int(self.transformer.config.patch_size)
+
+    @property
+    def patch_stride(self) -> int:
+        """Image pixels per transformer token side (:func:`patch_stride`)."""
+        return self.vae_scale_factor * self.patch_size
 
     @property
     def device(self) -> torch.device:

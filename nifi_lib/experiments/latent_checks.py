@@ -16,15 +16,18 @@ VAE_L1_KEY = "vae_reconstruction_l1"
 @torch.no_grad()
 def vae_reconstruction(backbone, clean01: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``D(E(I))`` of ``clean01`` ``(N, 3, H, W)`` in [0, 1] with the latent mean (no sampling), in [0, 1],
-    and its PSNR in dB averaged over the images (:func:`nifi_lib.image_quality.psnr`, no epsilon)."""
-    from ..diffusion.latents import decode_latents, encode_latents
+    and its PSNR in dB averaged over the images (:func:`nifi_lib.image_quality.psnr`, no epsilon). A frame whose
+    sides are no multiple of the VAE factor is reflect-padded as the restorer pads it and cropped back."""
+    from ..diffusion.latents import decode_latents, encode_latents, pad_to_multiple
     from ..image_quality import psnr
 
     bb = backbone
     vae_param = next(bb.vae.parameters())
     x = (clean01 * 2 - 1).to(device=vae_param.device, dtype=vae_param.dtype)   # a backbone on the GPU: its device
+    x, _ = pad_to_multiple(x, bb.vae_scale_factor)
     z = encode_latents(bb.vae, x, bb.scaling_factor, sample=False)
     rec = ((decode_latents(bb.vae, z, bb.scaling_factor).float().cpu() + 1) / 2).clamp(0, 1)
+    rec = rec[..., :clean01.shape[-2], :clean01.shape[-1]]
     return rec, float(psnr(rec, clean01, eps=0.0, dtype=None).mean())
 
 

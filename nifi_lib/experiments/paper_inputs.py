@@ -579,6 +579,14 @@ class EvaluationInputs:
         return alpha_sweep(self.train_pairs, self.run / "ablation_alpha", alphas, steps, self.cfg, limit=limit,
                            eval_root=self.eval_root, **self.restore_options)
 
+    def sharpness(self, t0s=(), per_rate: int | None = None) -> dict:
+        """:func:`~.ablations.ablation_sharpness` of ``ckpt`` (and ``ckpt_wo_t0`` when there is one) on the test
+        pairs of the shown dataset: both sharpness measures per rate for every method of notebook 07."""
+        from .ablations import ablation_sharpness
+
+        return ablation_sharpness(self.eval_root, self.ckpt, self.base_model, t0s=t0s, ckpt_wo_t0=self.ckpt_wo_t0,
+                                  per_rate=per_rate, **self.method_options)
+
     def before_after(self, per_rate: int = 1) -> list[dict]:
         """:func:`~.embedded.before_after_examples` of ``ckpt`` on the test pairs."""
         from .embedded import before_after_examples

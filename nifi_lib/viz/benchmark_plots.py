@@ -178,3 +178,42 @@ def format_alpha_sweep(alpha_results: dict[float, dict]) -> str:
 def format_high_frequency(ratios: dict[str, float]) -> str:
     """:func:`~nifi_lib.experiments.ablations.high_frequency_ratios`, one line per image kind."""
     return "\n".join(f"{k:>9}: high-frequency energy / ground truth = {v:.2f}" for k, v in ratios.items())
+
+
+SHARPNESS_LABELS = {"degraded": "compressed", "base": "frozen base", "nifi": "NiFi", "nifi_wo_t0": "NiFi w/o t0",
+                    "clean_vae": "ground truth via VAE", "clean": "ground truth"}
+
+
+def sharpness_label(key: str) -> str:
+    """The row name of an image kind of :func:`~nifi_lib.experiments.ablations.sharpness_by_rate`."""
+    if key.startswith("nifi t0="):
+        return "NiFi " + key[len("nifi "):]
+    return SHARPNESS_LABELS.get(key, key)
+
+
+def format_sharpness(table: dict) -> str:
+    """:func:`~nifi_lib.experiments.ablations.sharpness_by_rate` as small tables (image kinds x rates): the
+    high-frequency ratio to the ground truth and the patch-grid artefact at the patch stride; then the artefact
+    per grid period over all rates (the smallest period that fires is where the grid comes from)."""
+    groups = [*table["rates"], "all"]
+    width = max(len(sharpness_label(k)) for k in table["hf_ratio"])
+    counts = ", ".join(f"{g}: {table['count'][g]}" for g in table["rates"])
+    lines = [f"images per rate: {counts}"]
+
+    def block(title, columns, names, values):
+        lines.extend(["", title, " " * (width + 2) + "".join(f"{c:>10}" for c in names)])
+        for k in values:
+            lines.append(f"  {sharpness_label(k):<{width}}" + "".join(f"{values[k][c]:>10.3f}" for c in columns))
+
+    names = [f"rate {g}" if g != "all" else "all" for g in groups]
+    block("high-frequency (Laplacian) energy / ground truth: 1 = as much fine detail, < 1 blurrier",
+          groups, names, table["hf_ratio"])
+    block(f"patch-grid artefact at the {table['stride']} px patch stride: ~0 = none; compare with the ground "
+          "truth's own level", groups, names, table["patch_grid"])
+    by_period = table.get("patch_grid_by_period")
+    if by_period:
+        periods = list(by_period)
+        per_key = {k: {d: by_period[d][k] for d in periods} for k in table["patch_grid"]}
+        block("patch-grid artefact per grid period, all rates (a grid of period d shows at every multiple of d)",
+              periods, [f"{d} px" for d in periods], per_key)
+    return "\n".join(lines)
