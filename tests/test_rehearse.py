@@ -147,6 +147,22 @@ def test_notebook_params_are_declared_and_scoped(tmp_path, shape):
         assert p07["alpha_steps"] == 2 and p07["alphas"] == [0.7] and "config_overrides" not in R.notebook_params(plan)
 
 
+def test_metrics_reach_the_notebooks_that_score(tmp_path):
+    """``--metrics`` (e.g. no DISTS on a machine without its VGG16 trunk) is what notebooks 06 and 07 score too."""
+    from nifi_lib.experiments import notebook_runner as NR
+
+    args = R_args(tmp_path)
+    args.shape, args.metrics = "sd3-medium", ["lpips", "psnr", "ssim"]
+    plan = R.make_plan(args)
+    params = R.notebook_params(plan)
+    assert params["metrics"] == ["lpips", "psnr", "ssim"]
+    extra = NR.command_line_parameters([f"{k}={json.dumps(v)}" for k, v in params.items()])
+    for nb in ("06", "07"):
+        p = NR.prepared_parameters(next((REPO / "notebooks").glob(f"{nb}_*.ipynb")), "paper", tmp_path, extra=extra)
+        assert p["metrics"] == ["lpips", "psnr", "ssim"]
+    assert "metrics" not in R.notebook_params(R.make_plan(R_args(tmp_path)))   # default: the notebooks' own
+
+
 def test_stage_dependencies_and_commands(tmp_path):
     assert list(R.DEPENDS) == list(R.STAGES)
     for name, deps in R.DEPENDS.items():           # dependencies run earlier

@@ -14,12 +14,13 @@ from ..paths import repo_path
 
 def t0_sweep(pairs_root: str | Path, ckpt: str, base_model: str, t0s: list[int], split: str = "test",
              limit: int | None = None, include_T: bool = True, ckpt_wo_t0: str | None = None,
-             **method_options) -> dict[str, dict]:
+             metrics=("lpips", "dists"), **method_options) -> dict[str, dict]:
     """LPIPS/DISTS after restoration with the same phi- (``ckpt``) at several t0 < T (Eq. 7), plus the row
     ``"t0=T (no noise)"``: NiFi w/o t0, i.e. the phi- TRAINED with ``diffusion.t0: 1000`` (``ckpt_wo_t0``) fed
     the un-noised latent at t = T. Without ``ckpt_wo_t0`` that row is omitted (with a warning): evaluating
     ``ckpt`` at t = T would borrow a phi- trained for another t0, which is not the paper's ablation.
-    ``method_options`` go to every method (``embeddings``, ``device``, ``dtype``)."""
+    ``metrics``: what each row scores (default LPIPS and DISTS); ``method_options`` go to every method
+    (``embeddings``, ``device``, ``dtype``)."""
     import warnings
 
     from ..evaluation.baselines import WO_T0_T, create_method
@@ -40,18 +41,18 @@ def t0_sweep(pairs_root: str | Path, ckpt: str, base_model: str, t0s: list[int],
                       "omitted", RuntimeWarning, stacklevel=2)
     for name, m in methods.items():
         m.name = name
-    records = evaluate_items(items, methods, ("lpips", "dists"), progress=False)
-    keys = metric_keys(("lpips", "dists"))
+    records = evaluate_items(items, methods, tuple(metrics), progress=False)
+    keys = metric_keys(tuple(metrics))
     return {name: mean_of([r for r in records if r["method"] == name], keys) for name in methods}
 
 
 def alpha_sweep(pairs_root: str | Path, run_dir: str | Path, alphas: list[float], max_steps: int,
                 base_cfg, split: str = "test", limit: int | None = None, eval_root: str | Path | None = None,
-                base_model: str | None = None, **method_options) -> dict[float, dict]:
+                base_model: str | None = None, metrics=("lpips", "dists"), **method_options) -> dict[float, dict]:
     """Train one short phi- per alpha (Eq. 5's blend) on ``pairs_root`` and evaluate it on ``split`` of
     ``eval_root`` (a ``<scene>/`` root; default ``<pairs_root>/embedded``, the embedded default's); resumable per
     alpha. ``base_model`` (default ``base_cfg.model.backbone``) and ``method_options`` (``embeddings``,
-    ``device``, ``dtype``) are what the restorer is evaluated with."""
+    ``device``, ``dtype``) are what the restorer is evaluated with, on ``metrics`` (default LPIPS and DISTS)."""
     import copy
 
     from ..evaluation.baselines import create_method
@@ -62,7 +63,7 @@ def alpha_sweep(pairs_root: str | Path, run_dir: str | Path, alphas: list[float]
     out = {}
     items = read_pairs(Path(eval_root) if eval_root is not None else Path(pairs_root) / "embedded", split,
                        layout="scene")[: limit or None]
-    keys = metric_keys(("lpips", "dists"))
+    keys = metric_keys(tuple(metrics))
     for a in alphas:
         cfg = copy.deepcopy(base_cfg)
         cfg.loss_weights.alpha = float(a)
@@ -73,7 +74,7 @@ def alpha_sweep(pairs_root: str | Path, run_dir: str | Path, alphas: list[float]
             train(cfg, pairs_root, exp, progress=False, resume=(exp / "latest.pt").is_file())
         m = create_method("nifi", ckpt=str(exp / "latest.pt"),
                           base_model=base_model or str(repo_path(cfg.model.backbone)), **method_options)
-        recs = evaluate_items(items, {"nifi": m}, ("lpips", "dists"), progress=False)
+        recs = evaluate_items(items, {"nifi": m}, tuple(metrics), progress=False)
         out[float(a)] = mean_of(recs, keys)
     return out
 

@@ -475,6 +475,12 @@ class EvaluationInputs:
     dtype: str | None = None
     paper: bool = False
     notes: list[str] = field(default_factory=list)
+    metrics: tuple[str, ...] = ("lpips", "dists", "psnr", "ssim")   # what eval, benchmark and the sweeps score
+
+    @property
+    def perceptual(self) -> tuple[str, ...]:
+        """The perceptual metrics of :attr:`metrics` (Table 1's LPIPS and DISTS, or LPIPS alone), in that order."""
+        return tuple(m for m in ("lpips", "dists") if m in self.metrics)
 
     @property
     def eval_root(self) -> Path:
@@ -571,13 +577,14 @@ class EvaluationInputs:
         from .ablations import alpha_sweep
 
         if not self.paper:
-            return alpha_sweep(self.train_pairs, self.run / "ablation_alpha", alphas, steps, self.cfg, limit=limit)
+            return alpha_sweep(self.train_pairs, self.run / "ablation_alpha", alphas, steps, self.cfg, limit=limit,
+                               metrics=self.perceptual)
         if self.train_pairs is None or not alphas or not steps:
             why = "no training pairs (pairs_root)" if self.train_pairs is None else "alphas or alpha_steps empty"
             print(f"alpha sweep skipped: {why}")
             return None
         return alpha_sweep(self.train_pairs, self.run / "ablation_alpha", alphas, steps, self.cfg, limit=limit,
-                           eval_root=self.eval_root, **self.restore_options)
+                           eval_root=self.eval_root, metrics=self.perceptual, **self.restore_options)
 
     def sharpness(self, t0s=(), per_rate: int | None = None) -> dict:
         """:func:`~.ablations.ablation_sharpness` of ``ckpt`` (and ``ckpt_wo_t0`` when there is one) on the test
@@ -642,7 +649,7 @@ def evaluation_inputs(run_dir: str, config_path: str = "configs/embedded.yaml", 
                       base_model: str | None = None, embeddings: str | None = None, dataset: str | None = None,
                       config_overrides: dict | None = None, train_max_steps: int | None = None,
                       device: str | None = None, dtype: str | None = None, scenes=None,
-                      finetune_iterations: int = 300) -> EvaluationInputs:
+                      finetune_iterations: int = 300, metrics=None) -> EvaluationInputs:
     """Notebooks 06 and 07.
 
     Embedded default (no pair root): the embedded pairs of ``run_dir`` (built if missing), ``config_path``
@@ -653,9 +660,19 @@ def evaluation_inputs(run_dir: str, config_path: str = "configs/embedded.yaml", 
     ``ckpt`` (default ``<run_dir>/nifi/best.pt``, notebook 05's; required), ``ckpt_wo_t0`` (default
     ``<run_dir>/nifi_wo_t0/best.pt`` when it exists; else the ablation is skipped with a note); the backbone:
     ``base_model``, else the one the checkpoint records, else the config's; ``embeddings`` likewise;
-    ``dataset``: the one whose tables are shown (default: the first of the test root). Nothing is trained."""
+    ``dataset``: the one whose tables are shown (default: the first of the test root). Nothing is trained.
+
+    ``metrics`` (both modes; None: LPIPS, DISTS, PSNR, SSIM): what eval, benchmark and the sweeps score. LPIPS is
+    required (the rate-perception numbers use it); leaving DISTS out is for machines without its VGG16 trunk
+    (the GPU rehearsal: docs/perf/rehearsal_h200/), and the tables then say so."""
+    from ..metrics.metrics import METRICS
     from .embedded import embedded_config, embedded_wo_t0_config, ensure_embedded_pairs, ensure_trained
 
+    metrics = tuple(metrics) if metrics else ("lpips", "dists", "psnr", "ssim")
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or "lpips" not in metrics:
+        raise InputsError(f"metrics {list(metrics)}: " + (f"unknown {unknown} (have {sorted(METRICS)})" if unknown
+                          else "LPIPS is required (the rate-perception numbers and Table 1 use it)"))
     run = repo_path(run_dir)
     if not paper_mode(pairs_root, test_pairs_root):
         pairs = ensure_embedded_pairs(run, scenes=scenes, finetune_iterations=finetune_iterations)
@@ -665,7 +682,7 @@ def evaluation_inputs(run_dir: str, config_path: str = "configs/embedded.yaml", 
         ckpt_wo_t0 = ckpt_wo_t0 or str(ensure_trained(run, embedded_wo_t0_config(steps), exp="nifi_wo_t0",
                                                       scenes=scenes, finetune_iterations=finetune_iterations))
         return EvaluationInputs(run, pairs, pairs, "embedded", cfg, ckpt, ckpt_wo_t0,
-                                str(repo_path(cfg.model.backbone)))
+                                str(repo_path(cfg.model.backbone)), metrics=metrics)
     from ..restoration.io import checkpoint_settings
 
     notes = []
@@ -702,7 +719,7 @@ def evaluation_inputs(run_dir: str, config_path: str = "configs/embedded.yaml", 
         notes.append(f"the benchmark covers {', '.join(datasets)}; the tables show {dataset} (parameter dataset)")
     return EvaluationInputs(run, train_pairs, test, dataset, cfg, ckpt, ckpt_wo_t0, resolve_model_ref(backbone),
                             str(repo_path(embeddings)) if embeddings else None, dev, default_dtype(dtype, dev),
-                            paper=True, notes=notes)
+                            paper=True, notes=notes, metrics=metrics)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -211,12 +211,15 @@ def train_overrides(plan: Plan) -> list[str]:
 
 def notebook_params(plan: Plan) -> dict:
     """``--param`` values of the notebooks stage (the paper profile's inputs, docs/paper_mode.md): this rehearsal's
-    training and test pairs, checkpoint, backbone and embeddings, the device, and the shape's cost knobs."""
+    training and test pairs, checkpoint, backbone and embeddings, the device, ``--metrics`` when given, and the
+    shape's cost knobs."""
     cuda = plan.device.startswith("cuda")
     params = {"pairs_root": str(plan.train_pairs), "test_pairs_root": str(plan.bench_root),
               "ckpt": str(plan.ckpt), "base_model": str(plan.backbone), "embeddings": str(plan.embeddings),
               "run_dir": str(plan.out), "device": plan.device, "dtype": "bf16" if cuda else "fp32",
               "08:outputs_dir": str(plan.out / "outputs"), "08:pairs_dir": str(plan.bench_root)}
+    if plan.metrics:   # the notebooks score what eval and benchmark score (e.g. no DISTS without its VGG16 trunk)
+        params["metrics"] = list(plan.metrics)
     params.update(plan.shape.notebook_params)
     params["01:scene"] = str(plan.train_scene_dirs()[0])   # notebook 08's `scene` is a name filter
     return params

@@ -27,7 +27,8 @@ def rate_perception_rows(sizes_mb: dict[str, float], per_rate: dict, uncompresse
         rows.append({"rate": r, "kb": sizes_mb[r] * 1000,
                      "x_smaller": uncompressed["mb"] / sizes_mb[r] if uncompressed else None,
                      "lpips_before": none["lpips_before"], "lpips_nifi": nifi["lpips_after"],
-                     "dists_before": none["dists_before"], "dists_nifi": nifi["dists_after"],
+                     # None where DISTS was not scored (a machine without its VGG16 trunk)
+                     "dists_before": none.get("dists_before"), "dists_nifi": nifi.get("dists_after"),
                      "equal_quality_ratio": equal_quality_ratio(sizes_mb[r], nifi["lpips_after"], *curve)})
     return rows
 

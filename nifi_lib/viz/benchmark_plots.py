@@ -25,7 +25,8 @@ def table1_side_by_side(per_dataset_rate: dict, dataset: str = "embedded", metho
     olab = rate_labels(rates, sizes_mb)
     head = (["method"] + [f"paper {ptitle}, HAC++ {plab[r]}: LPIPS / DISTS" for r in paper.RATES]
             + [f"ours ({dataset}, our codec) {olab[r]}: LPIPS / DISTS" for r in rates])
-    lines = ["Each cell: **LPIPS / DISTS** (lower is better). The smallest λ keeps the most and is the largest file.",
+    lines = ["Each cell: **LPIPS / DISTS** (lower is better; — where a metric was not computed). The smallest λ "
+             "keeps the most and is the largest file.",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         prow = paper.OUR_METHOD_TO_PAPER.get(m)
@@ -35,9 +36,14 @@ def table1_side_by_side(per_dataset_rate: dict, dataset: str = "embedded", metho
         for r in rates:
             v = per_dataset_rate[dataset][r].get(m)
             key = "after" if m != "none" else "before"
-            ovals.append(f"{v['lpips_' + key]:.3f} / {v['dists_' + key]:.3f}" if v else "—")
+            ovals.append(f"{v['lpips_' + key]:.3f} / {_fmt(v.get('dists_' + key))}" if v else "—")
         lines.append("| " + " | ".join([ours_title.get(m, "+ " + m), *pvals, *ovals]) + " |")
     return "\n".join(lines)
+
+
+def _fmt(x, digits: int = 3) -> str:
+    """A metric value, or — when it was not computed."""
+    return "—" if x is None else f"{x:.{digits}f}"
 
 
 def per_rate_bars(per_dataset_rate: dict, dataset: str, methods: list[str], metric: str = "lpips",
@@ -97,9 +103,9 @@ def sweep_plot(xs, series: dict[str, list[float]], xlabel: str, title: str,
 def alpha_sweep_plot(alpha_results: dict[float, dict], steps: int):
     """Eq. 5's alpha ablation (:func:`~nifi_lib.experiments.ablations.alpha_sweep`): LPIPS and DISTS after
     restoration against alpha, each phi- trained for ``steps`` steps."""
-    return sweep_plot(list(alpha_results), {"LPIPS": [v["lpips_after"] for v in alpha_results.values()],
-                                            "DISTS": [v["dists_after"] for v in alpha_results.values()]},
-                      "alpha", f"Eq. 5 blend, {steps} steps each")
+    series = {m.upper(): [v[f"{m}_after"] for v in alpha_results.values()]
+              for m in METRIC_COLORS if all(f"{m}_after" in v for v in alpha_results.values())}
+    return sweep_plot(list(alpha_results), series, "alpha", f"Eq. 5 blend, {steps} steps each")
 
 
 T_ROW = "t0=T (no noise)"
@@ -115,6 +121,8 @@ def t0_sweep_plot(sweep: dict[str, dict], t0_values, paper_t0: int | None = DEFA
     xs = [t for t in t0_values if f"t0={t}" in sweep]
     first = next(iter(sweep.values()), {})
     for metric, color in METRIC_COLORS.items():
+        if f"{metric}_after" not in first:   # a metric the sweep did not score (e.g. DISTS without its trunk)
+            continue
         name = metric.upper()
         ax.plot(xs, [sweep[f"t0={t}"][f"{metric}_after"] for t in xs], marker="o", color=color,
                 label=f"{name}, NiFi at t0")
@@ -165,13 +173,15 @@ def format_rate_perception(rows: list[dict]) -> str:
 
 def format_t0_sweep(sweep: dict[str, dict]) -> str:
     """One line per row of :func:`~nifi_lib.experiments.ablations.t0_sweep`: LPIPS and DISTS before -> after."""
-    return "\n".join(f"{name:>18}: LPIPS {v['lpips_before']:.4f} -> {v['lpips_after']:.4f}   "
-                     f"DISTS {v['dists_before']:.4f} -> {v['dists_after']:.4f}" for name, v in sweep.items())
+    return "\n".join(f"{name:>18}: " + "   ".join(f"{m.upper()} {v[m + '_before']:.4f} -> {v[m + '_after']:.4f}"
+                                                  for m in METRIC_COLORS if m + "_after" in v)
+                     for name, v in sweep.items())
 
 
 def format_alpha_sweep(alpha_results: dict[float, dict]) -> str:
     """One line per alpha of :func:`~nifi_lib.experiments.ablations.alpha_sweep`: LPIPS and DISTS after restoration."""
-    return "\n".join(f"alpha={a:.1f}: LPIPS {v['lpips_after']:.4f}  DISTS {v['dists_after']:.4f}"
+    return "\n".join(f"alpha={a:.1f}: " + "  ".join(f"{m.upper()} {v[m + '_after']:.4f}"
+                                                 for m in METRIC_COLORS if m + "_after" in v)
                      for a, v in alpha_results.items())
 
 
