@@ -27,6 +27,9 @@ def test_sweeps_and_tables_without_dists():
     assert "| 0.400 / — |" in md and "| 0.250 / — |" in md
     rows = table1_orderings(pdr["embedded"], metrics=("lpips",))
     assert {r["metric"] for r in rows} == {"lpips"}
+    import matplotlib.pyplot as plt
+
+    plt.close("all")   # the figures of this test (other tests check that none is left open)
 
 
 def test_perceptual_metrics_of_the_inputs_and_refusals(tmp_path):

@@ -268,3 +268,19 @@ def test_ablation_sharpness_restores_every_method(tmp_path):
     assert all(np.isfinite(v) for m in t["patch_grid"].values() for v in m.values())
     rows = restored_rows(pairs, {"none": create_method("none")}, per_rate=1)
     assert [r["rate"] for r in rows] == ["0.1", "1.0"] and torch.equal(rows[0]["none"], rows[0]["degraded"])
+
+
+def test_sharpness_by_rate_on_frames_smaller_than_three_strides():
+    """The tiny rehearsal: 32 px frames with SD3's 16 px stride. No grid is measurable at 16 (None, printed as —),
+    the periods that fit are still measured, and the high-frequency ratio is unaffected."""
+    from nifi_lib.experiments.ablations import sharpness_by_rate
+    from nifi_lib.viz.benchmark_plots import format_sharpness
+
+    g = torch.Generator().manual_seed(0)
+    rows = [{"rate": "0.5", "clean": torch.rand(3, 32, 32, generator=g), "nifi": torch.rand(3, 32, 32, generator=g)}]
+    t = sharpness_by_rate(rows, 16)
+    assert t["patch_grid"]["nifi"] == {"0.5": None, "all": None}
+    assert t["patch_grid_by_period"]["16"]["nifi"] is None and t["patch_grid_by_period"]["8"]["nifi"] is not None
+    assert t["hf_ratio"]["nifi"]["all"] == pytest.approx(
+        high_frequency_ratio(rows[0]["nifi"][None], rows[0]["clean"][None]).item(), rel=1e-6)
+    assert "—" in format_sharpness(t)

@@ -117,7 +117,8 @@ def sharpness_by_rate(rows: list[dict], stride: int, keys=None, reference: str =
     (:func:`~nifi_lib.diffusion.backbone.patch_stride` of the backbone). Returns
     ``{"stride", "rates", "count": {rate: n}, "hf_ratio": {key: {rate: mean}}, "patch_grid": {key: {rate: mean}},
     "patch_grid_by_period": {period: {key: mean over all rows}}}`` with the rates as strings in ascending order
-    and an ``"all"`` entry (the mean over every row); the periods are :func:`grid_periods` of ``stride``."""
+    and an ``"all"`` entry (the mean over every row); the periods are :func:`grid_periods` of ``stride``. A
+    patch-grid value is None where the frames are smaller than three periods a side (no grid is measurable)."""
     if not rows:
         raise ValueError("no rows to measure")
     keys = list(keys) if keys is not None else image_keys(rows)
@@ -129,14 +130,19 @@ def sharpness_by_rate(rows: list[dict], stride: int, keys=None, reference: str =
     groups["all"] = rows
     out = {"stride": int(stride), "rates": rates, "count": {g: len(v) for g, v in groups.items()},
            "hf_ratio": {k: {} for k in keys}, "patch_grid": {k: {} for k in keys}}
+    side = min(min(r[reference].shape[-2:]) for r in rows)
+
+    def grid(img: torch.Tensor, period: int) -> float | None:
+        # None: frames under three periods a side have no measurable grid (the tiny rehearsal's 32 px at SD3's 16)
+        return float(patch_grid_artefact(img, period).mean()) if side >= 3 * period else None
+
     for g, group in groups.items():
         ref = _stack(group, reference)
         for k in keys:
             img = _stack(group, k)
             out["hf_ratio"][k][g] = float(high_frequency_ratio(img, ref).mean())
-            out["patch_grid"][k][g] = float(patch_grid_artefact(img, stride).mean())
-    out["patch_grid_by_period"] = {str(d): {k: float(patch_grid_artefact(_stack(rows, k), d).mean()) for k in keys}
-                                   for d in grid_periods(stride)}
+            out["patch_grid"][k][g] = grid(img, int(stride))
+    out["patch_grid_by_period"] = {str(d): {k: grid(_stack(rows, k), d) for k in keys} for d in grid_periods(stride)}
     return out
 
 

@@ -213,7 +213,7 @@ def format_sharpness(table: dict) -> str:
     def block(title, columns, names, values):
         lines.extend(["", title, " " * (width + 2) + "".join(f"{c:>10}" for c in names)])
         for k in values:
-            lines.append(f"  {sharpness_label(k):<{width}}" + "".join(f"{values[k][c]:>10.3f}" for c in columns))
+            lines.append(f"  {sharpness_label(k):<{width}}" + "".join(f"{_fmt(values[k][c]):>10}" for c in columns))
 
     names = [f"rate {g}" if g != "all" else "all" for g in groups]
     block("high-frequency (Laplacian) energy / ground truth: 1 = as much fine detail, < 1 blurrier",
