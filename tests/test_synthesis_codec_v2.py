@@ -1,4 +1,5 @@
-"""The compact ``.nifigs`` version 2: exact round trips, re-encoding, corrupt files, version 1 still read, rate, QAT."""
+"""The compact ``.nifigs`` version 2 (still written and read next to version 3): exact round trips, re-encoding,
+corrupt files, version 1 still read, rate, QAT."""
 from __future__ import annotations
 
 import struct
@@ -17,7 +18,8 @@ from nifi_lib.synthesis import quantize as qz
 from test_synthesis_codec import realistic_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-SMALL = compact.CompactSettings(codebook_size=64)
+V2 = compact.v2_settings()
+SMALL = replace(V2, codebook_size=64)
 
 
 def _bits_equal(a: GaussianModel, b: GaussianModel) -> None:
@@ -60,10 +62,10 @@ def test_v2_round_trip_is_bit_exact_and_reencoding_gives_the_same_bytes(tmp_path
 
 def test_v2_keeps_the_rotation_and_the_geometry_close(tmp_path):
     m = realistic_model(3000, degree=1)
-    codec.write_level(m, tmp_path / "l.nifigs", version=2)
+    codec.write_level(m, tmp_path / "l.nifigs", version=2, settings=V2)
     d = codec.read_level(tmp_path / "l.nifigs")
     # compare in the file's (Morton) order
-    st = compact.CompactSettings()
+    st = V2
     bits = st.position_bits
     c = compact.quantize_compact(m.tensors(), 1, st)
     order = np.argsort(compact.morton_keys(compact.grid_quantize(m.means.numpy(), c.lo[:3], c.hi[:3], 1 << bits),
@@ -80,8 +82,8 @@ def test_v2_tiny_levels_and_degree_reduction(tmp_path):
     for n, degree in ((1, 0), (1, 1), (7, 2), (64, 0), (64, 1)):
         m = realistic_model(n, degree=degree, seed=n)
         path = tmp_path / f"n{n}_{degree}.nifigs"
-        codec.write_level(m, path, version=2)
-        assert codec.read_compact(path) == compact.quantize_compact(m.tensors(), degree, compact.CompactSettings())
+        codec.write_level(m, path, version=2, settings=V2)
+        assert codec.read_compact(path) == compact.quantize_compact(m.tensors(), degree, V2)
         assert codec.read_level(path).num_gaussians == n
     m = realistic_model(500, degree=3)
     path = tmp_path / "reduced.nifigs"
@@ -92,7 +94,7 @@ def test_v2_tiny_levels_and_degree_reduction(tmp_path):
 
 def test_v2_bytes_per_gaussian_within_the_budget(tmp_path):
     m = realistic_model(6000, degree=3)
-    plan = codec.plan_level(m, compact.CompactSettings(), 12.0)
+    plan = codec.plan_level(m, V2, 12.0)
     stats = codec.write_level(m, tmp_path / "l.nifigs", version=2, settings=plan, budget_bytes_per_gaussian=12.0)
     assert stats.bytes_per_gaussian <= 12.0
     assert stats.bytes < 0.25 * stats.raw_8bit_bytes                 # 59 B raw 8-bit per Gaussian
@@ -109,7 +111,7 @@ def test_v2_bytes_per_gaussian_within_the_budget(tmp_path):
     smooth = GaussianModel(means, -4.0 + 0.3 * torch.randn(n, 3, generator=g), quats,
                            3.0 + torch.randn(n, generator=g), 0.3 * torch.randn(32, 3, generator=g)[mat],
                            mats[mat] + 0.002 * torch.randn(n, 15, 3, generator=g))
-    plan = codec.plan_level(smooth, compact.CompactSettings(), 12.0)
+    plan = codec.plan_level(smooth, V2, 12.0)
     stats = codec.write_level(smooth, tmp_path / "s.nifigs", version=2, settings=plan, budget_bytes_per_gaussian=12.0)
     assert stats.bytes_per_gaussian <= 12.0 and stats.codec_settings["rest_degree"] >= 1
 
@@ -125,7 +127,8 @@ def test_v2_corrupt_truncated_and_unknown_versions_raise(tmp_path):
         "short.nifigs": data[:50],
         "four.nifigs": data[:4],
         "magic.nifigs": b"PLYXXX" + data[6:],
-        "version.nifigs": data[:6] + struct.pack("<H", 3) + data[8:],
+        "version.nifigs": data[:6] + struct.pack("<H", 4) + data[8:],
+        "as_v3.nifigs": data[:6] + struct.pack("<H", 3) + data[8:],
         "version0.nifigs": data[:6] + struct.pack("<H", 0) + data[8:],
         "tail.nifigs": data + b"\0",
     }
@@ -192,7 +195,7 @@ def test_kmeans_codebook_is_deterministic_and_canonical():
 
 def test_straight_through_forward_equals_the_decoded_file(tmp_path):
     m = realistic_model(1200, degree=2)
-    ste = compact.StraightThrough(SMALL, m.sh_degree)
+    ste = compact.StraightThrough(SMALL, m.sh_degree, learn_codebook=False)   # version 2's fine-tuning
     params = m.clone().requires_grad_(True)
     out = ste(params)
     codec.write_level(m, tmp_path / "l.nifigs", version=2, settings=SMALL)
@@ -214,10 +217,10 @@ def test_quantization_aware_finetuning_brings_the_decoded_level_closer_to_the_fl
         images = torch.stack([render(target, c, backend="torch").image for c in cams])
     start = toy_model(120, sh_degree=1, seed=5)
     start.log_scales += 0.05 * torch.randn(120, 3, generator=torch.Generator().manual_seed(1))
-    coarse = compact.CompactSettings(opacity_bits=3, scale_bits=3, rotation_bits=4, dc_bits=4, codebook_size=8)
+    coarse = compact.v2_settings(opacity_bits=3, scale_bits=3, rotation_bits=4, dc_bits=4, codebook_size=8)
 
     def gap(qat: bool) -> float:
-        quant = compact.StraightThrough(coarse, 1) if qat else None
+        quant = compact.StraightThrough(coarse, 1, learn_codebook=False) if qat else None
         tuned, _ = finetune(start, cams, images, 25, backend="torch", progress=False, quantizer=quant)
         codec.write_level(tuned, tmp_path / "q.nifigs", version=2, settings=coarse)
         dec = codec.read_level(tmp_path / "q.nifigs")

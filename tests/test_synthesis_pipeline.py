@@ -284,18 +284,24 @@ def test_blender_scene_white_background_and_splits(tmp_path):
     assert (deg[:3, :3] == 255).all()  # empty corners render the white background
 
 
-def test_levels_record_the_v2_codec_and_both_psnrs(toy, artifacts, tmp_path):
+def test_levels_record_the_v3_codec_and_both_psnrs(toy, artifacts, tmp_path):
     out, meta = artifacts
     for lv in meta["levels"]:
-        assert lv["codec_version"] == 2 and lv["qat"] is True
+        assert lv["codec_version"] == 3 and lv["qat"] is True
         assert sum(lv["breakdown"].values()) == lv["bytes"] == (out / lv["file"]).stat().st_size
         assert set(lv["breakdown"]) == {"header", "positions", "opacity", "scale", "rotation", "sh_dc", "sh_rest"}
         assert lv["bytes_per_gaussian"] == lv["bytes"] / lv["num_gaussians"]
         assert math.isfinite(lv["psnr_test"]) and math.isfinite(lv["psnr_test_float"])
-        assert (out / lv["file"]).read_bytes()[6:8] == b"\x02\x00"
+        assert (out / lv["file"]).read_bytes()[6:8] == b"\x03\x00"
     old = synthesize_scene(toy, tmp_path / "v1", SynthesisSettings(c_min=30, finetune_iterations=3, codec_version=1),
                            progress=False, log=quiet)
     for lv in old["levels"]:
         assert lv["codec_version"] == 1 and lv["qat"] is False
         assert (tmp_path / "v1" / lv["file"]).read_bytes()[6:8] == b"\x01\x00"
         assert codec.read_level(tmp_path / "v1" / lv["file"]).num_gaussians == lv["num_gaussians"]
+    v2 = synthesize_scene(toy, tmp_path / "v2", SynthesisSettings(c_min=30, finetune_iterations=3, codec_version=2),
+                          progress=False, log=quiet)
+    for lv in v2["levels"]:
+        assert lv["codec_version"] == 2 and lv["qat"] is True and lv["codec_settings"]["position_bits"] == 14
+        assert (tmp_path / "v2" / lv["file"]).read_bytes()[6:8] == b"\x02\x00"
+        assert codec.read_level(tmp_path / "v2" / lv["file"]).num_gaussians == lv["num_gaussians"]

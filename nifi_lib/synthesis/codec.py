@@ -1,7 +1,22 @@
 """The ``.nifigs`` bitstream: one file per pruned level (quantization + range coding, Sec. 3).
 
-Two versions, told apart by the uint16 after the magic; :func:`read_level` decodes both, :func:`write_level`
-writes either (``version=2`` is what the pipeline writes by default).
+Three versions, told apart by the uint16 after the magic; :func:`read_level` decodes all of them,
+:func:`write_level` writes any (``version=3`` is what the pipeline writes by default).
+
+Version 3 is version 2 with three changes (attribute content in :mod:`nifi_lib.synthesis.compact`)::
+
+    offset  size        field
+    0..19               as version 2, with version (uint16) = 3
+    20      1           b_k, bits per SH-rest codebook coefficient (uint8, 1..8)
+    21      40          lo (float32 x 10), as version 2
+    61      40          hi (float32 x 10)
+    101     ...         the six sections, as version 2, except:
+                        rotation: entropy block of 4 channels (index of the largest component 0..3, then the
+                          codes of the other three in order, on 2^b_r - 1 levels over [-1/sqrt(2), 1/sqrt(2)])
+                        SH rest: (K > 0 only) column lo (float32 x D), column hi (float32 x D), the K x D codebook
+                          codes at b_k bits each, row-major, MSB first, zero-padded to a byte (D = 3((d'+1)^2-1));
+                          then the entropy block of the row indices, as version 2
+    ..      4           CRC-32 of every byte before it (uint32)
 
 Version 2 (compact; attribute content and exact dequantization in :mod:`nifi_lib.synthesis.compact`;
 all integers little-endian)::
@@ -69,7 +84,7 @@ from __future__ import annotations
 import lzma
 import struct
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,10 +97,12 @@ from .compact import CompactScene, CompactSettings
 from .quantize import QuantizedScene, dequantize, quantize, sh_rest_coeffs
 
 MAGIC = b"NIFIGS"
-VERSION = 2           # what write_level writes by default
-VERSIONS = (1, 2)     # what read_level reads
+VERSION = 3           # what the pipeline writes by default
+VERSIONS = (1, 2, 3)  # what read_level reads
 V1 = 1
+COMPACT = (2, 3)      # the compact layouts (nifi_lib.synthesis.compact)
 _HEAD2 = struct.Struct("<6sHIBBBBBBH")
+_HEAD3 = struct.Struct("<6sHIBBBBBBHB")   # version 3: + b_k, codebook bits
 SECTIONS = ("positions", "opacity", "scale", "rotation", "sh_dc", "sh_rest")
 _HEAD = struct.Struct("<6sHIBHBB")
 MAX_SH_DEGREE = 4
@@ -159,8 +176,8 @@ def decode_quantized(data: bytes, source: str = "<bytes>") -> QuantizedScene:
     magic, version, n, degree, c, resolution, width = _HEAD.unpack_from(data, 0)
     if magic != MAGIC:
         raise fail(f"not a .nifigs bitstream (magic {magic!r}, expected {MAGIC!r})")
-    if version == 2:
-        raise fail("is a version-2 bitstream (read it with decode_compact or read_level)")
+    if version in COMPACT:
+        raise fail(f"is a version-{version} bitstream (read it with decode_compact or read_level)")
     if version != V1:
         raise fail(f"unsupported bitstream version {version} (this reader knows versions {VERSIONS})")
     (crc,) = struct.unpack_from("<I", data, len(data) - 4)
@@ -259,7 +276,14 @@ def _sections(c: CompactScene) -> tuple[dict[str, bytes], dict[str, int], float]
     for name, codes in (("opacity", c.opacity), ("scale", c.scales), ("rotation", c.rotation), ("sh_dc", c.sh_dc)):
         out[name], tables[name], b = _block(codes)
         bound += b
-    book = np.ascontiguousarray(c.codebook, dtype="<f2").tobytes()
+    if c.version == 2:
+        book = np.ascontiguousarray(c.codebook, dtype="<f2").tobytes()
+    elif len(c.codebook) == 0:
+        book = b""
+    else:
+        codes = np.ascontiguousarray(c.codebook, dtype=np.uint8).reshape(-1).astype(np.uint64)
+        book = (c.book_lo.astype("<f4").tobytes() + c.book_hi.astype("<f4").tobytes()
+                + compact.pack_bits(codes, np.full(len(codes), c.codebook_bits, np.int64)))
     if c.sh_degree > 0 and c.num_gaussians:
         blk, t, b = _block(_index_channels(c.indices, len(c.codebook)))
     else:
@@ -269,7 +293,8 @@ def _sections(c: CompactScene) -> tuple[dict[str, bytes], dict[str, int], float]
 
 
 def encode_compact(c: CompactScene) -> bytes:
-    """Serialise a :class:`CompactScene` into the version-2 byte layout (module docstring)."""
+    """Serialise a :class:`CompactScene` into the version-2 or version-3 byte layout of ``c.version`` (module
+    docstring)."""
     return _encode_compact(c)[0]
 
 
@@ -279,9 +304,13 @@ def _encode_compact(c: CompactScene) -> tuple[bytes, dict[str, int], int, float]
     rows = len(c.codebook) if c.sh_degree > 0 and c.num_gaussians else 0
     if rows > 65535 or (c.sh_degree > 0 and c.num_gaussians and rows == 0):
         raise BitstreamError(f"codebook of {rows} rows cannot be stored (1..65535)")
+    if c.version not in COMPACT:
+        raise BitstreamError(f"cannot write compact bitstream version {c.version} (versions {COMPACT})")
     sections, tables, bound = _sections(c)
-    head = _HEAD2.pack(MAGIC, 2, c.num_gaussians, c.sh_degree, c.position_bits, c.opacity_bits, c.scale_bits,
-                       c.rotation_bits, c.dc_bits, rows) + c.lo.astype("<f4").tobytes() + c.hi.astype("<f4").tobytes()
+    fields = (MAGIC, c.version, c.num_gaussians, c.sh_degree, c.position_bits, c.opacity_bits, c.scale_bits,
+              c.rotation_bits, c.dc_bits, rows)
+    head = (_HEAD2.pack(*fields) if c.version == 2 else _HEAD3.pack(*fields, c.codebook_bits)) + \
+        c.lo.astype("<f4").tobytes() + c.hi.astype("<f4").tobytes()
     body = head + b"".join(struct.pack("<I", len(sections[k])) + sections[k] for k in SECTIONS)
     data = body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
     breakdown = {"header": len(head) + 4 * len(SECTIONS) + 4, **{k: len(sections[k]) for k in SECTIONS}}
@@ -289,30 +318,41 @@ def _encode_compact(c: CompactScene) -> tuple[bytes, dict[str, int], int, float]
 
 
 def decode_compact(data: bytes, source: str = "<bytes>") -> CompactScene:
-    """Parse and entropy-decode version-2 bytes; every defect raises :class:`BitstreamError` naming ``source``."""
+    """Parse and entropy-decode version-2 or version-3 bytes; every defect raises :class:`BitstreamError` naming
+    ``source``."""
     def fail(msg: str) -> BitstreamError:
         return BitstreamError(f"{source}: {msg}")
 
-    minimum = _HEAD2.size + 80 + 4 * len(SECTIONS) + 4
-    if len(data) < minimum:
-        raise fail(f"truncated: {len(data)} bytes is shorter than the {minimum}-byte minimum of version 2")
-    magic, version, n, degree, bp, bo, bs, br, bc, rows = _HEAD2.unpack_from(data, 0)
+    if len(data) < 8:
+        raise fail(f"truncated: {len(data)} bytes is shorter than the 8-byte magic and version")
+    magic, version = struct.unpack_from("<6sH", data, 0)
     if magic != MAGIC:
         raise fail(f"not a .nifigs bitstream (magic {magic!r}, expected {MAGIC!r})")
-    if version != 2:
-        raise fail(f"unsupported bitstream version {version} (this reader knows versions {VERSIONS})")
+    if version not in COMPACT:
+        raise fail(f"unsupported bitstream version {version} (this reader knows versions {VERSIONS}; "
+                   f"{COMPACT} are the compact ones)")
+    head = _HEAD2 if version == 2 else _HEAD3
+    minimum = head.size + 80 + 4 * len(SECTIONS) + 4
+    if len(data) < minimum:
+        raise fail(f"truncated: {len(data)} bytes is shorter than the {minimum}-byte minimum of version {version}")
+    if version == 2:
+        magic, version, n, degree, bp, bo, bs, br, bc, rows = _HEAD2.unpack_from(data, 0)
+        bk = 0
+    else:
+        magic, version, n, degree, bp, bo, bs, br, bc, rows, bk = _HEAD3.unpack_from(data, 0)
     (crc,) = struct.unpack_from("<I", data, len(data) - 4)
     if zlib.crc32(data[:-4]) & 0xFFFFFFFF != crc:
         raise fail("checksum mismatch: the file is corrupt or truncated")
     if (degree > MAX_SH_DEGREE or not 1 <= bp <= compact.MAX_POSITION_BITS
             or not all(1 <= b <= compact.MAX_BITS for b in (bo, bs, bc)) or not 2 <= br <= compact.MAX_BITS
-            or (rows == 0) != (degree == 0 or n == 0)):
-        raise fail(f"header is inconsistent (SH degree {degree}, bits {bp}/{bo}/{bs}/{br}/{bc}, {rows} codebook rows)")
-    lo = np.frombuffer(data, dtype="<f4", count=10, offset=_HEAD2.size).astype(np.float32)
-    hi = np.frombuffer(data, dtype="<f4", count=10, offset=_HEAD2.size + 40).astype(np.float32)
+            or (rows == 0) != (degree == 0 or n == 0) or (version == 3 and not 1 <= bk <= compact.MAX_BITS)):
+        raise fail(f"header is inconsistent (SH degree {degree}, bits {bp}/{bo}/{bs}/{br}/{bc}/{bk}, {rows} codebook "
+                   "rows)")
+    lo = np.frombuffer(data, dtype="<f4", count=10, offset=head.size).astype(np.float32)
+    hi = np.frombuffer(data, dtype="<f4", count=10, offset=head.size + 40).astype(np.float32)
     if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (hi >= lo).all()):
         raise fail("min/max side info is not finite or not ordered")
-    pos, end = _HEAD2.size + 80, len(data) - 4
+    pos, end = head.size + 80, len(data) - 4
     parts = {}
     for name in SECTIONS:
         if pos + 4 > end:
@@ -348,20 +388,38 @@ def decode_compact(data: bytes, source: str = "<bytes>") -> CompactScene:
         positions = compact.morton_decode(keys, bp)
         opacity = _unblock(parts["opacity"], n, 1, "opacity")
         scales = _unblock(parts["scale"], n, 3, "scale")
-        rotation = _unblock(parts["rotation"], n, 3, "rotation")
+        rotation = _unblock(parts["rotation"], n, 3 if version == 2 else 4, "rotation")
         sh_dc = _unblock(parts["sh_dc"], n, 3, "sh_dc")
         for name, codes, bits in (("opacity", opacity, bo), ("scale", scales, bs), ("sh_dc", sh_dc, bc)):
             if n and int(codes.max()) >= (1 << bits):
                 raise entropy.EntropyCodingError(f"{name}: a code exceeds {bits} bits")
-        if n and int(rotation.max()) >= (1 << br) - 1:
+        if n and int(rotation[:, version - 2:].max()) >= (1 << br) - 1:
             raise entropy.EntropyCodingError(f"rotation: a code exceeds {(1 << br) - 2}")
+        if version == 3 and n and int(rotation[:, 0].max()) > 3:
+            raise entropy.EntropyCodingError("rotation: a largest-component index exceeds 3")
         r = parts["sh_rest"]
-        nbook = rows * 3 * k * 2
-        if len(r) < nbook:
-            raise entropy.EntropyCodingError(f"sh_rest: {len(r)} bytes, the codebook alone needs {nbook}")
-        book = np.frombuffer(r[:nbook], dtype="<f2").astype(np.float16).reshape(rows, 3 * k)
-        if not np.isfinite(book).all():
-            raise entropy.EntropyCodingError("sh_rest: the codebook has non-finite values")
+        dim = 3 * k
+        extra = {}
+        if version == 2:
+            nbook = rows * dim * 2
+            if len(r) < nbook:
+                raise entropy.EntropyCodingError(f"sh_rest: {len(r)} bytes, the codebook alone needs {nbook}")
+            book = np.frombuffer(r[:nbook], dtype="<f2").astype(np.float16).reshape(rows, dim)
+            if not np.isfinite(book).all():
+                raise entropy.EntropyCodingError("sh_rest: the codebook has non-finite values")
+        else:
+            nbook = 8 * dim + (rows * dim * bk + 7) // 8 if rows else 0
+            if len(r) < nbook:
+                raise entropy.EntropyCodingError(f"sh_rest: {len(r)} bytes, the codebook alone needs {nbook}")
+            blo = np.frombuffer(r, dtype="<f4", count=dim if rows else 0).astype(np.float32)
+            bhi = np.frombuffer(r, dtype="<f4", count=dim if rows else 0, offset=4 * dim if rows else 0
+                                ).astype(np.float32)
+            if not (np.isfinite(blo).all() and np.isfinite(bhi).all() and (bhi >= blo).all()):
+                raise entropy.EntropyCodingError("sh_rest: the codebook ranges are not finite or not ordered")
+            book = compact.unpack_bits(r[8 * dim:nbook] if rows else b"", np.full(rows * dim, bk, np.int64)
+                                       ).astype(np.uint8).reshape(rows, dim)
+            extra = dict(version=3, codebook_bits=int(bk), book_lo=blo if rows else np.zeros(0, np.float32),
+                         book_hi=bhi if rows else np.zeros(0, np.float32))
         if rows:
             ch = _unblock(r[nbook:], n, 1 if rows <= 256 else 2, "sh_rest")
             idx = ch[:, 0].astype(np.int64) + (ch[:, 1].astype(np.int64) << 8 if ch.shape[1] == 2 else 0)
@@ -375,7 +433,8 @@ def decode_compact(data: bytes, source: str = "<bytes>") -> CompactScene:
         raise fail(str(err)) from err
     return CompactScene(sh_degree=int(degree), position_bits=int(bp), opacity_bits=int(bo), scale_bits=int(bs),
                         rotation_bits=int(br), dc_bits=int(bc), positions=positions, opacity=opacity, scales=scales,
-                        rotation=rotation, sh_dc=sh_dc, indices=idx.astype(np.uint16), codebook=book, lo=lo, hi=hi)
+                        rotation=rotation, sh_dc=sh_dc, indices=idx.astype(np.uint16), codebook=book, lo=lo, hi=hi,
+                        **extra)
 
 
 def probe_other_bytes(model, settings: CompactSettings) -> int:
@@ -414,17 +473,19 @@ def encode_model(model, settings: CompactSettings | None = None, budget_bytes_pe
 
 def write_level(model, path: str | Path, version: int = V1, settings: CompactSettings | None = None,
                 budget_bytes_per_gaussian: float | None = None) -> CodecStats:
-    """Code ``model`` into ``path`` (atomic write) as ``version`` 1 (8-bit) or 2 (compact); sizes measured on disk.
+    """Code ``model`` into ``path`` (atomic write) as ``version`` 1 (8-bit), 2 or 3 (compact; ``version`` overrides
+    ``settings.version``); sizes measured on disk.
 
-    Version 2 writes the primitives in Morton order of their position codes; ``budget_bytes_per_gaussian``
+    Versions 2 and 3 write the primitives in Morton order of their position codes; ``budget_bytes_per_gaussian``
     steps the settings down until the file fits (:func:`encode_model`).
     """
     if version == V1:
         return write_quantized(quantize(model), path)
-    if version != 2:
+    if version not in COMPACT:
         raise BitstreamError(f"cannot write bitstream version {version} (versions {VERSIONS})")
     path = Path(path)
-    data, c, s = encode_model(model, settings, budget_bytes_per_gaussian)
+    data, c, s = encode_model(model, replace(settings or CompactSettings(), version=version),
+                              budget_bytes_per_gaussian)
     _, breakdown, table_bytes, bound = _encode_compact(c)
     atomic_write_bytes(path, data)
     on_disk = path.stat().st_size
@@ -432,7 +493,7 @@ def write_level(model, path: str | Path, version: int = V1, settings: CompactSet
     return CodecStats(num_gaussians=c.num_gaussians, num_channels=14 + 3 * sh_rest_coeffs(c.sh_degree),
                       bytes=on_disk, header_bytes=breakdown["header"], table_bytes=table_bytes,
                       payload_bytes=on_disk - breakdown["header"] - table_bytes, entropy_bound_bytes=bound,
-                      codec_version=2, breakdown=breakdown, codec_settings=s.to_dict(), **base)
+                      codec_version=version, breakdown=breakdown, codec_settings=s.to_dict(), **base)
 
 
 def write_quantized(q: QuantizedScene, path: str | Path) -> CodecStats:
@@ -476,7 +537,7 @@ def read_quantized(path: str | Path) -> QuantizedScene:
 
 
 def read_compact(path: str | Path) -> CompactScene:
-    """The content of a version-2 file."""
+    """The content of a version-2 or version-3 file."""
     return decode_compact(_read_bytes(path), source=str(path))
 
 
@@ -488,5 +549,5 @@ def decode_level(data: bytes, source: str = "<bytes>"):
 
 
 def read_level(path: str | Path):
-    """Decode a ``.nifigs`` file (version 1 or 2) into the dequantized ``GaussianModel``."""
+    """Decode a ``.nifigs`` file (version 1, 2 or 3) into the dequantized ``GaussianModel``."""
     return decode_level(_read_bytes(path), source=str(path))

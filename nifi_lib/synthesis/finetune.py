@@ -8,7 +8,9 @@ loss ``0.8 L1 + 0.2 (1 - SSIM)`` on one random training view per iteration.
 
 Quantization-aware fine-tuning: with ``quantizer`` (e.g. :class:`nifi_lib.synthesis.compact.StraightThrough`)
 each iteration renders ``quantizer(params)``, the values the coded file will decode to with the identity as their
-gradient (straight-through estimator), so what is optimised is what is decoded.
+gradient (straight-through estimator), so what is optimised is what is decoded. A quantizer with a ``finalize``
+method (the learned SH-rest codebook of version 3) maps the tuned parameters at the end (the SH rest set to the
+learned rows, so that the file's encoder stores exactly them).
 """
 from __future__ import annotations
 
@@ -67,4 +69,5 @@ def finetune(model, cameras: Sequence, images: torch.Tensor, iterations: int, ba
         opt.step()
         hist["loss"].append(float(loss.detach()))
     hist["seconds"] = time.perf_counter() - t0
-    return params.detach(), hist
+    finalize = getattr(quantizer, "finalize", None)
+    return (finalize(params.detach()) if finalize is not None else params.detach()), hist

@@ -86,10 +86,10 @@ class SynthesisSettings:
     background: tuple[float, float, float] | None = None
     downscale: int | None = None          # images_<d>/ of COLMAP / nerfstudio scenes
     device: str | None = None             # None: cuda when available, else cpu
-    codec_version: int = 2                # .nifigs version written (1: 8-bit per channel; 2: compact)
-    qat: bool = True                      # v2: quantization-aware fine-tuning (straight-through)
-    budget_bytes_per_gaussian: float | None = 12.0   # v2: the SH degree / codebook of a level fit this budget
-    codec_settings: dict | None = None    # v2: overrides of compact.CompactSettings (bit depths, codebook)
+    codec_version: int = 3                # .nifigs version written (1: 8-bit per channel; 2, 3: compact)
+    qat: bool = True                      # v2/v3: quantization-aware fine-tuning (straight-through)
+    budget_bytes_per_gaussian: float | None = 12.0   # v2/v3: the SH degree / codebook of a level fit this budget
+    codec_settings: dict | None = None    # v2/v3: overrides of compact.CompactSettings (bit depths, codebook)
 
     def labels(self) -> list[str]:
         return rate_labels(self.num_levels, self.rates)
@@ -135,18 +135,22 @@ def _device(name: str | None) -> torch.device:
 
 
 def _level_codec(s: SynthesisSettings, pruned) -> tuple[compact.CompactSettings | None, object]:
-    """(version-2 settings planned for the budget, straight-through quantizer or None) of one pruned level."""
+    """(compact settings planned for the budget, straight-through quantizer or None) of one pruned level."""
     if s.codec_version == 1:
         return None, None
-    if s.codec_version != 2:
-        raise SynthesisError(f"codec_version must be 1 or 2, got {s.codec_version}")
+    if s.codec_version not in codec.COMPACT:
+        raise SynthesisError(f"codec_version must be 1, 2 or 3, got {s.codec_version}")
     try:
-        base = compact.CompactSettings(**{"seed": s.seed, **(s.codec_settings or {})})
+        over = {"seed": s.seed, **(s.codec_settings or {})}
+        # version 2 keeps its own encoder defaults (compact.v2_settings), version 3 the CompactSettings defaults
+        base = (compact.v2_settings(**over) if s.codec_version == 2
+                else compact.CompactSettings(**{**over, "version": 3}))
     except TypeError as e:
         raise SynthesisError(f"codec_settings: {e}") from e
     plan = codec.plan_level(pruned, base, s.budget_bytes_per_gaussian)
     use = s.qat and s.finetune_iterations > 0
-    return plan, (compact.StraightThrough(plan, pruned.sh_degree) if use else None)
+    # version 3 learns the SH-rest codebook while fine-tuning; version 2 keeps its k-means refits (docs/codec.md)
+    return plan, (compact.StraightThrough(plan, pruned.sh_degree, learn_codebook=s.codec_version == 3) if use else None)
 
 
 # --- synthesize ---------------------------------------------------------------------------------------
