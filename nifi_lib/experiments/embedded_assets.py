@@ -11,8 +11,8 @@ Three resumable stages, each a call to the function that already does it:
    -> ``<out>/nifi_run/``; ``best.pt``, ``train_log.csv``, ``train_summary.json`` and the resolved config
    are copied into ``<out>/nifi/``.
 
-``<out>/assets_log.json`` records each finished stage (seconds, outputs with their sizes in bytes, the
-command line) and the assets config; a stage recorded there with the same config is skipped by ``--resume``
+``<out>/assets_log.json`` records each finished stage (seconds, outputs relative to ``<out>`` with their sizes
+in bytes, the command line) and the assets config; a stage recorded there with the same config is skipped by ``--resume``
 (without it, every requested stage runs again). The assets config is a YAML (``configs/embedded_assets_v3.yaml``,
 the GPU rebuild; ``configs/embedded_assets_tiny.yaml``, the same chain in about a minute on the CPU).
 """
@@ -66,13 +66,19 @@ def _fingerprint(section: dict) -> str:
     return hashlib.sha256(json.dumps(section, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _sizes(paths: list[Path]) -> dict:
-    """``{path: bytes}`` (a folder: the sum of its files)."""
+def _sizes(paths: list[Path], root: Path) -> dict:
+    """``{path relative to root: bytes}`` (a folder: the sum of its files)."""
     out = {}
     for p in paths:
-        out[str(p)] = (sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir()
-                       else p.stat().st_size)
+        out[_rel(p, root)] = (sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir()
+                              else p.stat().st_size)
     return out
+
+
+def _rel(p: Path, root: Path) -> str:
+    """Outputs are logged relative to the output folder, so a log stays valid when the folder moves (the
+    GPU runs one stage per call on a fresh machine and the folder travels between them)."""
+    return str(Path(p).relative_to(root))
 
 
 def _scene_dirs(out: Path, group: str) -> list[Path]:
@@ -179,14 +185,14 @@ def build_assets(out: str | Path, config: str | Path = V3_CONFIG, stages: tuple[
             continue
         key = stage_key(cfg, stage)
         done = log["stages"].get(stage)
-        if resume and done and done.get("key") == key and all(Path(p).exists() for p in done["outputs"]):
+        if resume and done and done.get("key") == key and all((out / p).exists() for p in done["outputs"]):
             skipped.append(stage)
             continue
         ran.append(stage)
         t0 = time.perf_counter()
         outputs = RUNNERS[stage](cfg, out, device, progress)
         log["stages"][stage] = {"key": key, "seconds": round(time.perf_counter() - t0, 2),
-                                "outputs": [str(p) for p in outputs], "bytes": _sizes(outputs),
+                                "outputs": [_rel(p, out) for p in outputs], "bytes": _sizes(outputs, out),
                                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                 "command": command or [], "device": device}
         atomic_write_json(out / LOG_NAME, log)   # after every stage: a killed run keeps what finished
