@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv clean-runs
+.PHONY: run test venv clean-runs embedded-assets
 
 venv: $(STAMP)
 
@@ -27,6 +27,13 @@ test: $(STAMP)
 	NIFI_FIGURES_DIR=runs/test_figures $(PY) -m pytest -q tests
 	$(PY) -m nifi_lib.cli run-notebooks --profile smoke --prepare-only --out runs/nbval
 	NIFI_FIGURES_DIR=runs/nbval/figures $(PY) -m pytest -q --nbval-lax -p no:cacheprovider runs/nbval
+
+# The GPU rebuild of the embedded assets (issue 17; docs/embedded_assets.md): v3 scenes, prior v3 and a NiFi
+# checkpoint into runs/embedded_assets (git-ignored), resumable per stage (assets_log.json). STAGE=scenes|prior|nifi|all.
+STAGE ?= all
+embedded-assets: $(STAMP)
+	$(PY) -m nifi_lib.cli embedded-assets --config configs/embedded_assets_v3.yaml --out runs/embedded_assets \
+		--device cuda --stage $(STAGE) --resume
 
 clean-runs:
 	rm -rf runs

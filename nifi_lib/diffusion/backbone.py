@@ -161,18 +161,20 @@ class Backbone:
         return pe, pp
 
     def save_pretrained(self, folder: str | Path, info: dict | None = None,
-                        storage_dtype: torch.dtype | None = None) -> None:
+                        storage_dtype: torch.dtype | None = None, vae_storage_dtype: torch.dtype | None = None) -> None:
         """Save in the diffusers layout (vae/, transformer/, scheduler/) plus embeddings and a marker.
 
         ``storage_dtype`` (e.g. ``torch.float16``) stores the transformer weights in that precision to keep the
-        shipped files small; :func:`load_backbone` casts to the requested dtype on load."""
+        shipped files small (``vae_storage_dtype`` the same for the VAE; None: as it is);
+        :func:`load_backbone` casts to the requested dtype on load."""
         import copy
 
         from .prompts import save_embeddings_npz
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.vae.save_pretrained(folder / "vae", safe_serialization=True)
+        vae = self.vae if vae_storage_dtype in (None, torch.float32) else copy.deepcopy(self.vae).to(vae_storage_dtype)
+        vae.save_pretrained(folder / "vae", safe_serialization=True)
         tr = self.transformer if storage_dtype is None else copy.deepcopy(self.transformer).to(storage_dtype)
         tr.save_pretrained(folder / "transformer", safe_serialization=True)
         self.scheduler.save_pretrained(folder / "scheduler")

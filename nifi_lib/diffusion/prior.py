@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -26,7 +26,7 @@ from ..errors import NifiError
 from ..image_quality import psnr_from_mse
 from ..io.atomic import atomic_write_json
 from ..io.images import list_images, load_image
-from .backbone import Backbone, build_tiny_backbone
+from .backbone import TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG, Backbone, build_tiny_backbone
 from .flow import forward_noise
 from .prompts import apply_prompt_dropout, dropout_mask
 from .latents import encode_latents, transformer_velocity
@@ -50,6 +50,95 @@ class PriorConfig:
     prompt_dropout: float = 0.1
     shift: float = 3.0
     seed: int = 0
+    # architecture (defaults: the shipped data/embedded/backbone, i.e. TINY_VAE_CONFIG / TINY_TRANSFORMER_CONFIG)
+    vae_block_out_channels: tuple[int, ...] = (32, 64, 64)   # one down/up block each; factor 2^(len - 1)
+    vae_layers_per_block: int = 1
+    vae_latent_channels: int = 16
+    vae_norm_num_groups: int = 16
+    transformer_layers: int = 4
+    transformer_heads: int = 4
+    transformer_head_dim: int = 32                           # width = heads x head_dim (= caption projection)
+    transformer_patch_size: int = 2
+    joint_attention_dim: int = 64                            # the prompt embedding's width
+    pooled_projection_dim: int = 32
+    pos_embed_max_size: int = 48                             # >= resolution / vae factor / patch size
+    # how it runs and is stored
+    cache_latents: bool = False                              # stage 2 samples from cached posteriors (no encoder pass a step)
+    amp: str = "no"                                          # "bf16": autocast on CUDA (the GPU run)
+    vae_storage_dtype: str = "fp32"                          # dtype of the shipped weight files
+    transformer_storage_dtype: str = "fp16"
+    vae_max_seconds: float | None = None                     # wall-clock cap of a stage (stops early, logged)
+    transformer_max_seconds: float | None = None
+
+
+STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_prior_config(path: str | Path, **overrides) -> PriorConfig:
+    """A :class:`PriorConfig` from a flat YAML file (``configs/prior_v3.yaml``); unknown keys are an error;
+    ``overrides`` (not None) win over the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise PriorError(f"{path}: prior config not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise PriorError(f"{path}: expected a mapping of PriorConfig fields")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(PriorConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise PriorError(f"{path}: unknown prior config keys {unknown}; known: {sorted(known)}")
+    if "vae_block_out_channels" in data:
+        data["vae_block_out_channels"] = tuple(int(c) for c in data["vae_block_out_channels"])
+    for key in ("vae_storage_dtype", "transformer_storage_dtype"):
+        if key in data and data[key] not in STORAGE_DTYPES:
+            raise PriorError(f"{path}: {key} must be one of {list(STORAGE_DTYPES)}")
+    if data.get("amp", "no") not in ("no", "bf16"):
+        raise PriorError(f"{path}: amp must be 'no' or 'bf16'")
+    return PriorConfig(**data)
+
+
+def vae_config(cfg: PriorConfig) -> dict:
+    """The ``AutoencoderKL`` kwargs of ``cfg`` (defaults: exactly ``TINY_VAE_CONFIG``)."""
+    n = len(cfg.vae_block_out_channels)
+    return {**TINY_VAE_CONFIG, "latent_channels": cfg.vae_latent_channels,
+            "down_block_types": ("DownEncoderBlock2D",) * n, "up_block_types": ("UpDecoderBlock2D",) * n,
+            "block_out_channels": tuple(cfg.vae_block_out_channels), "layers_per_block": cfg.vae_layers_per_block,
+            "norm_num_groups": cfg.vae_norm_num_groups, "sample_size": cfg.resolution}
+
+
+def transformer_config(cfg: PriorConfig) -> dict:
+    """The ``SD3Transformer2DModel`` kwargs of ``cfg`` (defaults: exactly ``TINY_TRANSFORMER_CONFIG``)."""
+    factor = 2 ** (len(cfg.vae_block_out_channels) - 1)
+    tokens = cfg.resolution // factor // cfg.transformer_patch_size
+    if tokens > cfg.pos_embed_max_size:
+        raise PriorError(f"pos_embed_max_size {cfg.pos_embed_max_size} < {tokens} tokens per side at "
+                         f"{cfg.resolution} px")
+    return {**TINY_TRANSFORMER_CONFIG, "sample_size": cfg.resolution // factor,
+            "patch_size": cfg.transformer_patch_size, "in_channels": cfg.vae_latent_channels,
+            "out_channels": cfg.vae_latent_channels, "num_layers": cfg.transformer_layers,
+            "attention_head_dim": cfg.transformer_head_dim, "num_attention_heads": cfg.transformer_heads,
+            "joint_attention_dim": cfg.joint_attention_dim, "caption_projection_dim": cfg.transformer_heads * cfg.transformer_head_dim,
+            "pooled_projection_dim": cfg.pooled_projection_dim, "pos_embed_max_size": cfg.pos_embed_max_size}
+
+
+def build_prior_backbone(cfg: PriorConfig) -> Backbone:
+    """The randomly initialised backbone ``train_prior`` starts from."""
+    return build_tiny_backbone(seed=cfg.seed, vae_config=vae_config(cfg), transformer_config=transformer_config(cfg),
+                               shift=cfg.shift)
+
+
+def parameter_counts(bb: Backbone) -> dict:
+    """Parameters of the VAE and the transformer."""
+    return {"vae": sum(p.numel() for p in bb.vae.parameters()),
+            "transformer": sum(p.numel() for p in bb.transformer.parameters())}
+
+
+def _autocast(cfg: PriorConfig, device: torch.device):
+    enabled = cfg.amp == "bf16" and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def collect_images(sources: list[str | Path], resolution: int) -> torch.Tensor:
@@ -74,43 +163,59 @@ def collect_images(sources: list[str | Path], resolution: int) -> torch.Tensor:
 
 
 def augment(batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips (scenes have a floor, so no rotations)."""
-    flip = torch.rand(batch.shape[0], generator=g) < 0.5
+    """Random horizontal flips (scenes have a floor, so no rotations); the draw is on the CPU generator."""
+    flip = (torch.rand(batch.shape[0], generator=g) < 0.5).to(batch.device)
     return torch.where(flip[:, None, None, None], batch.flip(-1), batch)
 
 
-def train_vae(bb: Backbone, images: torch.Tensor, cfg: PriorConfig, progress: bool = True) -> list[dict]:
-    """Stage 1: reconstruction training of the VAE; sets ``scaling_factor`` = 1 / std(latents)."""
+def _out_of_time(t_start: float, budget: float | None) -> bool:
+    return budget is not None and time.time() - t_start > budget
+
+
+def train_vae(bb: Backbone, images: torch.Tensor, cfg: PriorConfig, progress: bool = True,
+              device: str | torch.device = "cpu") -> list[dict]:
+    """Stage 1: reconstruction training of the VAE; sets ``scaling_factor`` = 1 / std(latents).
+
+    Random draws come from CPU generators (so a run's indices and noise are the same on any device)."""
+    device = torch.device(device)
     g = torch.Generator().manual_seed(cfg.seed)
     perceptual = None
     if cfg.vae_lpips_weight > 0:
         from ..metrics.metrics import lpips_loss_module
 
-        perceptual = lpips_loss_module("alex")  # raises a clear error when no real weights can be had
-    vae = bb.vae.train().requires_grad_(True)
+        perceptual = lpips_loss_module("alex").to(device)  # raises a clear error when no real weights can be had
+    images = images.to(device)
+    vae = bb.vae.to(device).train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.vae_steps, eta_min=cfg.vae_lr * 0.05)
     history = []
+    t_start = time.time()
     for step in tqdm(range(cfg.vae_steps), desc="prior: vae", disable=not progress):
-        idx = torch.randint(0, images.shape[0], (cfg.vae_batch,), generator=g)
+        idx = torch.randint(0, images.shape[0], (cfg.vae_batch,), generator=g).to(device)
         x = augment(images[idx], g) * 2 - 1
-        dist = vae.encode(x).latent_dist
-        z = dist.sample(generator=g)
-        rec = vae.decode(z).sample
+        with _autocast(cfg, device):
+            dist = vae.encode(x).latent_dist
+            z = dist.sample(generator=g)
+            rec = vae.decode(z).sample.float()
+            kl = dist.kl().float().mean() / x[0].numel()
+            lp = perceptual(rec, x).mean() if perceptual is not None else None
         l1 = (rec - x).abs().mean()
         mse = F.mse_loss(rec, x)
-        kl = dist.kl().mean() / x[0].numel()
         loss = l1 + mse + cfg.kl_weight * kl * x[0].numel()
-        if perceptual is not None:
-            loss = loss + cfg.vae_lpips_weight * perceptual(rec, x).mean()
+        if lp is not None:
+            loss = loss + cfg.vae_lpips_weight * lp
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         sched.step()
-        if step % 10 == 0 or step == cfg.vae_steps - 1:
-            psnr = psnr_from_mse(F.mse_loss((rec + 1) / 2, (x + 1) / 2).item(), min_mse=1e-10)
-            history.append({"step": step, "loss": loss.item(), "l1": l1.item(), "kl": kl.item(), "psnr": psnr})
+        last = step == cfg.vae_steps - 1 or _out_of_time(t_start, cfg.vae_max_seconds)
+        if step % 10 == 0 or last:
+            psnr = psnr_from_mse(F.mse_loss((rec.detach() + 1) / 2, (x + 1) / 2).item(), min_mse=1e-10)
+            history.append({"step": step, "loss": loss.item(), "l1": l1.item(), "kl": kl.item(), "psnr": psnr,
+                            "seconds": round(time.time() - t_start, 2)})
+        if last:
+            break
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         lat = torch.cat([vae.encode(images[i:i + 64] * 2 - 1).latent_dist.sample(generator=g)
@@ -119,62 +224,124 @@ def train_vae(bb: Backbone, images: torch.Tensor, cfg: PriorConfig, progress: bo
     return history
 
 
+@torch.no_grad()
+def reconstruction_psnr(vae, images: torch.Tensor, batch: int = 32) -> float:
+    """Mean PSNR (dB) of ``images`` (N, 3, H, W) in [0, 1] through the VAE (posterior mode, no sampling)."""
+    dev = next(vae.parameters()).device
+    out = []
+    for i in range(0, images.shape[0], batch):
+        x = images[i:i + batch].to(dev)
+        rec = ((vae.decode(vae.encode(x * 2 - 1).latent_dist.mode()).sample.float() + 1) / 2).clamp(0, 1)
+        out += [psnr_from_mse(F.mse_loss(r, c).item(), min_mse=1e-10) for r, c in zip(rec, x)]
+    return float(sum(out) / len(out))
+
+
 def sample_sigmas(n: int, shift: float, g: torch.Generator) -> torch.Tensor:
     """SD3's training density: logit-normal u, then the scheduler's shift sigma = s u / (1 + (s - 1) u)."""
     u = torch.sigmoid(torch.randn(n, generator=g))
     return shift * u / (1 + (shift - 1) * u)
 
 
-def train_flow_transformer(bb: Backbone, images: torch.Tensor, cfg: PriorConfig, progress: bool = True) -> list[dict]:
+def train_flow_transformer(bb: Backbone, images: torch.Tensor, cfg: PriorConfig, progress: bool = True,
+                           device: str | torch.device = "cpu") -> list[dict]:
     """Stage 2: rectified-flow training of the transformer on the frozen VAE's latents (Eq. 2)."""
+    device = torch.device(device)
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    tr = bb.transformer.train().requires_grad_(True)
+    images = images.to(device)
+    bb.vae.to(device)
+    tr = bb.transformer.to(device).train().requires_grad_(True)
+    cache = posterior_cache(bb.vae, images) if cfg.cache_latents else None
     opt = torch.optim.AdamW(tr.parameters(), lr=cfg.transformer_lr, weight_decay=1e-4)
     warm = max(cfg.transformer_steps // 20, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / cfg.transformer_steps))))
     history = []
+    t_start = time.time()
     for step in tqdm(range(cfg.transformer_steps), desc="prior: flow transformer", disable=not progress):
-        idx = torch.randint(0, images.shape[0], (cfg.transformer_batch,), generator=g)
-        with torch.no_grad():
-            x0 = encode_latents(bb.vae, augment(images[idx], g) * 2 - 1, bb.scaling_factor, generator=g)
-        eps = torch.randn(x0.shape, generator=g)
-        sigma = sample_sigmas(x0.shape[0], cfg.shift, g)
+        idx = torch.randint(0, images.shape[0], (cfg.transformer_batch,), generator=g).to(device)
+        if cache is not None:
+            flip = (torch.rand(idx.shape[0], generator=g) < 0.5).to(device).long()
+            mean, std = cache[0][flip, idx], cache[1][flip, idx]
+            x0 = (mean + std * torch.randn(mean.shape, generator=g).to(device)) * bb.scaling_factor
+        else:
+            with torch.no_grad(), _autocast(cfg, device):
+                x0 = encode_latents(bb.vae, augment(images[idx], g) * 2 - 1, bb.scaling_factor, generator=g).float()
+        eps = torch.randn(x0.shape, generator=g).to(device)
+        sigma = sample_sigmas(x0.shape[0], cfg.shift, g).to(device)
         x_t = forward_noise(x0, eps, sigma)
-        drop = dropout_mask(x0.shape[0], cfg.prompt_dropout, g)
-        pe, pp = apply_prompt_dropout(drop, *bb.prompt_batch(x0.shape[0]), *bb.prompt_batch(x0.shape[0], null=True))
-        v = transformer_velocity(tr, x_t, sigma * 1000.0, pe, pp)
+        drop = dropout_mask(x0.shape[0], cfg.prompt_dropout, g).to(device)
+        pe, pp = apply_prompt_dropout(drop, *bb.prompt_batch(x0.shape[0], device=device),
+                                      *bb.prompt_batch(x0.shape[0], device=device, null=True))
+        with _autocast(cfg, device):
+            v = transformer_velocity(tr, x_t, sigma * 1000.0, pe, pp).float()
         loss = F.mse_loss(v, eps - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tr.parameters(), 1.0)
         opt.step()
         sched.step()
-        if step % 10 == 0 or step == cfg.transformer_steps - 1:
-            history.append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
+        last = step == cfg.transformer_steps - 1 or _out_of_time(t_start, cfg.transformer_max_seconds)
+        if step % 10 == 0 or last:
+            history.append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0],
+                            "seconds": round(time.time() - t_start, 2)})
+        if last:
+            break
     tr.eval().requires_grad_(False)
     return history
 
 
+@torch.no_grad()
+def posterior_cache(vae, images: torch.Tensor, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE posterior's mean and std of every image and of its mirror: two ``(2, N, C, h, w)`` tensors
+    (index 0: as is, 1: flipped), so stage 2 draws latents without an encoder pass a step."""
+    means, stds = [], []
+    for view in (images, images.flip(-1)):
+        m, s = [], []
+        for i in range(0, view.shape[0], batch):
+            dist = vae.encode(view[i:i + batch] * 2 - 1).latent_dist
+            m.append(dist.mean.float())
+            s.append(dist.std.float())
+        means.append(torch.cat(m))
+        stds.append(torch.cat(s))
+    return torch.stack(means), torch.stack(stds)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def train_prior(image_sources: list[str | Path], out_dir: str | Path, cfg: PriorConfig | None = None,
-                progress: bool = True) -> Backbone:
-    """Train both stages and save the backbone (diffusers layout + prompt embeddings + log) to ``out_dir``."""
+                progress: bool = True, device: str | torch.device | None = None,
+                heldout_sources: list[str | Path] | None = None) -> Backbone:
+    """Train both stages and save the backbone (diffusers layout + prompt embeddings + log) to ``out_dir``.
+
+    ``heldout_sources``: images the prior never sees (test views, a held-out scene); their VAE reconstruction
+    PSNR is recorded as ``heldout_vae_psnr``. The saved weights use ``cfg``'s storage dtypes."""
     cfg = cfg or PriorConfig()
+    device = torch.device(device or default_device())
     torch.manual_seed(cfg.seed)
     images = collect_images(image_sources, cfg.resolution)
-    bb = build_tiny_backbone(seed=cfg.seed, shift=cfg.shift)
+    bb = build_prior_backbone(cfg)
     t0 = time.time()
-    vae_hist = train_vae(bb, images, cfg, progress)
+    vae_hist = train_vae(bb, images, cfg, progress, device)
     t1 = time.time()
-    tr_hist = train_flow_transformer(bb, images, cfg, progress)
+    tr_hist = train_flow_transformer(bb, images, cfg, progress, device)
     t2 = time.time()
     info = {"config": asdict(cfg), "num_images": int(images.shape[0]),
             "num_sources": len(image_sources), "vae_seconds": round(t1 - t0, 1),
             "transformer_seconds": round(t2 - t1, 1), "scaling_factor": bb.scaling_factor,
             "final_vae_psnr": vae_hist[-1]["psnr"], "final_flow_loss": tr_hist[-1]["loss"]}
+    info.update({"device": str(device), "parameters": parameter_counts(bb),
+                 "vae_steps_done": vae_hist[-1]["step"] + 1, "transformer_steps_done": tr_hist[-1]["step"] + 1})
+    if heldout_sources:
+        info["heldout_vae_psnr"] = reconstruction_psnr(bb.vae, collect_images(heldout_sources, cfg.resolution))
+        info["num_heldout_images"] = len(heldout_sources)
+    bb.vae.cpu()
+    bb.transformer.cpu()
     bb.info = info
     out_dir = Path(out_dir)
-    bb.save_pretrained(out_dir, info=info, storage_dtype=torch.float16)  # < 5 MB in git
+    bb.save_pretrained(out_dir, info=info, storage_dtype=STORAGE_DTYPES[cfg.transformer_storage_dtype],
+                       vae_storage_dtype=STORAGE_DTYPES[cfg.vae_storage_dtype])
     atomic_write_json(out_dir / "prior_log.json", {"vae": vae_hist, "transformer": tr_hist, "info": info})
     return bb.freeze()
 

@@ -28,19 +28,28 @@ def ensure_embedded_pairs(run_dir: str | Path = "runs/embedded", scenes: list[st
     """Artifact synthesis for the embedded scenes: ``<run_dir>/artifacts/<scene>`` (pruned, coded levels)
     and ``<run_dir>/pairs/embedded/<scene>/rate_<label>/<split>/{clean,degraded}`` (Sec. 3; the benchmark
     layout with "embedded" as the dataset). Returns the pairs root ``<run_dir>/pairs``."""
-    from ..synthesis.pipeline import SynthesisSettings, codec_pairs, synthesize_scene
-
     run_dir = repo_path(run_dir)
     # The embedded default's schedule: |G_0| = 64, |G_2| = 300 of the ~3000 dense primitives (the paper's
     # c_min = 4096 scaled to these small scenes), i.e. about 10x to 50x fewer primitives than the dense model.
-    settings = SynthesisSettings(c_min=c_min, n_top=n_top, finetune_iterations=finetune_iterations, device="cpu")
-    pairs_root = run_dir / "pairs"
-    for scene in embedded_scene_dirs(scenes):
-        art = run_dir / "artifacts" / scene.name
+    return scene_pairs(embedded_scene_dirs(scenes), run_dir / "artifacts", run_dir / "pairs", c_min=c_min,
+                       n_top=n_top, finetune_iterations=finetune_iterations, splits=splits, progress=progress)
+
+
+def scene_pairs(scene_dirs: list[Path], artifacts_root: str | Path, pairs_root: str | Path, c_min: int = 64,
+                n_top: int = 300, finetune_iterations: int = 300, splits=("train", "test"), device: str = "cpu",
+                progress: bool = False) -> Path:
+    """Artifact synthesis of any scene folders: ``<artifacts_root>/<scene>`` (pruned, coded levels) and
+    ``<pairs_root>/embedded/<scene>/rate_<label>/<split>/{clean,degraded}``; returns ``pairs_root``."""
+    from ..synthesis.pipeline import SynthesisSettings, codec_pairs, synthesize_scene
+
+    settings = SynthesisSettings(c_min=c_min, n_top=n_top, finetune_iterations=finetune_iterations, device=device)
+    pairs_root = repo_path(pairs_root)
+    for scene in scene_dirs:
+        art = repo_path(artifacts_root) / scene.name
         synthesize_scene(scene, art, settings, progress=progress, log=lambda *_: None)
         for split in splits:
             codec_pairs(art, split, pairs_root / "embedded" / scene.name, progress=progress, log=lambda *_: None,
-                        device="cpu")
+                        device=device)
     return pairs_root
 
 
@@ -129,7 +138,8 @@ def ensure_trained(run_dir: str | Path = "runs/embedded", cfg: Config | None = N
     return out / "best.pt"
 
 
-def run_training(cfg: Config, pairs_root: str | Path, out: str | Path, progress: bool = False) -> Path:
+def run_training(cfg: Config, pairs_root: str | Path, out: str | Path, progress: bool = False,
+                 device: str | None = None) -> Path:
     """``<out>/best.pt`` of ``cfg`` trained on ``pairs_root`` (any pair root, not only the embedded one): a
     finished current run (:func:`_run_is_current`) is reused, an interrupted one (``latest.pt`` without a
     summary) resumed, anything else trained from scratch."""
@@ -138,9 +148,9 @@ def run_training(cfg: Config, pairs_root: str | Path, out: str | Path, progress:
     out = repo_path(out)
     if not _run_is_current(out, cfg):
         if (out / "latest.pt").is_file() and not (out / "train_summary.json").is_file():
-            train(cfg, pairs_root, out, progress=progress, resume=True)
+            train(cfg, pairs_root, out, progress=progress, resume=True, device=device)
         else:
-            train(cfg, pairs_root, out, progress=progress)
+            train(cfg, pairs_root, out, progress=progress, device=device)
     return out / "best.pt"
 
 

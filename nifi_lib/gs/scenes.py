@@ -114,6 +114,46 @@ class Sphere:
         return torch.where(hit, t, torch.full_like(t, math.inf)), n, uv
 
 
+@dataclass
+class Cylinder:
+    """An upright (z-axis) capped cylinder: side textured in (angle, height), caps in (x, y)."""
+
+    centre: tuple[float, float]
+    z0: float
+    z1: float
+    radius: float
+    tex: torch.Tensor
+    repeat: tuple[float, float] = (1.0, 1.0)
+
+    def intersect(self, o: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c = torch.tensor(self.centre, dtype=o.dtype, device=o.device)
+        oxy, dxy = o[:, :2] - c, d[:, :2]
+        a = (dxy * dxy).sum(1).clamp_min(1e-18)
+        b = (oxy * dxy).sum(1)
+        disc = b * b - a * ((oxy * oxy).sum(1) - self.radius ** 2)
+        sq = torch.sqrt(disc.clamp_min(0))
+        inf = torch.full_like(a, math.inf)
+        best, n, uv = inf.clone(), torch.zeros_like(o), torch.zeros(o.shape[0], 2, dtype=o.dtype, device=o.device)
+        for t in ((-b - sq) / a, (-b + sq) / a):                     # the side, nearest valid root first wins
+            z = o[:, 2] + t * d[:, 2]
+            ok = (disc >= 0) & (t > 1e-6) & (z >= self.z0) & (z <= self.z1) & (t < best)
+            p = oxy + t[:, None] * dxy
+            side_n = torch.cat([p / self.radius, torch.zeros_like(p[:, :1])], 1)
+            side_uv = torch.stack([(torch.atan2(p[:, 1], p[:, 0]) / (2 * math.pi) + 0.5) * self.repeat[0],
+                                   (z - self.z0) / (self.z1 - self.z0) * self.repeat[1]], 1)
+            best, n, uv = torch.where(ok, t, best), torch.where(ok[:, None], side_n, n), torch.where(ok[:, None], side_uv, uv)
+        for zc in (self.z0, self.z1):                                # the caps
+            t = (zc - o[:, 2]) / torch.where(d[:, 2].abs() < 1e-12, torch.full_like(a, 1e-12), d[:, 2])
+            p = oxy + t[:, None] * dxy
+            ok = (t > 1e-6) & ((p * p).sum(1) <= self.radius ** 2) & (t < best)
+            cap_n = torch.zeros_like(o)
+            cap_n[:, 2] = 1.0
+            best = torch.where(ok, t, best)
+            n = torch.where(ok[:, None], cap_n, n)
+            uv = torch.where(ok[:, None], p / (2 * self.radius) + 0.5, uv)
+        return best, n, uv
+
+
 def box(centre: tuple[float, float, float], size: tuple[float, float, float], tex: torch.Tensor,
         yaw_deg: float = 0.0) -> list[Quad]:
     """The six faces of a box rotated by ``yaw`` about the vertical (z) axis."""
@@ -338,10 +378,20 @@ def cmd_scenes_build(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.preset:
+        from .scene_presets import build_preset
+
+        try:
+            manifest = build_preset(args.preset, repo_path(args.out), seed=args.seed, progress=not args.quiet,
+                                    device=args.device, backend=args.backend, **preset_overrides(args))
+        finally:
+            torch.set_num_threads(threads)
+        print(json.dumps({k: manifest[k] for k in ("preset", "train_scenes", "heldout_scenes", "seconds")}))
+        return 0
     try:
         infos = build_scenes(repo_path(args.out), seed=args.seed, names=args.scenes.split(",") if args.scenes else None,
-                             iterations=args.iterations, n_views=args.views, size=args.size,
-                             max_gaussians=args.max_gaussians, progress=not args.quiet, device=args.device,
+                             iterations=args.iterations or 1500, n_views=args.views or 32, size=args.size or 64,
+                             max_gaussians=args.max_gaussians or 3000, progress=not args.quiet, device=args.device,
                              backend=args.backend)
     finally:
         torch.set_num_threads(threads)
@@ -351,6 +401,13 @@ def cmd_scenes_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def preset_overrides(args: argparse.Namespace) -> dict:
+    """The size options given on the command line (the others keep the preset's values)."""
+    given = {"iterations": args.iterations, "n_views": args.views, "size": args.size,
+             "max_gaussians": args.max_gaussians}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("scenes", help="the embedded procedural scenes")
     sub = p.add_subparsers(dest="scenes_command", metavar="SUBCOMMAND")
@@ -358,10 +415,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--out", default="data/embedded/scenes")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--scenes", default="", help="comma-separated subset (default: all)")
-    b.add_argument("--iterations", type=int, default=1500)
-    b.add_argument("--views", type=int, default=32)
-    b.add_argument("--size", type=int, default=64)
-    b.add_argument("--max-gaussians", type=int, default=3000)
+    b.add_argument("--preset", default=None, help="a named scene set (v3: 128 px, richer geometry, train/ and "
+                   "heldout/ scenes; gs.scene_presets) instead of the four embedded scenes; its own defaults "
+                   "for the size options unless given")
+    b.add_argument("--iterations", type=int, default=None, help="default: 1500 (a preset: its own)")
+    b.add_argument("--views", type=int, default=None, help="default: 32 (a preset: its own)")
+    b.add_argument("--size", type=int, default=None, help="default: 64 (a preset: its own)")
+    b.add_argument("--max-gaussians", type=int, default=None, help="default: 3000 (a preset: its own)")
     b.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these sizes)")
     b.add_argument("--device", default="cpu", help="where the dense fit runs (default: cpu, as the embedded assets)")
     b.add_argument("--backend", default="torch", choices=("torch", "gsplat", "auto"),

@@ -9,28 +9,47 @@ from ..config import load_config, parse_override
 from ..paths import EMBEDDED_DIR, repo_path
 
 
-def cmd_prior_train(args: argparse.Namespace) -> int:
-    from ..diffusion.prior import PriorConfig, train_prior
-
+def scene_view_paths(patterns: list[str], split: str) -> list[Path]:
+    """The image files of the ``split`` views of every scene folder matching ``patterns`` (globs, sorted)."""
     from ..data.scenes import load_scene
+
+    paths: list[Path] = []
+    for pattern in patterns:
+        for scene in sorted(glob.glob(str(repo_path(pattern)))):
+            paths += [c.image_path for c in load_scene(scene, split=split)]
+    return paths
+
+
+def prior_config_from_args(args: argparse.Namespace):
+    """``--config`` (a YAML of PriorConfig fields; none: today's defaults) with the explicit flags on top."""
+    from ..diffusion.prior import PriorConfig, load_prior_config
+
+    flags = {"vae_steps": args.vae_steps, "transformer_steps": args.transformer_steps, "seed": args.seed,
+             "resolution": args.resolution}
+    if args.config:
+        return load_prior_config(repo_path(args.config), **flags)
+    return PriorConfig(**{k: v for k, v in flags.items() if v is not None})
+
+
+def cmd_prior_train(args: argparse.Namespace) -> int:
+    from ..diffusion.prior import train_prior
     from ..errors import NifiError
 
-    folders: list[Path] = []
-    for pattern in args.scenes:
-        for scene in sorted(glob.glob(str(repo_path(pattern)))):
-            # only the training views: the held-out test views stay unseen by the prior too
-            folders += [c.image_path for c in load_scene(scene, split="train")]
+    # only the training views: the held-out test views stay unseen by the prior too
+    folders = scene_view_paths(args.scenes, "train")
     if not folders:
         raise NifiError(f"no scenes match {args.scenes} (build the embedded scenes with `nifi scenes build`)")
+    heldout = scene_view_paths(args.heldout, "all") if args.heldout else []
+    heldout += scene_view_paths(args.scenes, "test") if args.heldout is not None else []
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    cfg = PriorConfig(vae_steps=args.vae_steps, transformer_steps=args.transformer_steps, seed=args.seed,
-                      resolution=args.resolution)
-    bb = train_prior(folders, repo_path(args.out), cfg)
+    cfg = prior_config_from_args(args)
+    bb = train_prior(folders, repo_path(args.out), cfg, device=args.device, heldout_sources=heldout or None)
+    held = f", held-out vae psnr={bb.info['heldout_vae_psnr']:.2f} dB" if "heldout_vae_psnr" in bb.info else ""
     print(f"prior saved to {args.out}: scaling_factor={bb.scaling_factor:.4f}, "
-          f"vae psnr={bb.info['final_vae_psnr']:.2f} dB, flow loss={bb.info['final_flow_loss']:.4f}")
+          f"vae psnr={bb.info['final_vae_psnr']:.2f} dB{held}, flow loss={bb.info['final_flow_loss']:.4f}")
     return 0
 
 
@@ -68,10 +87,16 @@ def register(sub) -> None:
     t.add_argument("--scenes", nargs="+", default=["data/embedded/scenes/*"],
                    help="scene folders (globs allowed); their training views are used")
     t.add_argument("--out", default=str(EMBEDDED_DIR / "backbone"))
-    t.add_argument("--vae_steps", type=int, default=1200)
-    t.add_argument("--transformer_steps", type=int, default=2500)
-    t.add_argument("--resolution", type=int, default=64)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--config", default=None, help="YAML of PriorConfig fields (e.g. configs/prior_v3.yaml); "
+                   "default: today's embedded prior")
+    t.add_argument("--heldout", nargs="*", default=None,
+                   help="held-out scene folders (all their views) for the held-out VAE PSNR; given (even empty), "
+                        "the test views of --scenes count too")
+    t.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    t.add_argument("--vae_steps", type=int, default=None, help="default: the config's (1200)")
+    t.add_argument("--transformer_steps", type=int, default=None, help="default: the config's (2500)")
+    t.add_argument("--resolution", type=int, default=None, help="default: the config's (64)")
+    t.add_argument("--seed", type=int, default=None, help="default: the config's (0)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     t.set_defaults(func=cmd_prior_train)
     p.set_defaults(func=lambda a: (p.print_help(), 1)[1])

@@ -1,0 +1,229 @@
+"""``nifi embedded-assets``: rebuild the embedded default's assets from scratch (issue 17; docs/embedded_assets.md).
+
+Three resumable stages, each a call to the function that already does it:
+
+1. ``scenes``: :func:`~nifi_lib.gs.scene_presets.build_preset` -> ``<out>/scenes/{train,heldout}/<name>/``;
+2. ``prior``: :func:`~nifi_lib.diffusion.prior.train_prior` on the training scenes' train views (held out:
+   their test views and every view of the held-out scenes) -> ``<out>/prior/`` (the backbone folder);
+3. ``nifi``: :func:`~nifi_lib.experiments.embedded.scene_pairs` (synthesis + pairs: training scenes into
+   ``<out>/pairs``, held-out scenes into ``<out>/pairs_heldout``), then
+   :func:`~nifi_lib.experiments.embedded.run_training` of ``configs/embedded.yaml`` pointed at ``<out>/prior``
+   -> ``<out>/nifi_run/``; ``best.pt``, ``train_log.csv``, ``train_summary.json`` and the resolved config
+   are copied into ``<out>/nifi/``.
+
+``<out>/assets_log.json`` records each finished stage (seconds, outputs relative to ``<out>`` with their sizes
+in bytes, the command line) and the assets config; a stage recorded there with the same config is skipped by ``--resume``
+(without it, every requested stage runs again). The assets config is a YAML (``configs/embedded_assets_v3.yaml``,
+the GPU rebuild; ``configs/embedded_assets_tiny.yaml``, the same chain in about a minute on the CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from ..errors import NifiError
+from ..io.atomic import atomic_write_json
+from ..paths import repo_path
+
+STAGES = ("scenes", "prior", "nifi")
+V3_CONFIG = "configs/embedded_assets_v3.yaml"
+TINY_CONFIG = "configs/embedded_assets_tiny.yaml"
+LOG_NAME = "assets_log.json"
+SECTIONS = {"scenes": {"preset", "seed", "overrides"}, "prior": {"config", "overrides"},
+            "synthesis": {"c_min", "n_top", "finetune_iterations"}, "nifi": {"config", "overrides"}}
+
+
+class AssetsError(NifiError):
+    pass
+
+
+def load_assets_config(path: str | Path) -> dict:
+    """The assets YAML, checked: sections ``scenes``, ``prior``, ``synthesis``, ``nifi`` with known keys only."""
+    import yaml
+
+    path = repo_path(path)
+    if not path.is_file():
+        raise AssetsError(f"{path}: assets config not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    for sec, keys in SECTIONS.items():
+        if not isinstance(data.get(sec), dict):
+            raise AssetsError(f"{path}: missing section '{sec}'")
+        unknown = set(data[sec]) - keys
+        if unknown:
+            raise AssetsError(f"{path}: unknown keys {sorted(unknown)} in '{sec}' (known: {sorted(keys)})")
+    extra = set(data) - set(SECTIONS)
+    if extra:
+        raise AssetsError(f"{path}: unknown sections {sorted(extra)}")
+    return data
+
+
+def _fingerprint(section: dict) -> str:
+    return hashlib.sha256(json.dumps(section, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _sizes(paths: list[Path], root: Path) -> dict:
+    """``{path relative to root: bytes}`` (a folder: the sum of its files)."""
+    out = {}
+    for p in paths:
+        out[_rel(p, root)] = (sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir()
+                              else p.stat().st_size)
+    return out
+
+
+def _rel(p: Path, root: Path) -> str:
+    """Outputs are logged relative to the output folder, so a log stays valid when the folder moves (the
+    GPU runs one stage per call on a fresh machine and the folder travels between them)."""
+    return str(Path(p).relative_to(root))
+
+
+def _scene_dirs(out: Path, group: str) -> list[Path]:
+    root = out / "scenes" / group
+    return sorted(p for p in root.iterdir() if (p / "cameras.json").is_file()) if root.is_dir() else []
+
+
+def stage_scenes(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
+    from ..gs.scene_presets import build_preset
+
+    sc = cfg["scenes"]
+    backend = "auto" if device.startswith("cuda") else "torch"
+    build_preset(sc["preset"], out / "scenes", seed=int(sc.get("seed", 0)), progress=progress, device=device,
+                 backend=backend, **(sc.get("overrides") or {}))
+    return [out / "scenes"]
+
+
+def prior_config(cfg: dict):
+    from ..diffusion.prior import load_prior_config
+
+    return load_prior_config(repo_path(cfg["prior"]["config"]), **(cfg["prior"].get("overrides") or {}))
+
+
+def stage_prior(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
+    from ..diffusion.prior import train_prior
+    from ..data.scenes import load_scene
+
+    train = [c.image_path for s in _scene_dirs(out, "train") for c in load_scene(s, split="train")]
+    heldout = ([c.image_path for s in _scene_dirs(out, "train") for c in load_scene(s, split="test")]
+               + [c.image_path for s in _scene_dirs(out, "heldout") for c in load_scene(s, split="all")])
+    if not train:
+        raise AssetsError(f"{out / 'scenes'}: no training scenes (run the scenes stage first)")
+    train_prior(train, out / "prior", prior_config(cfg), progress=progress, device=device, heldout_sources=heldout)
+    return [out / "prior"]
+
+
+def nifi_config(cfg: dict, out: Path):
+    from ..config import load_config
+
+    prior = out / "prior"
+    overrides = {sec: dict(kv) for sec, kv in (cfg["nifi"].get("overrides") or {}).items()}
+    overrides.setdefault("model", {}).update({"backbone": str(prior), "embeddings": str(prior / "prompt_embeds.npz")})
+    return load_config(repo_path(cfg["nifi"]["config"]), overrides=overrides)
+
+
+def stage_nifi(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
+    import yaml
+
+    from .embedded import run_training, scene_pairs
+
+    syn = {k: int(v) for k, v in cfg["synthesis"].items()}
+    syn_device = "cuda" if device.startswith("cuda") else "cpu"
+    pairs = scene_pairs(_scene_dirs(out, "train"), out / "artifacts", out / "pairs", device=syn_device,
+                        progress=progress, **syn)
+    held = scene_pairs(_scene_dirs(out, "heldout"), out / "artifacts", out / "pairs_heldout", device=syn_device,
+                       progress=progress, splits=("test",), **syn)
+    ncfg = nifi_config(cfg, out)
+    best = run_training(ncfg, pairs, out / "nifi_run", progress=progress, device=device)
+    ship = out / "nifi"
+    ship.mkdir(parents=True, exist_ok=True)
+    for f in (best, best.parent / "train_log.csv", best.parent / "train_summary.json"):
+        shutil.copy2(f, ship / f.name)
+    (ship / "config.yaml").write_text(yaml.safe_dump(ncfg.to_dict(), sort_keys=False))
+    return [ship / "best.pt", ship / "train_log.csv", ship / "train_summary.json", ship / "config.yaml", pairs, held]
+
+
+RUNNERS = {"scenes": stage_scenes, "prior": stage_prior, "nifi": stage_nifi}
+
+
+def read_log(out: Path) -> dict:
+    try:
+        return json.loads((out / LOG_NAME).read_text())
+    except (OSError, ValueError):
+        return {"stages": {}}
+
+
+def stage_key(cfg: dict, stage: str) -> str:
+    """What a finished stage depends on: its own section and every earlier stage's."""
+    upto = {"scenes": ["scenes"], "prior": ["scenes", "prior"], "nifi": ["scenes", "prior", "synthesis", "nifi"]}
+    return _fingerprint({s: cfg[s] for s in upto[stage]})
+
+
+def build_assets(out: str | Path, config: str | Path = V3_CONFIG, stages: tuple[str, ...] = STAGES,
+                 device: str | None = None, resume: bool = False, progress: bool = True,
+                 command: list[str] | None = None) -> dict:
+    """Run ``stages`` (in pipeline order) into ``out``; returns the log written to ``<out>/assets_log.json``."""
+    import torch
+
+    from ..diffusion.prior import default_device
+
+    device = device or default_device()
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise AssetsError(f"unknown stages {sorted(unknown)}; stages: {list(STAGES)}")
+    cfg = load_assets_config(config)
+    out = repo_path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = read_log(out)
+    log.update({"config_file": str(config), "config": cfg, "device": device, "torch": torch.__version__})
+    log.setdefault("stages", {})
+    ran, skipped = [], []
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        key = stage_key(cfg, stage)
+        done = log["stages"].get(stage)
+        if resume and done and done.get("key") == key and all((out / p).exists() for p in done["outputs"]):
+            skipped.append(stage)
+            continue
+        ran.append(stage)
+        t0 = time.perf_counter()
+        outputs = RUNNERS[stage](cfg, out, device, progress)
+        log["stages"][stage] = {"key": key, "seconds": round(time.perf_counter() - t0, 2),
+                                "outputs": [_rel(p, out) for p in outputs], "bytes": _sizes(outputs, out),
+                                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                "command": command or [], "device": device}
+        atomic_write_json(out / LOG_NAME, log)   # after every stage: a killed run keeps what finished
+    log["last_run"] = {"ran": ran, "skipped": skipped, "command": command or []}
+    atomic_write_json(out / LOG_NAME, log)
+    return log
+
+
+def cmd_embedded_assets(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    config = args.config or (TINY_CONFIG if args.tiny else V3_CONFIG)
+    device = args.device or ("cpu" if args.tiny else None)
+    stages = STAGES if args.stage == "all" else tuple(s for s in STAGES if s in args.stage.split(","))
+    log = build_assets(args.out, config, stages, device=device, resume=args.resume, progress=not args.quiet,
+                       command=["nifi", *sys.argv[1:]])
+    for name, st in log["stages"].items():
+        note = " (finished before, skipped)" if name in log["last_run"]["skipped"] else ""
+        print(f"{name}: {st['seconds']} s, {sum(st['bytes'].values())} bytes{note}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("embedded-assets", help="rebuild the embedded scenes, prior and NiFi checkpoint (GPU)")
+    p.add_argument("--out", default="runs/embedded_assets")
+    p.add_argument("--config", default=None, help=f"assets YAML (default: {V3_CONFIG}; with --tiny: {TINY_CONFIG})")
+    p.add_argument("--tiny", action="store_true", help="the whole chain at tiny sizes on the CPU (tests)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available; --tiny: cpu)")
+    p.add_argument("--stage", default="all", help="all, or a comma-separated subset of scenes,prior,nifi")
+    p.add_argument("--resume", action="store_true", help="skip stages the log records as finished (same config)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_embedded_assets)

@@ -1,0 +1,80 @@
+"""``nifi embedded-assets --tiny``: the whole rebuild chain on the CPU, its log and its resume."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nifi_lib.cli import main
+from nifi_lib.experiments.embedded_assets import AssetsError, build_assets, load_assets_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_tiny_chain_outputs_log_and_resume(tmp_path, capsys):
+    out = tmp_path / "assets"
+    assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet"]) == 0
+    log = json.loads((out / "assets_log.json").read_text())
+    assert log["last_run"] == {"ran": ["scenes", "prior", "nifi"], "skipped": [],
+                               "command": log["last_run"]["command"]}
+    assert log["device"] == "cpu" and log["config_file"].endswith("embedded_assets_tiny.yaml")
+    for name, st in log["stages"].items():
+        assert st["seconds"] > 0 and st["outputs"], name
+        assert all(b > 0 for b in st["bytes"].values()), name
+    # scenes: train and held-out worlds
+    assert sorted(p.name for p in (out / "scenes" / "train").iterdir()) == ["world_0", "world_1"]
+    assert (out / "scenes" / "heldout" / "world_heldout" / "point_cloud.ply").is_file()
+    # prior: the v3 architecture at 32 px, stored in fp16, with its held-out reconstruction PSNR
+    info = json.loads((out / "prior" / "nifi_backbone.json").read_text())
+    assert info["parameters"] == {"vae": 4233283, "transformer": 5091520}
+    assert info["num_images"] == 14 and info["num_heldout_images"] == 2 * 2 + 9   # test views + held-out scene
+    assert info["heldout_vae_psnr"] > 0 and info["config"]["resolution"] == 32
+    from safetensors import safe_open
+    with safe_open(str(out / "prior" / "vae" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
+    # nifi: the checkpoint trained on the new backbone, pairs of the held-out world apart
+    summary = json.loads((out / "nifi" / "train_summary.json").read_text())
+    assert summary["config"]["model"]["backbone"] == str(out / "prior")
+    assert summary["val_split"] == "train_holdout"
+    for f in ("best.pt", "train_log.csv", "config.yaml"):
+        assert (out / "nifi" / f).is_file()
+    assert (out / "pairs_heldout" / "embedded" / "world_heldout" / "manifest.json").is_file()
+    assert not (out / "pairs" / "embedded" / "world_heldout").exists()
+    before = {k: v["finished_at"] for k, v in log["stages"].items()}
+    # resume: every stage finished with the same config is skipped
+    capsys.readouterr()
+    assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet", "--resume"]) == 0
+    assert capsys.readouterr().out.count("skipped") == 3
+    log2 = json.loads((out / "assets_log.json").read_text())
+    assert log2["last_run"]["skipped"] == ["scenes", "prior", "nifi"] and log2["last_run"]["ran"] == []
+    assert {k: v["finished_at"] for k, v in log2["stages"].items()} == before
+    assert all(not p.startswith("/") for st in log2["stages"].values() for p in st["outputs"])
+    # the folder moves (the GPU's fresh machine per call); a stage whose output vanished runs again under
+    # --resume, the others stay skipped
+    import shutil
+    moved = tmp_path / "moved"
+    shutil.move(out, moved)
+    shutil.rmtree(moved / "nifi")
+    log3 = build_assets(moved, "configs/embedded_assets_tiny.yaml", ("scenes", "prior", "nifi"), device="cpu",
+                        resume=True, progress=False)
+    assert log3["last_run"] == {"ran": ["nifi"], "skipped": ["scenes", "prior"], "command": []}
+    assert (moved / "nifi" / "best.pt").is_file()
+
+
+def test_assets_config_is_checked(tmp_path):
+    cfg = load_assets_config("configs/embedded_assets_v3.yaml")
+    assert cfg["scenes"]["preset"] == "v3" and cfg["prior"]["config"] == "configs/prior_v3.yaml"
+    assert cfg["nifi"]["overrides"]["train"]["resolution"] == 128
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scenes: {preset: v3, colour: red}\nprior: {config: x}\nsynthesis: {}\nnifi: {config: y}\n")
+    with pytest.raises(AssetsError, match="colour"):
+        load_assets_config(bad)
+    with pytest.raises(AssetsError, match="unknown stages"):
+        build_assets(tmp_path, "configs/embedded_assets_tiny.yaml", ("render",), device="cpu")

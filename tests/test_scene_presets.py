@@ -1,0 +1,62 @@
+"""Generated scene presets: the cylinder against hand computations, determinism and the preset layout."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from nifi_lib.gs.scene_presets import PRESETS, build_preset, generated_scene
+from nifi_lib.gs.scenes import Cylinder
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_cylinder_side_and_cap_hits():
+    cyl = Cylinder((0.0, 0.0), 0.0, 2.0, 1.0, torch.ones(3, 2, 2))
+    o = torch.tensor([[5.0, 0.0, 1.0], [0.0, 0.0, 5.0], [5.0, 0.0, 3.0], [5.0, 0.3, 1.0]], dtype=torch.float64)
+    d = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], dtype=torch.float64)
+    t, n, uv = cyl.intersect(o, d)
+    assert t[0].item() == pytest.approx(4.0)                       # side at x = 1
+    torch.testing.assert_close(n[0], torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+    assert uv[0, 1].item() == pytest.approx(0.5)                   # half-way up
+    assert t[1].item() == pytest.approx(3.0)                       # top cap at z = 2
+    assert n[1, 2].item() == 1.0
+    assert math.isinf(t[2].item())                                 # passes above
+    assert t[3].item() == pytest.approx(5.0 - math.sqrt(1 - 0.09))
+
+
+def test_generated_scenes_are_deterministic_and_varied():
+    a, b = generated_scene("w", 3, 32), generated_scene("w", 3, 32)
+    assert a.description == b.description and len(a.primitives) == len(b.primitives)
+    assert all(torch.equal(p.tex, q.tex) for p, q in zip(a.primitives, b.primitives))
+    kinds = {type(p).__name__ for s in range(6) for p in generated_scene("w", s, 32).primitives}
+    assert kinds == {"Quad", "Sphere", "Cylinder"}
+    assert len({generated_scene("w", s, 32).description for s in range(6)}) == 6
+    assert len(PRESETS["v3"].train) == 6 and PRESETS["v3"].heldout == ["world_heldout"] and PRESETS["v3"].size == 128
+
+
+def test_tiny_preset_layout_determinism_and_resume(tmp_path):
+    m1 = build_preset("tiny", tmp_path / "a", progress=False)
+    m2 = build_preset("tiny", tmp_path / "b", progress=False)
+    assert m1["built_now"] == ["world_0", "world_1", "world_heldout"]
+    for grp, name in [("train", "world_0"), ("train", "world_1"), ("heldout", "world_heldout")]:
+        a, b = tmp_path / "a" / grp / name, tmp_path / "b" / grp / name
+        for f in ("cameras.json", "scene.json", "point_cloud.ply"):
+            assert (a / f).is_file()
+        imgs = sorted((a / "images").glob("*.png"))
+        assert len(imgs) == 9
+        assert all(p.read_bytes() == (b / "images" / p.name).read_bytes() for p in imgs)
+        assert (a / "point_cloud.ply").read_bytes() == (b / "point_cloud.ply").read_bytes()
+        info = json.loads((a / "scene.json").read_text())
+        assert info["image_size"] == [32, 32] and info["test_views"] == [0, 8] and len(info["train_views"]) == 7
+    assert json.loads((tmp_path / "a" / "preset.json").read_text())["heldout_scenes"] == ["world_heldout"]
+    assert build_preset("tiny", tmp_path / "a", progress=False)["built_now"] == []     # resumed: nothing rebuilt
+    assert build_preset("tiny", tmp_path / "a", progress=False, iterations=41)["built_now"] != []  # new settings
