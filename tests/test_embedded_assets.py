@@ -10,12 +10,7 @@ from nifi_lib.cli import main
 from nifi_lib.experiments.embedded_assets import AssetsError, build_assets, load_assets_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tests/conftest.py
 
 
 def test_tiny_chain_outputs_log_and_resume(tmp_path, capsys):

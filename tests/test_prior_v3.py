@@ -14,12 +14,7 @@ from nifi_lib.paths import EMBEDDED_DIR, repo_path
 from nifi_lib.training.cli import prior_config_from_args
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tests/conftest.py
 
 
 def _shapes(path):

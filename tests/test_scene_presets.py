@@ -11,12 +11,7 @@ from nifi_lib.gs.scene_presets import PRESETS, build_preset, generated_scene
 from nifi_lib.gs.scenes import Cylinder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tests/conftest.py
 
 
 def test_cylinder_side_and_cap_hits():
