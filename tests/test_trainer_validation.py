@@ -126,7 +126,7 @@ def test_ensure_trained_retrains_a_test_selected_run(tmp_path, monkeypatch, summ
     (out / "train_summary.json").write_text(summary if isinstance(summary, str) else json.dumps(summary))
     calls = []
     monkeypatch.setattr(P, "ensure_embedded_pairs", lambda run_dir, **kw: tmp_path / "pairs")
-    monkeypatch.setattr(T, "train", lambda cfg, pairs, exp, progress=False: calls.append((pairs, exp)))
+    monkeypatch.setattr(T, "train", lambda cfg, pairs, exp, progress=False, **kw: calls.append((pairs, exp)))
     assert P.ensure_trained(tmp_path / "run", cfg=object()) == out / "best.pt"
     assert calls == ([(tmp_path / "pairs", out)] if retrains else [])
 
@@ -167,7 +167,7 @@ def test_ensure_trained_reuses_only_a_finished_run_of_the_same_setting(tmp_path,
     (out / "train_summary.json").write_text(json.dumps(summary))
     calls = []
     monkeypatch.setattr(P, "ensure_embedded_pairs", lambda run_dir, **kw: tmp_path / "pairs")
-    monkeypatch.setattr(T, "train", lambda cfg, pairs, exp, progress=False: calls.append(exp))
+    monkeypatch.setattr(T, "train", lambda cfg, pairs, exp, progress=False, **kw: calls.append(exp))
     cfg = P.embedded_config({"train": {"max_steps": 600}})
     assert cfg.diffusion.t0 == 199
     P.ensure_trained(tmp_path / "run", cfg=cfg)
