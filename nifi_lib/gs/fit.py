@@ -209,6 +209,27 @@ def _rebuild(params: dict[str, torch.nn.Parameter], optimizers: dict[str, torch.
         params[name] = q
 
 
+@torch.no_grad()
+def cap_gaussians(params: dict[str, torch.nn.Parameter], optimizers: dict[str, torch.optim.Optimizer],
+                  max_gaussians: int, state: dict | None = None) -> int:
+    """Enforce ``DensifyConfig.max_gaussians`` after a density-control step that has no budget of its own
+    (gsplat's ``DefaultStrategy``): keep the ``max_gaussians`` most opaque Gaussians, cut their Adam moments and
+    every per-Gaussian tensor of the strategy ``state`` alike. Returns how many were removed."""
+    if max_gaussians < 1:
+        raise FitError(f"max_gaussians must be >= 1, got {max_gaussians}")
+    n = params["means"].shape[0]
+    if n <= max_gaussians:
+        return 0
+    opacity = params["opacities"].detach().reshape(n, -1)[:, 0]
+    keep = torch.zeros(n, dtype=torch.bool, device=opacity.device)
+    keep[torch.topk(opacity, max_gaussians, sorted=False).indices] = True
+    _rebuild(params, optimizers, keep, None)
+    for key, value in list((state or {}).items()):
+        if torch.is_tensor(value) and value.ndim >= 1 and value.shape[0] == n:
+            state[key] = value[keep.to(value.device)]
+    return n - max_gaussians
+
+
 class Densifier:
     """Adaptive density control of 3DGS (Sec. 5.2) for the CPU / torch-backend path."""
 
@@ -402,6 +423,8 @@ def fit_gaussians(
         loss.backward()
         if strategy is not None:
             strategy.step_post_backward(params, optimizers, strategy_state, step, out.info, packed=False)
+            if cfg.max_gaussians is not None:   # DefaultStrategy grows without a budget
+                cap_gaussians(params, optimizers, cfg.max_gaussians, strategy_state)
         elif densifier is not None and step <= cfg.stop:
             densifier.update(out, cam.width, cam.height)
         for opt in optimizers.values():

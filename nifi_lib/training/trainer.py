@@ -128,6 +128,21 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def out_of_time(elapsed: float, max_seconds: float | None, world: int = 1) -> bool:
+    """``train.max_seconds`` reached? With several processes the answer is rank 0's (one broadcast), so every
+    rank stops after the same step."""
+    if max_seconds is None:
+        return False
+    if max_seconds <= 0:
+        raise TrainingError(f"train.max_seconds {max_seconds}: must be positive (or null for no cap)")
+    late = elapsed >= max_seconds
+    if world > 1:
+        flag = torch.tensor([float(late)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.broadcast(flag, src=0)
+        late = bool(flag.item())
+    return late
+
+
 def init_distributed() -> tuple[int, int]:
     """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -723,6 +738,7 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
     batches = BatchLoader(sampler, per_rank, trainer.generator, num_workers=t.num_workers,
                           pin_memory=trainer.device.type == "cuda")
     trainer.data_state = batches.generator_state   # checkpoints: the state after the batches trained on
+    stopped = None               # why the loop ended before max_steps (train.max_seconds)
     while trainer.state.step < t.max_steps:
         clean, deg = batches.next()
         info = trainer.train_step(clean, deg, scenes=batches.last_scenes())
@@ -735,14 +751,16 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
         pending.append(row)
         bar.update(1)
         step = trainer.state.step
-        if val_sampler is not None and metric_fn is not None and (step % t.val_every == 0 or step == t.max_steps):
+        timed_out = out_of_time(trainer.state.elapsed, t.max_seconds, world)
+        last = step == t.max_steps or timed_out
+        if val_sampler is not None and metric_fn is not None and (step % t.val_every == 0 or last):
             metric = trainer.validate(val_sampler, t.val_max_images, metric_fn)
             row["val_" + t.best_metric] = metric
             trainer.state.history.append({"step": step, t.best_metric: metric})
             if metric < trainer.state.best_metric and rank == 0:
                 trainer.state.best_metric, trainer.state.best_step = metric, step
                 trainer.save(best)
-        if step % t.save_every == 0 or step == t.max_steps:
+        if step % t.save_every == 0 or last:
             rows = flush()
             if rank == 0:
                 _append_log(log_path, rows)
@@ -751,6 +769,9 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
         if cache_file is not None and rank == 0 and step == min(CACHE_SAVE_STEP, t.max_steps):
             compile_cache["saved_bytes"] = save_compile_cache(cache_file)   # the compiled step, for the next run
         if stop_after is not None and step >= stop_after:
+            break
+        if timed_out:
+            stopped = f"train.max_seconds {t.max_seconds} reached after step {step}"
             break
     flush()
     if cache_file is not None and rank == 0 and trainer.state.step > CACHE_SAVE_STEP:
@@ -768,7 +789,7 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
         "data": {"data_root": str(data_root), "train_pairs": len(pairs), "val_pairs": len(val_pairs),
                  "scenes": sorted({f"{p.dataset}/{p.scene}" for p in pairs}),
                  "rates": sorted({p.rate for p in pairs})},
-        "steps": trainer.state.step, "skipped_steps": trainer.state.skipped_steps,
+        "steps": trainer.state.step, "skipped_steps": trainer.state.skipped_steps, "stopped_early": stopped,
         "best_metric": {"name": t.best_metric, "value": trainer.state.best_metric if math.isfinite(trainer.state.best_metric) else None,
                         "step": trainer.state.best_step},
         "validation": trainer.state.history,

@@ -1,0 +1,101 @@
+#!/bin/bash
+# scripts/device_session.sh: one warm H200 machine over several chained `run` calls (each <= 10 min), for the
+# project's GPU runs (the device tool of ../.library; docs/embedded_assets.md, docs/perf/rehearsal_h200/):
+#   R = issue 15: nifi rehearse --shape sd3-medium with train.compile + cuda_graphs, notebooks included
+#   E = issue 17: nifi embedded-assets --stage all (scenes, prior v3, NiFi checkpoint)
+# The jobs run in their own process sessions (setsid) from a copy of the repo in /tmp/S/repo, so they survive
+# between calls while the machine stays warm; every call polls until its deadline and ships finished outputs
+# (tar.gz, split in 15 MiB parts, at most 6 parts a call) to $OUT.
+# usage (from the repo root on the device, carrying .whl and the weights folder as .gpu/weights):
+#   bash scripts/device_session.sh DEADLINE_SECONDS        # the same command for every call; issue the next call
+#                                                          # within 30 s of the last reply, or the machine is gone
+# env: SHAPE, DEV, R_EXTRA, E_ARGS change the two jobs; S the state folder; SKIP_INSTALL=1 (a local dry run).
+set -u
+export PYTHONUNBUFFERED=1
+S=${S:-/tmp/S}
+T0=$(date +%s)
+DL=${1:-560}
+SHAPE=${SHAPE:-sd3-medium}; DEV=${DEV:-cuda}
+R_EXTRA=${R_EXTRA:---train_scenes boxes --scene_views 8 --scene_iterations 300 --finetune_iterations 100 --set train.compile=true train.cuda_graphs=true}
+E_ARGS=${E_ARGS:---config configs/embedded_assets_v3.yaml}
+SRC=$PWD
+mkdir -p $S/ship
+export PYTHONPATH=/tmp/site:$S/repo NIFI_WEIGHTS_DIR=$S/weights NIFI_OFFLINE=1 MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0
+if [ ! -f $S/started ]; then
+  echo "== fresh machine: installing"
+  [ -n "${SKIP_INSTALL:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  mkdir -p $S/repo && tar --exclude=./.whl --exclude=./.git -cf - . | tar -xf - -C $S/repo
+  cp -r .gpu/weights $S/weights
+  nvidia-smi --query-gpu=name,memory.used,driver_version --format=csv
+  touch $S/started; date -u +%FT%TZ > $S/started
+  cd $S/repo
+  T=$(date +%s)   # gsplat compiles its CUDA code on first import: once, alone (two concurrent builds fail)
+  python3 -c 'import gsplat.cuda._backend as b; print(b._C)' > $S/G.log 2>&1
+  echo "gsplat build rc $? in $(( $(date +%s) - T )) s" >> $S/G.log
+  setsid bash -c "T=\$(date +%s); python3 -m nifi_lib.cli rehearse --shape $SHAPE --out $S/reh \
+    --device $DEV --jobs 3 --metrics lpips psnr ssim $R_EXTRA > $S/R.log 2>&1; \
+    echo \$? > $S/R.rc; echo \$(( \$(date +%s) - T )) > $S/R.seconds" < /dev/null > /dev/null 2>&1 &
+  setsid bash -c "T=\$(date +%s); python3 -m nifi_lib.cli embedded-assets $E_ARGS \
+    --out $S/ea --device $DEV --stage all > $S/E.log 2>&1; echo \$? > $S/E.rc; \
+    echo \$(( \$(date +%s) - T )) > $S/E.seconds" < /dev/null > /dev/null 2>&1 &
+  cd $SRC
+else
+  echo "== warm machine, jobs started $(cat $S/started)"
+fi
+
+ship() {  # ship NAME DIR PATHS...: tar.gz of PATHS (relative to DIR) into 15 MiB parts, queued once
+  local name=$1 dir=$2; shift 2
+  [ -f $S/ship/$name.queued ] && return
+  tar -czf $S/ship/$name.tgz -C $dir "$@" 2>> $S/ship.err
+  (cd $S/ship && split -b 15m -d -a 1 $name.tgz $name.tgz.part && rm $name.tgz)
+  touch $S/ship/$name.queued
+  echo "queued $name: $(du -cb $S/ship/$name.tgz.part* | tail -1 | cut -f1) bytes"
+}
+
+status() {
+  echo "---- $(( $(date +%s) - T0 )) s into this call; GPU $(nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader)"
+  tail -n 1 $S/G.log 2>/dev/null
+  grep "^\[rehearse\]" $S/R.log 2>/dev/null | grep -v "^\[rehearse\] [0-9]/9 .*: [0-9] command" | tail -n 4
+  grep -E "^\[paper\].*(running|ok in|failed)|^    (ok|failed) in" $S/R.log 2>/dev/null | tail -n 2
+  [ -f $S/R.rc ] && echo "R finished rc $(cat $S/R.rc) in $(cat $S/R.seconds) s"
+  tr '\r' '\n' < $S/E.log 2>/dev/null | grep -v '^\s*$' | tail -n 2
+  [ -f $S/E.rc ] && echo "E finished rc $(cat $S/E.rc) in $(cat $S/E.seconds) s"
+}
+
+collect() {
+  if [ -f $S/R.rc ]; then
+    ship reh $S/reh rehearsal.json logs notebooks prompts.json $(cd $S/reh && ls -d report.json report.md \
+      nifi/train_log.csv nifi/train_summary.json eval_metrics.json benchmark_metrics.json 2>/dev/null)
+  fi
+  if grep -q '"scenes"' $S/ea/assets_log.json 2>/dev/null; then   # the frames; the PLYs stay (regenerable)
+    ship scenes_frames $S/ea --exclude='*.ply' scenes
+  fi
+  if [ -f $S/ea/prior/prior_log.json ]; then
+    ship prior $S/ea prior
+  fi
+  if [ -f $S/E.rc ]; then
+    ship ea $S/ea assets_log.json nifi scenes $(cd $S/ea && ls -d nifi_run/train_summary.json nifi_run/train_log.csv 2>/dev/null)
+  fi
+}
+
+while true; do
+  now=$(( $(date +%s) - T0 ))
+  [ $(( now % 60 )) -lt 10 ] && status
+  collect
+  if [ -f $S/R.rc ] && [ -f $S/E.rc ]; then echo "both jobs finished"; break; fi
+  [ $now -ge $DL ] && break
+  sleep 10
+done
+status
+# ship up to 6 queued parts (<= 90 MiB would be too much: the limit is 64 MiB a call, so at most 4 full parts)
+n=0; bytes=0
+for p in $(ls $S/ship/*.part* 2>/dev/null); do
+  b=$(stat -c %s $p)
+  if [ $n -lt 6 ] && [ $(( bytes + b )) -le $(( 62 * 1024 * 1024 )) ]; then
+    mv $p $OUT/ && n=$(( n + 1 )) && bytes=$(( bytes + b ))
+  fi
+done
+cp $S/R.log $OUT/R.log 2>/dev/null; cp $S/E.log $OUT/E.log 2>/dev/null
+for f in $OUT/R.log $OUT/E.log; do [ -f $f ] && tr '\r' '\n' < $f | grep -v '^\s*$' | tail -n 400 > $f.tail && mv $f.tail $f; done
+echo "shipped $n parts, $bytes bytes; left: $(ls $S/ship/*.part* 2>/dev/null | wc -l) parts"
+ls -la $OUT
