@@ -29,7 +29,8 @@ def test_tiny_chain_outputs_log_and_resume(tmp_path, capsys):
     # prior: the v3 architecture at 32 px, stored in fp16, with its held-out reconstruction PSNR
     info = json.loads((out / "prior" / "nifi_backbone.json").read_text())
     assert info["parameters"] == {"vae": 4233283, "transformer": 5091520}
-    assert info["num_images"] == 14 and info["num_heldout_images"] == 2 * 2 + 9   # test views + held-out scene
+    # 2 worlds x 7 train views + every view of the prior-only world; held out: test views + the held-out world
+    assert info["num_images"] == 14 + 9 and info["num_heldout_images"] == 2 * 2 + 9
     assert info["heldout_vae_psnr"] > 0 and info["config"]["resolution"] == 32
     from safetensors import safe_open
     with safe_open(str(out / "prior" / "vae" / "diffusion_pytorch_model.safetensors"), "pt") as f:

@@ -36,12 +36,21 @@ def test_generated_scenes_are_deterministic_and_varied():
     assert kinds == {"Quad", "Sphere", "Cylinder"}
     assert len({generated_scene("w", s, 32).description for s in range(6)}) == 6
     assert len(PRESETS["v3"].train) == 6 and PRESETS["v3"].heldout == ["world_heldout"] and PRESETS["v3"].size == 128
+    assert PRESETS["v3"].prior_worlds == 30
 
 
 def test_tiny_preset_layout_determinism_and_resume(tmp_path):
     m1 = build_preset("tiny", tmp_path / "a", progress=False)
     m2 = build_preset("tiny", tmp_path / "b", progress=False)
-    assert m1["built_now"] == ["world_0", "world_1", "world_heldout"]
+    assert m1["built_now"] == ["world_0", "world_1", "world_heldout", "prior_0"]
+    assert m1["prior_only_scenes"] == ["prior_0"]
+    prior = tmp_path / "a" / "prior_only" / "prior_0"           # ground truth only: frames and cameras, no fit
+    assert len(list((prior / "images").glob("*.png"))) == 9 and (prior / "cameras.json").is_file()
+    assert not (prior / "point_cloud.ply").exists()
+    pinfo = json.loads((prior / "scene.json").read_text())
+    assert pinfo["iterations"] == 0 and "num_gaussians" not in pinfo and pinfo["seed"] == 3
+    assert all(p.read_bytes() == (tmp_path / "b" / "prior_only" / "prior_0" / "images" / p.name).read_bytes()
+               for p in (prior / "images").glob("*.png"))
     for grp, name in [("train", "world_0"), ("train", "world_1"), ("heldout", "world_heldout")]:
         a, b = tmp_path / "a" / grp / name, tmp_path / "b" / grp / name
         for f in ("cameras.json", "scene.json", "point_cloud.ply"):

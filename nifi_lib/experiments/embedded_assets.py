@@ -105,8 +105,10 @@ def prior_config(cfg: dict):
 def stage_prior(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
     from ..diffusion.prior import train_prior
     from ..data.scenes import load_scene
+    from ..gs.scene_presets import PRIOR_ONLY
 
-    train = [c.image_path for s in _scene_dirs(out, "train") for c in load_scene(s, split="train")]
+    train = ([c.image_path for s in _scene_dirs(out, "train") for c in load_scene(s, split="train")]
+             + [c.image_path for s in _scene_dirs(out, PRIOR_ONLY) for c in load_scene(s, split="all")])
     heldout = ([c.image_path for s in _scene_dirs(out, "train") for c in load_scene(s, split="test")]
                + [c.image_path for s in _scene_dirs(out, "heldout") for c in load_scene(s, split="all")])
     if not train:

@@ -315,8 +315,10 @@ def surface_points(scene: ProceduralScene, cams: list[Camera], images: torch.Ten
 
 def build_scene(scene: ProceduralScene, out: Path, seed: int = 0, n_views: int = 32, size: int = 64,
                 iterations: int = 1500, init_points: int = 2500, max_gaussians: int = 3000, sh_degree: int = 1,
-                progress: bool = True, device: str = "cpu", backend: str = "torch") -> dict:
+                progress: bool = True, device: str = "cpu", backend: str = "torch", fit: bool = True) -> dict:
     """Render the ground truth, fit a 3DGS and write the scene folder; returns the scene.json dict.
+    ``fit=False``: the ground truth only (frames, cameras, scene.json with ``iterations`` 0, no PLY), e.g. the
+    worlds that only the prior trains on (``scene_presets.Preset.prior_worlds``).
 
     ``device``/``backend``: where the dense fit runs (the embedded assets: the CPU reference rasterizer; a GPU
     rehearsal at 512 px: ``cuda`` and ``auto``, i.e. gsplat when installed). On CUDA the ground-truth rays are
@@ -338,6 +340,17 @@ def build_scene(scene: ProceduralScene, out: Path, seed: int = 0, n_views: int =
 
     idx = list(range(n_views))
     train, test = split_views(idx, "train"), split_views(idx, "test")
+    info = {
+        "name": scene.name, "description": scene.description, "seed": seed, "views": n_views,
+        "image_size": [size, size], "train_views": train, "test_views": test, "llffhold": 8,
+        "textures": [f"skimage.data.{t}" for t in scene.textures], "background": list(BACKGROUND),
+        "iterations": iterations if fit else 0, "seconds_render": round(t_render, 2), "torch": torch.__version__,
+        "device": device, "ray_device": ray_device,
+    }
+    if not fit:
+        info["seconds_total"] = round(time.perf_counter() - t0, 2)
+        atomic_write_json(out / "scene.json", info)
+        return info
     gen = torch.Generator().manual_seed(seed)
     pts, cols = surface_points(scene, [cams[i] for i in train], images[train], [views[i][1] for i in train],
                                init_points, gen)
@@ -348,16 +361,11 @@ def build_scene(scene: ProceduralScene, out: Path, seed: int = 0, n_views: int =
     save_ply(model, out / "point_cloud.ply")
     test_psnr = evaluate_psnr(model, [cams[i] for i in test], images[test], BACKGROUND, backend=backend)
     train_psnr = evaluate_psnr(model, [cams[i] for i in train], images[train], BACKGROUND, backend=backend)
-    info = {
-        "name": scene.name, "description": scene.description, "seed": seed, "views": n_views,
-        "image_size": [size, size], "train_views": train, "test_views": test, "llffhold": 8,
-        "textures": [f"skimage.data.{t}" for t in scene.textures], "background": list(BACKGROUND),
-        "iterations": iterations, "sh_degree": model.sh_degree, "num_gaussians": model.num_gaussians,
+    info.update({
+        "sh_degree": model.sh_degree, "num_gaussians": model.num_gaussians,
         "fit_psnr_train": round(float(np.mean(train_psnr)), 3), "fit_psnr_test": round(float(np.mean(test_psnr)), 3),
-        "seconds_render": round(t_render, 2), "seconds_fit": round(hist.seconds, 2),
-        "seconds_total": round(time.perf_counter() - t0, 2), "torch": torch.__version__,
-        "device": device, "backend": backend, "ray_device": ray_device,
-    }
+        "seconds_fit": round(hist.seconds, 2), "seconds_total": round(time.perf_counter() - t0, 2), "backend": backend,
+    })
     atomic_write_json(out / "scene.json", info)
     return info
 
