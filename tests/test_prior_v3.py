@@ -59,7 +59,7 @@ def test_config_file_is_strict_and_flags_win(tmp_path):
     args = argparse.Namespace(config="configs/prior_v3.yaml", vae_steps=7, transformer_steps=None, seed=None,
                               resolution=None)
     cfg = prior_config_from_args(args)
-    assert cfg.vae_steps == 7 and cfg.transformer_steps == 12000 and cfg.vae_block_out_channels == (48, 96, 128)
+    assert cfg.vae_steps == 7 and cfg.transformer_steps == 8000 and cfg.vae_block_out_channels == (48, 96, 128)
     args.config = None
     assert prior_config_from_args(args) == PriorConfig(vae_steps=7)   # no config: today's defaults
 

@@ -1,20 +1,27 @@
 """``nifi embedded-assets``: rebuild the embedded default's assets from scratch (issue 17; docs/embedded_assets.md).
 
-Three resumable stages, each a call to the function that already does it:
+Six resumable stages, each a call to the function that already does it:
 
-1. ``scenes``: :func:`~nifi_lib.gs.scene_presets.build_preset` -> ``<out>/scenes/{train,heldout}/<name>/``;
-2. ``prior``: :func:`~nifi_lib.diffusion.prior.train_prior` on the training scenes' train views (held out:
+1. ``frames``: :func:`~nifi_lib.gs.scene_presets.build_preset` with ``frames_only``: the ground truth of every
+   world (seconds a world), which is all the prior needs;
+2. ``scenes``: :func:`~nifi_lib.gs.scene_presets.build_preset` -> ``<out>/scenes/{train,heldout}/<name>/``
+   (the 3DGS fits; frames already rendered are left untouched);
+3. ``prior``: :func:`~nifi_lib.diffusion.prior.train_prior` on the training scenes' train views (held out:
    their test views and every view of the held-out scenes) -> ``<out>/prior/`` (the backbone folder);
-3. ``nifi``: :func:`~nifi_lib.experiments.embedded.scene_pairs` (synthesis + pairs: training scenes into
-   ``<out>/pairs``, held-out scenes into ``<out>/pairs_heldout``), then
-   :func:`~nifi_lib.experiments.embedded.run_training` of ``configs/embedded.yaml`` pointed at ``<out>/prior``
-   -> ``<out>/nifi_run/``; ``best.pt``, ``train_log.csv``, ``train_summary.json`` and the resolved config
-   are copied into ``<out>/nifi/``.
+4. ``pairs``: :func:`~nifi_lib.experiments.embedded.scene_pairs` (synthesis + pairs: training scenes into
+   ``<out>/pairs``, held-out scenes into ``<out>/pairs_heldout``);
+5. ``nifi``: :func:`~nifi_lib.experiments.embedded.run_training` of ``configs/embedded.yaml`` pointed at
+   ``<out>/prior`` -> ``<out>/nifi_run/``; ``best.pt``, ``train_log.csv``, ``train_summary.json`` and the
+   resolved config are copied into ``<out>/nifi/``;
+6. ``nifi_wo_t0``: the same run with ``diffusion.t0: 1000`` (the ablation, trained as it is evaluated) ->
+   ``<out>/nifi_wo_t0/``.
 
 ``<out>/assets_log.json`` records each finished stage (seconds, outputs relative to ``<out>`` with their sizes
 in bytes, the command line) and the assets config; a stage recorded there with the same config is skipped by ``--resume``
-(without it, every requested stage runs again). The assets config is a YAML (``configs/embedded_assets_v3.yaml``,
-the GPU rebuild; ``configs/embedded_assets_tiny.yaml``, the same chain in about a minute on the CPU).
+(without it, every requested stage runs again). Since the prior needs the frames and not the fits, two processes
+can share one GPU: ``--stage frames,prior`` beside ``--stage scenes,pairs``, then ``--stage nifi`` beside
+``--stage nifi_wo_t0`` (scripts/device_session.sh); each stage's entry is merged into the log as it is on disk at
+that moment. The assets config is a YAML (``configs/embedded_assets_v3.yaml``, the GPU rebuild; ``configs/embedded_assets_tiny.yaml``, the same chain in about a minute on the CPU).
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ from ..errors import NifiError
 from ..io.atomic import atomic_write_json
 from ..paths import repo_path
 
-STAGES = ("scenes", "prior", "nifi")
+STAGES = ("frames", "scenes", "prior", "pairs", "nifi", "nifi_wo_t0")
 V3_CONFIG = "configs/embedded_assets_v3.yaml"
 TINY_CONFIG = "configs/embedded_assets_tiny.yaml"
 LOG_NAME = "assets_log.json"
@@ -86,14 +93,19 @@ def _scene_dirs(out: Path, group: str) -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / "cameras.json").is_file()) if root.is_dir() else []
 
 
-def stage_scenes(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
+def stage_scenes(cfg: dict, out: Path, device: str, progress: bool, frames_only: bool = False) -> list[Path]:
     from ..gs.scene_presets import build_preset
 
     sc = cfg["scenes"]
     backend = "auto" if device.startswith("cuda") else "torch"
     build_preset(sc["preset"], out / "scenes", seed=int(sc.get("seed", 0)), progress=progress, device=device,
-                 backend=backend, **(sc.get("overrides") or {}))
+                 backend=backend, frames_only=frames_only, **(sc.get("overrides") or {}))
     return [out / "scenes"]
+
+
+def stage_frames(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
+    """The ground truth of every world, no 3DGS fit (:func:`stage_scenes` with ``frames_only``)."""
+    return stage_scenes(cfg, out, device, progress, frames_only=True)
 
 
 def prior_config(cfg: dict):
@@ -117,19 +129,20 @@ def stage_prior(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]
     return [out / "prior"]
 
 
-def nifi_config(cfg: dict, out: Path):
+def nifi_config(cfg: dict, out: Path, extra: dict | None = None):
     from ..config import load_config
 
     prior = out / "prior"
     overrides = {sec: dict(kv) for sec, kv in (cfg["nifi"].get("overrides") or {}).items()}
+    for sec, kv in (extra or {}).items():
+        overrides.setdefault(sec, {}).update(kv)
     overrides.setdefault("model", {}).update({"backbone": str(prior), "embeddings": str(prior / "prompt_embeds.npz")})
     return load_config(repo_path(cfg["nifi"]["config"]), overrides=overrides)
 
 
-def stage_nifi(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
-    import yaml
-
-    from .embedded import run_training, scene_pairs
+def stage_pairs(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
+    """Synthesis + pairs: the training worlds into ``<out>/pairs``, the held-out world into ``<out>/pairs_heldout``."""
+    from .embedded import scene_pairs
 
     syn = {k: int(v) for k, v in cfg["synthesis"].items()}
     syn_device = "cuda" if device.startswith("cuda") else "cpu"
@@ -137,17 +150,39 @@ def stage_nifi(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
                         progress=progress, **syn)
     held = scene_pairs(_scene_dirs(out, "heldout"), out / "artifacts", out / "pairs_heldout", device=syn_device,
                        progress=progress, splits=("test",), **syn)
-    ncfg = nifi_config(cfg, out)
-    best = run_training(ncfg, pairs, out / "nifi_run", progress=progress, device=device)
-    ship = out / "nifi"
+    return [pairs, held]
+
+
+def _train_variant(cfg: dict, out: Path, device: str, progress: bool, name: str, ncfg) -> list[Path]:
+    import yaml
+
+    from .embedded import run_training
+
+    pairs = out / "pairs" / "embedded"
+    if not pairs.is_dir():
+        raise AssetsError(f"{pairs}: no training pairs (run the pairs stage first)")
+    best = run_training(ncfg, pairs, out / f"{name}_run", progress=progress, device=device)
+    ship = out / name
     ship.mkdir(parents=True, exist_ok=True)
     for f in (best, best.parent / "train_log.csv", best.parent / "train_summary.json"):
         shutil.copy2(f, ship / f.name)
     (ship / "config.yaml").write_text(yaml.safe_dump(ncfg.to_dict(), sort_keys=False))
-    return [ship / "best.pt", ship / "train_log.csv", ship / "train_summary.json", ship / "config.yaml", pairs, held]
+    return [ship / "best.pt", ship / "train_log.csv", ship / "train_summary.json", ship / "config.yaml"]
 
 
-RUNNERS = {"scenes": stage_scenes, "prior": stage_prior, "nifi": stage_nifi}
+def stage_nifi(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
+    """NiFi (``configs/embedded.yaml`` on the new prior) -> ``<out>/nifi/``."""
+    return _train_variant(cfg, out, device, progress, "nifi", nifi_config(cfg, out))
+
+
+def stage_nifi_wo_t0(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
+    """The "NiFi w/o t0" ablation trained the way it is evaluated (``diffusion.t0: 1000``), otherwise NiFi's run
+    -> ``<out>/nifi_wo_t0/``."""
+    return _train_variant(cfg, out, device, progress, "nifi_wo_t0", nifi_config(cfg, out, {"diffusion": {"t0": 1000}}))
+
+
+RUNNERS = {"frames": stage_frames, "scenes": stage_scenes, "prior": stage_prior, "pairs": stage_pairs,
+           "nifi": stage_nifi, "nifi_wo_t0": stage_nifi_wo_t0}
 
 
 def read_log(out: Path) -> dict:
@@ -159,7 +194,8 @@ def read_log(out: Path) -> dict:
 
 def stage_key(cfg: dict, stage: str) -> str:
     """What a finished stage depends on: its own section and every earlier stage's."""
-    upto = {"scenes": ["scenes"], "prior": ["scenes", "prior"], "nifi": ["scenes", "prior", "synthesis", "nifi"]}
+    upto = {"frames": ["scenes"], "scenes": ["scenes"], "prior": ["scenes", "prior"], "pairs": ["scenes", "synthesis"],
+            "nifi": ["scenes", "prior", "synthesis", "nifi"], "nifi_wo_t0": ["scenes", "prior", "synthesis", "nifi"]}
     return _fingerprint({s: cfg[s] for s in upto[stage]})
 
 
@@ -193,6 +229,7 @@ def build_assets(out: str | Path, config: str | Path = V3_CONFIG, stages: tuple[
         ran.append(stage)
         t0 = time.perf_counter()
         outputs = RUNNERS[stage](cfg, out, device, progress)
+        log["stages"] = read_log(out).get("stages", {})   # what another process's stages wrote meanwhile
         log["stages"][stage] = {"key": key, "seconds": round(time.perf_counter() - t0, 2),
                                 "outputs": [_rel(p, out) for p in outputs], "bytes": _sizes(outputs, out),
                                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -224,7 +261,7 @@ def register(sub) -> None:
     p.add_argument("--config", default=None, help=f"assets YAML (default: {V3_CONFIG}; with --tiny: {TINY_CONFIG})")
     p.add_argument("--tiny", action="store_true", help="the whole chain at tiny sizes on the CPU (tests)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available; --tiny: cpu)")
-    p.add_argument("--stage", default="all", help="all, or a comma-separated subset of scenes,prior,nifi")
+    p.add_argument("--stage", default="all", help="all, or a comma-separated subset of " + ",".join(STAGES))
     p.add_argument("--resume", action="store_true", help="skip stages the log records as finished (same config)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")

@@ -150,9 +150,10 @@ def _is_built(folder: Path, seed: int, settings: dict, fit: bool = True) -> bool
 
 
 def build_preset(name: str, out: str | Path, seed: int = 0, progress: bool = True, device: str = "cpu",
-                 backend: str = "torch", **overrides) -> dict:
+                 backend: str = "torch", frames_only: bool = False, **overrides) -> dict:
     """Build every scene of preset ``name`` (``overrides``: its size fields) under ``out``; returns the
-    manifest written to ``out/preset.json``."""
+    manifest written to ``out/preset.json``. ``frames_only``: the ground truth of every world and no 3DGS fit
+    (all the prior needs); a later full build fits the worlds and leaves those frames as they are."""
     preset = get_preset(name, **overrides)
     out = Path(out)
     settings = preset.build_settings()
@@ -161,8 +162,8 @@ def build_preset(name: str, out: str | Path, seed: int = 0, progress: bool = Tru
     for scene_name, (group, scene) in preset_scenes(preset, seed).items():
         folder = out / group / scene_name
         scene_seed = 1000 * seed + len(infos)
-        fit = group != PRIOR_ONLY
-        if _is_built(folder, scene_seed, settings, fit):
+        fit = group != PRIOR_ONLY and not frames_only
+        if _is_built(folder, scene_seed, settings, fit) or (frames_only and _is_built(folder, scene_seed, settings)):
             infos[scene_name] = json.loads((folder / "scene.json").read_text())
         else:
             infos[scene_name] = build_scene(scene, folder, seed=scene_seed, progress=progress, device=device,
@@ -172,7 +173,7 @@ def build_preset(name: str, out: str | Path, seed: int = 0, progress: bool = Tru
     manifest = {"preset": preset.name, "settings": asdict(preset), "seed": seed, "train_scenes": preset.train,
                 "heldout_scenes": preset.heldout,
                 "prior_only_scenes": [n for n, (g, _) in preset_scenes(preset, seed).items() if g == PRIOR_ONLY],
-                "built_now": built, "seconds": round(time.perf_counter() - t0, 2),
+                "frames_only": frames_only, "built_now": built, "seconds": round(time.perf_counter() - t0, 2),
                 "scenes": infos}
     atomic_write_json(out / "preset.json", manifest)
     return manifest

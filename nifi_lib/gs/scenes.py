@@ -13,6 +13,7 @@ Layout written by :func:`build_scenes` per scene: ``images/NNN.png``, ``cameras.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -327,6 +328,7 @@ def build_scene(scene: ProceduralScene, out: Path, seed: int = 0, n_views: int =
 
     t0 = time.perf_counter()
     cams = scene_cameras(scene, n_views, size, seed)
+    keep = fit and _has_frames(out, seed, n_views, size, [c.name for c in cams])
     ray_device = device if str(device).startswith("cuda") else "cpu"
     views = [render_procedural(scene, c, device=ray_device) for c in cams]
     images = torch.stack([v[0] for v in views])
@@ -334,8 +336,10 @@ def build_scene(scene: ProceduralScene, out: Path, seed: int = 0, n_views: int =
     images = torch.round(images * 255) / 255
     for c, img in zip(cams, images):
         c.image_path = out / "images" / f"{c.name}.png"
-        save_image(c.image_path, img)
-    write_scene_cameras(out / "cameras.json", cams)
+        if not keep:
+            save_image(c.image_path, img)
+    if not keep:
+        write_scene_cameras(out / "cameras.json", cams)
     t_render = time.perf_counter() - t0
 
     idx = list(range(n_views))
@@ -368,6 +372,18 @@ def build_scene(scene: ProceduralScene, out: Path, seed: int = 0, n_views: int =
     })
     atomic_write_json(out / "scene.json", info)
     return info
+
+
+def _has_frames(out: Path, seed: int, n_views: int, size: int, names: list[str]) -> bool:
+    """Whether ``out`` already holds this scene's ground truth (a ``fit=False`` build with the same seed, views
+    and size): the fit then leaves the frames and cameras untouched, so a process reading them meanwhile (the
+    prior, which needs no fit: ``nifi embedded-assets``' frames stage) never sees a file being rewritten."""
+    try:
+        info = json.loads((out / "scene.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (info.get("seed") == seed and info.get("views") == n_views and info.get("image_size") == [size, size]
+            and (out / "cameras.json").is_file() and all((out / "images" / f"{n}.png").is_file() for n in names))
 
 
 def build_scenes(out: str | Path, seed: int = 0, names: list[str] | None = None, **kwargs) -> list[dict]:
