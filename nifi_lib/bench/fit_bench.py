@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import default_device
 from ..data.scenes import load_scene, load_scene_points, scene_white_background
 from ..gs.cameras import load_camera_images
 from ..gs.fit import evaluate_psnr, fit_gaussians
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scene", required=True, help="a scene with train and test splits (e.g. NeRF-synthetic lego)")
     p.add_argument("--iterations", type=int, default=2000)
     p.add_argument("--backends", nargs="+", default=["gsplat", "torch"], choices=["torch", "gsplat"])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=default_device())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-warm", dest="warm", action="store_false", help="time gsplat's first build inside its fit")
     p.add_argument("--out", default=None, help="JSON result (written atomically)")

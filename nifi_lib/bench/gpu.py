@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import default_device
 from ..diffusion.fast_paths import load_compile_cache, save_compile_cache
 from .flops import hooked_layer_macs, restore_flops, train_step_flops, transformer_layers, vae_decoder_layers, \
     vae_encoder_layers
@@ -684,7 +685,7 @@ def run(args) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, _term)
     budget = Budget(args.deadline)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(default_device(args.device))
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -135,8 +135,9 @@ def caption_targets(data_root: str | Path, split: str = "train") -> dict[str, Pa
 def _device_dtype(device: str):
     import torch
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from ..devices import default_device
+
+    device = default_device(device)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     return device, dtype
 

@@ -7,11 +7,9 @@ from ..paths import repo_path, resolve_model_ref
 
 
 def _device(name: str | None) -> str:
-    if name in (None, "auto"):
-        import torch
+    from ..devices import default_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return default_device(name)
 
 
 def cmd_embed_prompts(args: argparse.Namespace) -> int:

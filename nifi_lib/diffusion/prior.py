@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import NifiError
+from ..devices import default_device
 from ..image_quality import psnr_from_mse
 from ..io.atomic import atomic_write_json
 from ..io.images import list_images, load_image
@@ -304,10 +305,6 @@ def posterior_cache(vae, images: torch.Tensor, batch: int = 64) -> tuple[torch.T
         means.append(torch.cat(m))
         stds.append(torch.cat(s))
     return torch.stack(means), torch.stack(stds)
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def train_prior(image_sources: list[str | Path], out_dir: str | Path, cfg: PriorConfig | None = None,

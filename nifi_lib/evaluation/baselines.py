@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import DEFAULT_T0
+from ..devices import default_device
 from ..restoration.io import DEFAULT_BASE_MODEL
 from ..errors import NifiError
 from ..io.images import IMAGE_EXTS, load_image
@@ -315,7 +316,7 @@ class FFDNetMethod(SigmaPolicy, RestorationMethod):
     def __init__(self, sigma: float | None = None, device: str | torch.device | None = None, min_sigma: float = 0.5,
                  sigma_by_rate: dict[str, float] | None = None, sigma_sweep: dict | None = None):
         self._init_sigma(sigma, sigma_by_rate, min_sigma, sigma_sweep)
-        self.device = torch.device(_default_device(device))
+        self.device = torch.device(default_device(device))
         self.model = load_ffdnet(self.device)
 
     @torch.no_grad()
@@ -380,16 +381,12 @@ class PrecomputedMethod(RestorationMethod):
 # --------------------------------------------------------------------------------------------------
 
 
-def _default_device(device) -> str:
-    return str(device) if device else ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _load_restorer(base_model: str | None, ckpt: str | None, device, dtype, embeddings, t0: int | None, tile_size):
     try:
         from ..restoration.restorer import Restorer
     except ImportError as e:
         raise MethodError(f"the diffusion restorer (nifi_lib.restoration.restorer) is not available: {e}") from e
-    dev = _default_device(device)
+    dev = default_device(device)
     dtype = dtype or ("bf16" if dev.startswith("cuda") else "fp32")
     if ckpt is not None and not Path(ckpt).is_file():
         raise MethodError(f"{ckpt}: restorer checkpoint not found")

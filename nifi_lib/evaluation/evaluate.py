@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from ..io.atomic import atomic_write_json
+from ..devices import default_device
 from ..io.images import save_image
 from ..synthesis.pairs import PairError, PairItem, load_pair, read_pairs
 from .baselines import RestorationMethod, create_method, run_method
@@ -63,7 +64,7 @@ def evaluate_items(items: Sequence[PairItem], methods: dict[str, RestorationMeth
     """
     if save_dir is not None and validate:
         check_pairs(items, progress)
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(default_device(device))
     records = []
     for item in tqdm(items, desc=desc, unit="img", disable=not progress):
         clean, deg = load_pair(item)
@@ -174,7 +175,7 @@ def choose_sigma(method_name: str, val_items_by_rate: dict[str, Sequence[PairIte
     sweep = [float(x) for x in sigmas]
     if not sweep or any(not x >= 0 for x in sweep):
         raise ValueError(f"choose_sigma: sigmas must be a non-empty list of values >= 0, got {list(sigmas)}")
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(default_device(device))
     m = method or create_method(method_name, sigma=sweep[0], device=device, **method_options)
     if not hasattr(m, "sigma") or not hasattr(m, "sigma_by_rate"):
         raise ValueError(f"choose_sigma: method '{m.name}' has no sigma to choose")

@@ -25,17 +25,38 @@ def level_sizes_mb(pairs_root: str | Path, dataset: str = "embedded") -> dict[st
     return {k: float(np.mean(v)) for k, v in sizes.items()}
 
 
+def dense_scores(preds: torch.Tensor, gts: torch.Tensor, lpips_net: str = "alex",
+                 metrics: tuple[str, ...] = ("lpips", "dists")) -> dict[str, float]:
+    """Mean LPIPS (and DISTS when ``metrics`` names it) of the dense model's renders against the ground truth:
+    the reference point of the rate-perception plot. A metric left out is never built (DISTS needs the VGG16
+    trunk, which a machine may lack: notebooks 06/07's ``metrics`` parameter)."""
+    from ..metrics import metrics as M
+
+    out = {"lpips": float(M.lpips(preds, gts, net=lpips_net).mean())}
+    if "dists" in metrics:
+        out["dists"] = float(M.dists(preds, gts).mean())
+    return out
+
+
+def mean_reference(sizes_mb: list[float], scores: list[dict[str, float]]) -> dict | None:
+    """``{"mb", "lpips", "dists", "scenes"}`` averaged over scenes (``dists`` None when it was not scored)."""
+    if not sizes_mb:
+        return None
+    return {"mb": float(np.mean(sizes_mb)), "lpips": float(np.mean([s["lpips"] for s in scores])),
+            "dists": float(np.mean([s["dists"] for s in scores])) if all("dists" in s for s in scores) else None,
+            "scenes": len(sizes_mb)}
+
+
 def uncompressed_reference(artifacts_root: str | Path, scenes_root: str | Path, split: str = "test",
-                           lpips_net: str = "alex") -> dict:
-    """The dense (uncompressed) 3DGS as the reference point: mean PLY size (MB) and LPIPS/DISTS of its
-    renders against the ground-truth views."""
+                           lpips_net: str = "alex", metrics: tuple[str, ...] = ("lpips", "dists")) -> dict:
+    """The dense (uncompressed) 3DGS as the reference point: mean PLY size (MB) and LPIPS/DISTS
+    (:func:`dense_scores`) of its renders against the ground-truth views."""
     from ..data.scenes import load_scene
     from ..gs.model import load_ply
     from ..gs.render import render
     from ..io.images import load_image
-    from ..metrics import metrics
 
-    sizes, lp, di = [], [], []
+    sizes, scores = [], []
     for art in sorted(p for p in repo_path(artifacts_root).iterdir() if (p / "full.ply").is_file()):
         ply = art / "full.ply"
         model = load_ply(ply)
@@ -44,10 +65,8 @@ def uncompressed_reference(artifacts_root: str | Path, scenes_root: str | Path, 
         with torch.no_grad():
             preds = torch.stack([render(model, c, backend="torch").image.clamp(0, 1) for c in cams])
         gts = torch.stack([load_image(c.image_path) for c in cams])
-        lp.append(float(metrics.lpips(preds, gts, net=lpips_net).mean()))
-        di.append(float(metrics.dists(preds, gts).mean()))
-    return {"mb": float(np.mean(sizes)), "lpips": float(np.mean(lp)), "dists": float(np.mean(di)),
-            "scenes": len(sizes)}
+        scores.append(dense_scores(preds, gts, lpips_net, metrics))
+    return mean_reference(sizes, scores)
 
 
 def equal_quality_ratio(size_mb: float, lpips_value: float, curve_mb: list[float], curve_lpips: list[float]) -> float | None:

@@ -40,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import NifiError
+from ..devices import default_device
 from ..io.atomic import atomic_path, atomic_write_json
 from ..io.hashing import sha256_file
 from ..io.images import load_image, save_image
@@ -201,10 +202,6 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 30.
     return n
 
 
-def _default_device(device: str | None) -> str:
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def render_path(artifacts: str | Path, rate: str, path: str, out: str | Path, ckpt: str | None = None,
                 base_model: str | None = None, embeddings: str | None = None, fps: float = 30.0,
                 frames: int | None = None, batch_size: int = 4, seed: int = 0, t0: int | None = None,
@@ -235,7 +232,7 @@ def render_path(artifacts: str | Path, rate: str, path: str, out: str | Path, ck
                        downscale=(meta.get("settings") or {}).get("downscale"), require_cameras=True)
     cams, views = path_cameras(path, scene, frames, dataparser_transforms)
     clean_source = "photo (test view)" if views is not None else f"dense render ({FULL_PLY})"
-    dev = _default_device(device)
+    dev = default_device(device)
     dtype = dtype or ("bf16" if dev.startswith("cuda") else "fp32")
     settings = {"artifacts": display_path(artifacts), "synth_sha256": sha256_file(artifacts / SYNTH_JSON)[:16],
                 "rate": str(level["label"]), "level": level["level"], "path": path if path in PATHS else display_path(path),

@@ -205,7 +205,7 @@ def build_assets(out: str | Path, config: str | Path = V3_CONFIG, stages: tuple[
     """Run ``stages`` (in pipeline order) into ``out``; returns the log written to ``<out>/assets_log.json``."""
     import torch
 
-    from ..diffusion.prior import default_device
+    from ..devices import default_device
 
     device = device or default_device()
     unknown = set(stages) - set(STAGES)

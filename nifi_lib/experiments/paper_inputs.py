@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config, load_config
+from ..devices import default_device
 from ..errors import NifiError
 from ..paths import repo_path, resolve_model_ref
 
@@ -75,12 +76,6 @@ def series_config(config_path: str | Path, max_steps: int | None = None, overrid
     model = {k: v for k, v in (("backbone", base_model), ("embeddings", embeddings)) if v is not None}
     steps = {"train": {"max_steps": int(max_steps)}} if max_steps else None
     return load_config(repo_path(config_path), overrides=_merge(_merge(steps, overrides), {"model": model} if model else None))
-
-
-def default_device(device: str | None = None) -> str:
-    import torch
-
-    return str(device) if device else ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def default_dtype(dtype: str | None, device: str) -> str:
@@ -567,8 +562,10 @@ class EvaluationInputs:
         from ..evaluation.rate import uncompressed_reference
 
         if not self.paper:
-            return uncompressed_reference(self.run / "artifacts", "data/embedded/scenes", lpips_net=lpips_net)
-        return dense_reference(self.eval_root, split=split, lpips_net=lpips_net, device=self.device)
+            return uncompressed_reference(self.run / "artifacts", "data/embedded/scenes", lpips_net=lpips_net,
+                                          metrics=self.perceptual)
+        return dense_reference(self.eval_root, split=split, lpips_net=lpips_net, device=self.device,
+                               metrics=self.perceptual)
 
     def alpha_sweep(self, alphas, steps: int, limit: int | None = None) -> dict | None:
         """Eq. 5's alpha sweep (:func:`~.ablations.alpha_sweep`): short runs of ``steps`` per alpha on the
@@ -603,19 +600,19 @@ class EvaluationInputs:
 
 
 def dense_reference(eval_root: str | Path, split: str = "test", lpips_net: str = "alex",
-                    device: str | None = None) -> dict | None:
-    """Mean dense-PLY size (MB) and LPIPS/DISTS of its renders against the ground truth, over the scenes of
-    ``eval_root`` whose manifest names a complete synthesis (``artifacts``) and its source scene."""
-    import numpy as np
+                    device: str | None = None, metrics: tuple[str, ...] = ("lpips", "dists")) -> dict | None:
+    """Mean dense-PLY size (MB) and LPIPS/DISTS (:func:`~nifi_lib.evaluation.rate.dense_scores`; DISTS only when
+    ``metrics`` names it) of its renders against the ground truth, over the scenes of ``eval_root`` whose manifest
+    names a complete synthesis (``artifacts``) and its source scene."""
     import torch
 
+    from ..evaluation.rate import dense_scores, mean_reference
     from ..gs.model import load_ply
-    from ..metrics import metrics
     from ..synthesis.pairs import read_manifest
     from ..synthesis.pipeline import render_views, synth_complete
     from ..synthesis.scene import open_scene
 
-    sizes, lp, di = [], [], []
+    sizes, scores = [], []
     dev = default_device(device)
     for scene_dir in _manifest_scene_dirs(repo_path(eval_root)):
         man = read_manifest(scene_dir) or {}
@@ -630,12 +627,10 @@ def dense_reference(eval_root: str | Path, split: str = "test", lpips_net: str =
         preds = torch.stack([renders[v.name] for v in views])
         gts = src.load_images(views)
         sizes.append(ply.stat().st_size / 1e6)
-        lp.append(float(metrics.lpips(preds, gts, net=lpips_net).mean()))
-        di.append(float(metrics.dists(preds, gts).mean()))
+        scores.append(dense_scores(preds, gts, lpips_net, metrics))
     if not sizes:
         print(f"no dense reference: no manifest under {_display(eval_root)} names a complete synthesis")
-        return None
-    return {"mb": float(np.mean(sizes)), "lpips": float(np.mean(lp)), "dists": float(np.mean(di)), "scenes": len(sizes)}
+    return mean_reference(sizes, scores)
 
 
 def _datasets(test_pairs: Path) -> list[str]:

@@ -656,8 +656,8 @@ def rehearsal_ok(doc: dict) -> bool:
 
 
 def _device(name: str | None) -> str:
-    """``auto`` (or None): the one default of :func:`~.paper_inputs.default_device` (CUDA when available)."""
-    from .paper_inputs import default_device
+    """``auto`` (or None): the one default of :func:`~nifi_lib.devices.default_device` (CUDA when available)."""
+    from ..devices import default_device
 
     return default_device(None if name in (None, "auto") else name)
 

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..devices import default_device
 from ..errors import NifiError
 from ..image_quality import gs_photometric_loss, mse, psnr_from_mse
 from .cameras import Camera, cameras_extent
@@ -352,7 +353,7 @@ def fit_gaussians(
             raise FitError(f"fit_gaussians: image of camera {cam.name} has shape {tuple(img.shape)}, "
                            f"expected (3, {cam.height}, {cam.width})")
     if device is None:
-        device = "cuda" if torch.cuda.is_available() and backend != "torch" else "cpu"
+        device = default_device() if backend != "torch" else "cpu"
     device = torch.device(device)
     chosen = resolve_backend(backend, device)
     gen = torch.Generator().manual_seed(seed)

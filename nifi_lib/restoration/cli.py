@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from tqdm import tqdm
 
+from ..devices import default_device
 from ..diffusion.backbone import DTYPES
 from ..errors import NifiError
 from ..io.images import BACKGROUNDS, IMAGE_EXTS, ImageError, ImageModeError, list_images, load_image, probe_rgb, save_image
@@ -110,7 +111,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from ..diffusion.latents import to_model_range, to_unit_range
     from .restorer import Restorer
 
-    device = _check_device(args.device) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _check_device(args.device) if args.device else default_device()
     lq = Path(args.lq)
     pairs = _resolve_io(lq, Path(args.out))
     # A folder resumes: frames whose output exists are skipped (--overwrite restores them again).

@@ -131,7 +131,9 @@ def _fit_full(cameras, images, iterations: int, settings: SynthesisSettings, bac
 
 
 def _device(name: str | None) -> torch.device:
-    return torch.device(name if name else ("cuda" if torch.cuda.is_available() else "cpu"))
+    from ..devices import default_device
+
+    return torch.device(default_device(name))
 
 
 def _level_codec(s: SynthesisSettings, pruned) -> tuple[compact.CompactSettings | None, object]:

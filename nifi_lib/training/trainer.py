@@ -40,6 +40,7 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from ..config import Config
+from ..devices import default_device
 from ..diffusion.backbone import Backbone, load_backbone
 from ..diffusion.fast_paths import load_compile_cache, mark_step, optimize_backbone, save_compile_cache
 from ..diffusion.flow import classifier_free_guidance, denoised_estimate, eq7_start, schedule_tables, sigma_at
@@ -651,7 +652,7 @@ def train(cfg: Config, data_root: str | Path, exp: str | Path, smoke_test: bool 
                                else "training pairs of the gradient steps")
                             + "; use 'train_holdout' (held-out train views) or a separate held-out split")
     rank, world = init_distributed()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     exp = repo_path(exp)
     data_root = repo_path(data_root)
     if smoke_test:   # a copy: the caller's config stays as it was
