@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "nifi_lib.experiments.notebook_runner",  # run-notebooks
     "nifi_lib.experiments.rehearse",         # rehearse (the paper path on a random SD3, end to end)
     "nifi_lib.experiments.embedded_assets",  # embedded-assets (rebuild scenes, prior, checkpoint; GPU)
+    "nifi_lib.experiments.shipped_run",      # ship-run (the embedded run make run reuses: data/embedded/run)
 ]
 ENV_STATS_FILE = "NIFI_STATS_FILE"
 

@@ -15,7 +15,7 @@ from nifi_lib.viz.benchmark_plots import alpha_sweep_plot, rate_perception_plot
 from nifi_lib.viz.restoration_plots import to_display
 from nifi_lib.viz.style import FigureLog
 from nifi_lib.viz.toy_plots import plot_gt_rates
-from nifi_lib.viz.training_plots import before_after_grid
+from nifi_lib.viz.training_plots import before_after_grid, plot_run_comparison
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +30,21 @@ def test_alpha_sweep_plot_draws_both_metrics_against_alpha():
     lines = {ln.get_label(): ln for ln in ax.get_lines()}
     assert set(lines) == {"LPIPS", "DISTS"} and ax.get_xlabel() == "alpha" and "60 steps" in ax.get_title()
     assert list(lines["LPIPS"].get_xdata()) == [0.0, 0.7] and list(lines["DISTS"].get_ydata()) == [0.2, 0.18]
+
+
+def test_run_comparison_puts_both_runs_on_one_step_axis():
+    long = {"step": np.arange(1, 601, dtype=float), "loss_total": np.linspace(2.0, 1.0, 600)}
+    short = {"step": np.arange(1, 121, dtype=float), "loss_total": np.full(120, 1.5)}
+    fig = plot_run_comparison({"shipped (600 steps)": (long, [{"step": 200, "lpips": 0.2}, {"step": 600, "lpips": 0.1}]),
+                               "this CPU run (120 steps)": (short, [{"step": 120, "lpips": 0.3}])})
+    loss_ax, val_ax = fig.axes
+    lines = {ln.get_label(): ln for ln in loss_ax.get_lines()}
+    assert set(lines) == {"shipped (600 steps)", "this CPU run (120 steps)"}
+    assert lines["this CPU run (120 steps)"].get_xdata()[-1] == 120 and lines["shipped (600 steps)"].get_xdata()[-1] == 600
+    assert np.allclose(lines["this CPU run (120 steps)"].get_ydata(), 1.5)          # a constant stays constant
+    vals = {ln.get_label(): ln for ln in val_ax.get_lines()}
+    assert list(vals["shipped (600 steps)"].get_ydata()) == [0.2, 0.1] and "lpips" in val_ax.get_title()
+    assert vals["shipped (600 steps)"].get_color() == lines["shipped (600 steps)"].get_color()
 
 
 def test_before_after_grid_centre_crop():

@@ -28,7 +28,10 @@ def ensure_embedded_pairs(run_dir: str | Path = "runs/embedded", scenes: list[st
     """Artifact synthesis for the embedded scenes: ``<run_dir>/artifacts/<scene>`` (pruned, coded levels)
     and ``<run_dir>/pairs/embedded/<scene>/rate_<label>/<split>/{clean,degraded}`` (Sec. 3; the benchmark
     layout with "embedded" as the dataset). Returns the pairs root ``<run_dir>/pairs``."""
+    from .shipped_run import seed_artifacts
+
     run_dir = repo_path(run_dir)
+    seed_artifacts(run_dir, [d.name for d in embedded_scene_dirs(scenes)])   # data/embedded/run, where unset
     # The embedded default's schedule: |G_0| = 64, |G_2| = 300 of the ~3000 dense primitives (the paper's
     # c_min = 4096 scaled to these small scenes), i.e. about 10x to 50x fewer primitives than the dense model.
     return scene_pairs(embedded_scene_dirs(scenes), run_dir / "artifacts", run_dir / "pairs", c_min=c_min,
@@ -122,17 +125,23 @@ def _run_is_current(out: Path, cfg) -> bool:
 
 
 def ensure_trained(run_dir: str | Path = "runs/embedded", cfg: Config | None = None, exp: str = "nifi",
-                   progress: bool = False, **pairs_kw) -> Path:
+                   progress: bool = False, use_shipped: bool = True, **pairs_kw) -> Path:
     """A trained phi- for the embedded pairs: ``<run_dir>/<exp>/best.pt`` (trains if missing).
 
     ``best.pt`` is chosen on held-out *training* views (``train_summary.json`` ``"val_split"``), never on the
     test split that notebooks 06/07 score. A run is reused only when it is finished for ``cfg`` (its steps and
     t0) and recorded a held-out ``val_split``; a run that selected its checkpoint on the test pairs (no
     ``"val_split"`` or ``"test"``), an unreadable summary, or a shorter run is stale and trained again. An
-    interrupted run (``latest.pt`` without a summary) is resumed."""
+    interrupted run (``latest.pt`` without a summary) is resumed. ``use_shipped``: an empty ``<run_dir>/<exp>``
+    first receives the run shipped in ``data/embedded/run`` when that was trained with exactly ``cfg``
+    (:func:`~.shipped_run.seed_run`)."""
+    from .shipped_run import seed_run
+
     run_dir = repo_path(run_dir)
     out = run_dir / exp
     cfg = cfg or embedded_config()
+    if use_shipped:
+        seed_run(run_dir, exp, cfg)
     if not _run_is_current(out, cfg):
         run_training(cfg, ensure_embedded_pairs(run_dir, **pairs_kw), out, progress=progress)
     return out / "best.pt"

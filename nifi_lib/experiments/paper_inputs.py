@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Config, load_config
+from ..config import Config, config_from_dict, load_config
 from ..devices import default_device
 from ..errors import NifiError
 from ..paths import repo_path, resolve_model_ref
@@ -408,7 +408,20 @@ class TrainingInputs:
         if self.paper:
             return run_training(self.cfg, self.pairs_root, self.out, progress=progress)
         return ensure_trained(self.run_dir, self.cfg, exp=self.exp, progress=progress, scenes=self.scenes,
-                              finetune_iterations=self.finetune_iterations)
+                              finetune_iterations=self.finetune_iterations, use_shipped=not overwrite)
+
+    def demo_run(self, steps: int, progress: bool = True) -> Path | None:
+        """Embedded, ``steps`` > 0: a short CPU run of the same config in ``<run_dir>/<exp>_demo`` (trained, or
+        reused when finished), shown beside the long run's log, which ``make run`` takes from ``data/embedded/run``
+        (issue 17: the reader sees training happen and the converged run). Paper mode or ``steps`` <= 0: None."""
+        from .embedded import ensure_trained
+
+        if self.paper or not steps or steps <= 0:
+            return None
+        cfg = config_from_dict(_merge(self.cfg.to_dict(), {"train": {"max_steps": int(steps)}}), "demo run")
+        best = ensure_trained(self.run_dir, cfg, exp=f"{self.exp}_demo", progress=progress, scenes=self.scenes,
+                              finetune_iterations=self.finetune_iterations, use_shipped=False)
+        return best.parent
 
     def summary(self) -> dict:
         s = run_summary(self.out)

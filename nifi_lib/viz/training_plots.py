@@ -50,6 +50,25 @@ def plot_training_log(log: dict[str, np.ndarray], validation: list[dict] | None 
     return fig
 
 
+def plot_run_comparison(runs: dict[str, tuple[dict[str, np.ndarray], list[dict] | None]], metric: str = "lpips"):
+    """Several runs of one config on one step axis: the phi- objective (Eq. 6, smoothed over a twentieth of the
+    longest run) and the validation metric. Notebook 05: the short CPU run it trains beside the long run it ships."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+    k = max(max(len(log["step"]) for log, _ in runs.values()) // 20, 1)
+    for name, (log, validation) in runs.items():
+        line, = axes[0].plot(log["step"], _smooth(log["loss_total"], min(k, max(len(log["step"]) // 5, 1))),
+                             label=name)
+        if validation:
+            axes[1].plot([v["step"] for v in validation], [v[metric] for v in validation], marker="o",
+                         color=line.get_color(), label=name)
+    axes[0].set(title="phi- objective (Eq. 6), smoothed", xlabel="step")
+    axes[1].set(title=f"validation {metric} (held-out views)", xlabel="step")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def before_after_grid(rows: list[dict], columns: tuple[str, ...] = ("degraded", "base", "nifi", "clean"),
                       titles: dict[str, str] | None = None, crop_frac: float | None = None):
     """One row per example (dicts of column -> image (3, H, W)), one column per method. ``crop_frac``: show
