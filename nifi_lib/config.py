@@ -160,11 +160,12 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {tp}")
 
 
-def _merge(base: dict, override: dict) -> dict:
+def merge_overrides(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` merged in, section by section (nested dicts merge, anything else replaces)."""
     out = dict(base)
     for k, v in override.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_overrides(out[k], v)
         else:
             out[k] = v
     return out
@@ -185,7 +186,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     parent = data.pop("inherit", None)
     if parent is not None:
         base = _read_yaml((path.parent / parent), seen + (path.resolve(),))
-        data = _merge(base, data)
+        data = merge_overrides(base, data)
     return data
 
 
@@ -267,7 +268,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
     if not overrides:
         return config_from_dict(data, source=str(path))
     try:
-        return config_from_dict(_merge(data, overrides), source=str(path))
+        return config_from_dict(merge_overrides(data, overrides), source=str(path))
     except ConfigError as e:  # say where a bad value may come from: the file or the command line
         given = ", ".join(f"{sec}.{k}={v!r}" for sec, kv in overrides.items()
                           for k, v in (kv.items() if isinstance(kv, dict) else [("", kv)]))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import DEFAULT_T0, Config, load_config
+from ..config import DEFAULT_T0, Config, load_config, merge_overrides
 from ..paths import EMBEDDED_DIR, repo_path
 
 EMBEDDED_SCENES = EMBEDDED_DIR / "scenes"
@@ -166,10 +166,7 @@ def run_training(cfg: Config, pairs_root: str | Path, out: str | Path, progress:
 def embedded_wo_t0_config(overrides: dict | None = None) -> Config:
     """The "NiFi w/o t0" ablation (Sec. 4.2) trained the way it is evaluated: the embedded config with
     ``diffusion.t0: 1000`` (the un-noised degraded latent at t = T, sigma 1 in the step), same steps as NiFi."""
-    merged = {"diffusion": {"t0": 1000}}
-    for k, v in (overrides or {}).items():
-        merged[k] = {**merged.get(k, {}), **v}
-    return embedded_config(merged)
+    return embedded_config(merge_overrides({"diffusion": {"t0": 1000}}, overrides or {}))
 
 
 def validation_items(pairs_root: str | Path, exp_dir: str | Path) -> list:

@@ -130,13 +130,11 @@ def stage_prior(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]
 
 
 def nifi_config(cfg: dict, out: Path, extra: dict | None = None):
-    from ..config import load_config
+    from ..config import load_config, merge_overrides
 
     prior = out / "prior"
-    overrides = {sec: dict(kv) for sec, kv in (cfg["nifi"].get("overrides") or {}).items()}
-    for sec, kv in (extra or {}).items():
-        overrides.setdefault(sec, {}).update(kv)
-    overrides.setdefault("model", {}).update({"backbone": str(prior), "embeddings": str(prior / "prompt_embeds.npz")})
+    model = {"model": {"backbone": str(prior), "embeddings": str(prior / "prompt_embeds.npz")}}
+    overrides = merge_overrides(merge_overrides(cfg["nifi"].get("overrides") or {}, extra or {}), model)
     return load_config(repo_path(cfg["nifi"]["config"]), overrides=overrides)
 
 
@@ -153,7 +151,7 @@ def stage_pairs(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]
     return [pairs, held]
 
 
-def _train_variant(cfg: dict, out: Path, device: str, progress: bool, name: str, ncfg) -> list[Path]:
+def _train_variant(out: Path, device: str, progress: bool, name: str, ncfg) -> list[Path]:
     import yaml
 
     from .embedded import run_training
@@ -172,13 +170,13 @@ def _train_variant(cfg: dict, out: Path, device: str, progress: bool, name: str,
 
 def stage_nifi(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
     """NiFi (``configs/embedded.yaml`` on the new prior) -> ``<out>/nifi/``."""
-    return _train_variant(cfg, out, device, progress, "nifi", nifi_config(cfg, out))
+    return _train_variant(out, device, progress, "nifi", nifi_config(cfg, out))
 
 
 def stage_nifi_wo_t0(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
     """The "NiFi w/o t0" ablation trained the way it is evaluated (``diffusion.t0: 1000``), otherwise NiFi's run
     -> ``<out>/nifi_wo_t0/``."""
-    return _train_variant(cfg, out, device, progress, "nifi_wo_t0", nifi_config(cfg, out, {"diffusion": {"t0": 1000}}))
+    return _train_variant(out, device, progress, "nifi_wo_t0", nifi_config(cfg, out, {"diffusion": {"t0": 1000}}))
 
 
 RUNNERS = {"frames": stage_frames, "scenes": stage_scenes, "prior": stage_prior, "pairs": stage_pairs,

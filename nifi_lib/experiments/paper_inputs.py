@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Config, config_from_dict, load_config
+from ..config import Config, config_from_dict, load_config, merge_overrides
 from ..devices import default_device
 from ..errors import NifiError
 from ..paths import repo_path, resolve_model_ref
@@ -61,12 +61,8 @@ def existing_file(path: str | Path, what: str, how: str) -> Path:
 
 
 def _merge(a: dict | None, b: dict | None) -> dict | None:
-    """Two-level merge of config overrides (``{section: {key: value}}``); None when both are empty."""
-    out: dict = {}
-    for d in (a or {}, b or {}):
-        for k, v in d.items():
-            out[k] = {**out.get(k, {}), **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out or None
+    """:func:`~nifi_lib.config.merge_overrides` of two optional override mappings; None when both are empty."""
+    return merge_overrides(a or {}, b or {}) or None
 
 
 def series_config(config_path: str | Path, max_steps: int | None = None, overrides: dict | None = None,
