@@ -45,6 +45,14 @@ class PriorConfig:
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
     vae_lpips_weight: float = 0.5   # LPIPS (real AlexNet weights) in the VAE loss; 0 disables it
+    # the adversarial patch term of latent-diffusion autoencoders (.vae_adversarial); 0 disables it
+    vae_gan_weight: float = 0.0
+    vae_gan_start: int = 0                                   # VAE step from which the term and D's training run
+    vae_disc_lr: float = 1e-4
+    vae_disc_channels: int = 64
+    vae_disc_layers: int = 3
+    vae_train_encoder: bool = True                           # False: decoder-only (the latent space, the scaling
+                                                             # factor and a prior trained on it stay valid)
     transformer_steps: int = 2500
     transformer_batch: int = 32
     transformer_lr: float = 4e-4
@@ -175,19 +183,32 @@ def _out_of_time(t_start: float, budget: float | None) -> bool:
 
 def train_vae(bb: Backbone, images: torch.Tensor, cfg: PriorConfig, progress: bool = True,
               device: str | torch.device = "cpu") -> list[dict]:
-    """Stage 1: reconstruction training of the VAE; sets ``scaling_factor`` = 1 / std(latents).
+    """Stage 1: reconstruction training of the VAE (L1 + MSE + KL, LPIPS with ``vae_lpips_weight``, the adversarial
+    patch term of :mod:`.vae_adversarial` with ``vae_gan_weight``); sets ``scaling_factor`` = 1 / std(latents),
+    unless ``vae_train_encoder`` is False (decoder-only: the encoder, its latents and their scale stay as they are).
 
     Random draws come from CPU generators (so a run's indices and noise are the same on any device)."""
     device = torch.device(device)
     g = torch.Generator().manual_seed(cfg.seed)
-    perceptual = None
+    perceptual = disc = opt_d = None
+    if cfg.vae_gan_weight > 0:
+        from .vae_adversarial import PatchDiscriminator
+
+        with torch.random.fork_rng(devices=[]):   # D's initialisation from the seed, the caller's RNG untouched
+            torch.manual_seed(cfg.seed)
+            disc = PatchDiscriminator(channels=cfg.vae_disc_channels, layers=cfg.vae_disc_layers)
+        disc = disc.to(device).train()
+        opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.vae_disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
     if cfg.vae_lpips_weight > 0:
         from ..metrics.metrics import lpips_loss_module
 
         perceptual = lpips_loss_module("alex").to(device)  # raises a clear error when no real weights can be had
     images = images.to(device)
     vae = bb.vae.to(device).train().requires_grad_(True)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    if not cfg.vae_train_encoder:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=cfg.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.vae_steps, eta_min=cfg.vae_lr * 0.05)
     history = []
     t_start = time.time()
@@ -195,7 +216,8 @@ def train_vae(bb: Backbone, images: torch.Tensor, cfg: PriorConfig, progress: bo
         idx = torch.randint(0, images.shape[0], (cfg.vae_batch,), generator=g).to(device)
         x = augment(images[idx], g) * 2 - 1
         with _autocast(cfg, device):
-            dist = vae.encode(x).latent_dist
+            with torch.set_grad_enabled(cfg.vae_train_encoder):
+                dist = vae.encode(x).latent_dist
             z = dist.sample(generator=g)
             rec = vae.decode(z).sample.float()
             kl = dist.kl().float().mean() / x[0].numel()
@@ -205,19 +227,40 @@ def train_vae(bb: Backbone, images: torch.Tensor, cfg: PriorConfig, progress: bo
         loss = l1 + mse + cfg.kl_weight * kl * x[0].numel()
         if lp is not None:
             loss = loss + cfg.vae_lpips_weight * lp
+        adv = None
+        if disc is not None and step >= cfg.vae_gan_start:
+            from .vae_adversarial import adaptive_adversarial_weight, generator_adversarial_loss
+
+            with _autocast(cfg, device):
+                adv = generator_adversarial_loss(disc(rec).float())
+            adv_weight = adaptive_adversarial_weight(loss, adv, vae.decoder.conv_out.weight)
+            loss = loss + cfg.vae_gan_weight * adv_weight * adv
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         sched.step()
+        d_loss = None
+        if adv is not None:
+            from .vae_adversarial import hinge_discriminator_loss
+
+            with _autocast(cfg, device):
+                d_loss = hinge_discriminator_loss(disc(x).float(), disc(rec.detach()).float())
+            opt_d.zero_grad(set_to_none=True)   # also drops what the decoder's adversarial loss left in D
+            d_loss.backward()
+            opt_d.step()
         last = step == cfg.vae_steps - 1 or _out_of_time(t_start, cfg.vae_max_seconds)
         if step % 10 == 0 or last:
             psnr = psnr_from_mse(F.mse_loss((rec.detach() + 1) / 2, (x + 1) / 2).item(), min_mse=1e-10)
             history.append({"step": step, "loss": loss.item(), "l1": l1.item(), "kl": kl.item(), "psnr": psnr,
-                            "seconds": round(time.time() - t_start, 2)})
+                            "seconds": round(time.time() - t_start, 2),
+                            **({"adv": adv.item(), "adv_weight": float(adv_weight), "d_loss": d_loss.item()}
+                               if adv is not None else {})})
         if last:
             break
     vae.eval().requires_grad_(False)
+    if not cfg.vae_train_encoder:   # the latents are unchanged: so is the scale a prior was trained with
+        return history
     with torch.no_grad():
         lat = torch.cat([vae.encode(images[i:i + 64] * 2 - 1).latent_dist.sample(generator=g)
                          for i in range(0, images.shape[0], 64)])
