@@ -70,3 +70,43 @@ def test_adversarial_term_changes_the_decoder_and_starts_when_told():
     # a start after the last step: no adversarial term at all, the plain run bit for bit
     assert torch.equal(runs["plain"][0], runs["late"][0])
     assert "adv" not in runs["late"][1][-1] and "adv" in runs["gan"][1][-1]
+
+
+def test_finetune_decoder_keeps_everything_but_the_decoder(tmp_path, capsys):
+    from PIL import Image
+    import numpy as np
+
+    from nifi_lib.cli import main
+    from nifi_lib.diffusion.backbone import load_backbone
+    from nifi_lib.diffusion.prior import PriorError, finetune_decoder, load_prior_log
+
+    src = tmp_path / "prior"
+    bb = build_prior_backbone(_tiny_cfg())
+    bb.save_pretrained(src, info={"note": "source"})
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(imgs / f"{i:03d}.png")
+    out = tmp_path / "sharp"
+    cfg = _tiny_cfg(vae_gan_weight=0.5, vae_disc_channels=8, vae_disc_layers=2)
+    finetune_decoder(src, [imgs], out, cfg, progress=False, device="cpu", heldout_sources=[imgs])
+    a, b = load_backbone(str(src)), load_backbone(str(out))
+    for name in ("encoder", "quant_conv"):
+        sa, sb = getattr(a.vae, name).state_dict(), getattr(b.vae, name).state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    ta, tb = a.transformer.state_dict(), b.transformer.state_dict()
+    assert all(torch.equal(ta[k].half().float(), tb[k]) for k in ta)   # stored fp16 (the config's storage dtype)
+    assert any(not torch.equal(v, b.vae.decoder.state_dict()[k]) for k, v in a.vae.decoder.state_dict().items())
+    assert a.scaling_factor == b.scaling_factor
+    assert torch.equal(a.prompt.prompt_embeds, b.prompt.prompt_embeds)
+    log = load_prior_log(out)
+    run = log["info"]["decoder_finetune"]
+    assert run["steps_done"] == 4 and run["source"] == str(src) and run["config"]["vae_train_encoder"] is False
+    assert {"heldout_vae_psnr_before", "heldout_vae_psnr"} <= set(run) and len(log["decoder_finetune"]) >= 1
+    with pytest.raises(PriorError, match="new folder"):
+        finetune_decoder(src, [imgs], src, cfg, progress=False, device="cpu")
+    # the CLI: a scene-less glob is a clear error naming the pattern
+    rc = main(["prior", "finetune-decoder", "--prior", str(src), "--scenes", str(tmp_path / "none*"),
+               "--out", str(tmp_path / "x")])
+    assert rc != 0 and "no scenes match" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -386,6 +386,48 @@ def train_prior(image_sources: list[str | Path], out_dir: str | Path, cfg: Prior
     return bb.freeze()
 
 
+def finetune_decoder(prior_dir: str | Path, image_sources: list[str | Path], out_dir: str | Path,
+                     cfg: PriorConfig | None = None, progress: bool = True, device: str | torch.device | None = None,
+                     heldout_sources: list[str | Path] | None = None) -> Backbone:
+    """A decoder-only VAE fine-tune of the prior in ``prior_dir`` (``cfg``'s VAE settings, e.g. the adversarial
+    term ``vae_gan_weight``; ``vae_train_encoder`` is forced off), saved as a new backbone in ``out_dir``.
+
+    The encoder, the scaling factor, the transformer and the prompt embeddings are copied unchanged, so the
+    flow prior and every NiFi checkpoint trained on ``prior_dir`` (phi- adapts the encoder and the transformer,
+    never the decoder) restore through the new decoder as they are. ``prior_log.json`` keeps the source's log and
+    adds ``decoder_finetune`` (the steps, and the held-out VAE PSNR before and after when ``heldout_sources``)."""
+    from dataclasses import replace
+
+    from .backbone import load_backbone
+
+    cfg = replace(cfg or PriorConfig(), vae_train_encoder=False)
+    prior_dir, out_dir = Path(prior_dir), Path(out_dir)
+    if out_dir.resolve() == prior_dir.resolve():
+        raise PriorError(f"{out_dir}: write the fine-tuned prior to a new folder, not over its source")
+    device = torch.device(device or default_device())
+    bb = load_backbone(str(prior_dir), kind="embedded")
+    bb.vae.requires_grad_(True)
+    source_log = load_prior_log(prior_dir) if (prior_dir / "prior_log.json").is_file() else {}
+    images = collect_images(image_sources, cfg.resolution)
+    held = collect_images(heldout_sources, cfg.resolution) if heldout_sources else None
+    before = reconstruction_psnr(bb.vae, held) if held is not None else None
+    t0 = time.time()
+    hist = train_vae(bb, images, cfg, progress, device)
+    bb.vae.cpu()
+    run = {"source": str(prior_dir), "config": asdict(cfg), "num_images": int(images.shape[0]),
+           "steps_done": hist[-1]["step"] + 1, "seconds": round(time.time() - t0, 1), "device": str(device)}
+    if held is not None:
+        run.update(heldout_vae_psnr_before=before, heldout_vae_psnr=reconstruction_psnr(bb.vae, held),
+                   num_heldout_images=int(held.shape[0]))
+    info = {**(bb.info or {}), "decoder_finetune": run}
+    info.pop("kind", None)
+    bb.info = info
+    bb.save_pretrained(out_dir, info=info, storage_dtype=STORAGE_DTYPES[cfg.transformer_storage_dtype],
+                       vae_storage_dtype=STORAGE_DTYPES[cfg.vae_storage_dtype])
+    atomic_write_json(out_dir / "prior_log.json", {**source_log, "info": info, "decoder_finetune": hist})
+    return bb.freeze()
+
+
 def load_prior_log(folder: str | Path) -> dict:
     path = Path(folder) / "prior_log.json"
     if not path.is_file():

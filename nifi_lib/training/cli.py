@@ -31,6 +31,33 @@ def prior_config_from_args(args: argparse.Namespace):
     return PriorConfig(**{k: v for k, v in flags.items() if v is not None})
 
 
+def cmd_prior_finetune_decoder(args: argparse.Namespace) -> int:
+    from ..diffusion.prior import PriorConfig, finetune_decoder, load_prior_config
+    from ..errors import NifiError
+
+    folders = scene_view_paths(args.scenes, "train")
+    if not folders:
+        raise NifiError(f"no scenes match {args.scenes}")
+    heldout = scene_view_paths(args.heldout, "all") if args.heldout else []
+    heldout += scene_view_paths(args.scenes, "test") if args.heldout is not None else []
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    flags = {"vae_steps": args.vae_steps, "vae_lr": args.vae_lr, "vae_gan_weight": args.vae_gan_weight,
+             "resolution": args.resolution,
+             "seed": args.seed}
+    cfg = (load_prior_config(repo_path(args.config), **flags) if args.config
+           else PriorConfig(**{k: v for k, v in flags.items() if v is not None}))
+    bb = finetune_decoder(repo_path(args.prior), folders, repo_path(args.out), cfg, device=args.device,
+                          heldout_sources=heldout or None)
+    run = bb.info["decoder_finetune"]
+    held = (f", held-out vae psnr {run['heldout_vae_psnr_before']:.2f} -> {run['heldout_vae_psnr']:.2f} dB"
+            if "heldout_vae_psnr" in run else "")
+    print(f"decoder fine-tuned ({run['steps_done']} steps) into {args.out}{held}")
+    return 0
+
+
 def cmd_prior_train(args: argparse.Namespace) -> int:
     from ..diffusion.prior import train_prior
     from ..errors import NifiError
@@ -99,6 +126,24 @@ def register(sub) -> None:
     t.add_argument("--seed", type=int, default=None, help="default: the config's (0)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     t.set_defaults(func=cmd_prior_train)
+    f = psub.add_parser("finetune-decoder", help="decoder-only VAE fine-tune of a prior (e.g. with the "
+                        "adversarial term): the latent space, the flow prior and NiFi checkpoints stay valid")
+    f.add_argument("--prior", default=str(EMBEDDED_DIR / "backbone"), help="the prior folder to start from")
+    f.add_argument("--scenes", nargs="+", default=["data/embedded/scenes/*"],
+                   help="scene folders (globs allowed); their training views are used")
+    f.add_argument("--out", required=True, help="a new backbone folder (never the source)")
+    f.add_argument("--config", default=None, help="YAML of PriorConfig fields (its vae_* settings are used)")
+    f.add_argument("--heldout", nargs="*", default=None,
+                   help="held-out scene folders (all their views) for the held-out VAE PSNR before and after; "
+                        "given (even empty), the test views of --scenes count too")
+    f.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    f.add_argument("--vae_steps", type=int, default=None)
+    f.add_argument("--vae_lr", type=float, default=None, help="default: the config's (a fine-tune wants ~1e-4)")
+    f.add_argument("--vae_gan_weight", type=float, default=None, help="the adversarial term's weight (0: off)")
+    f.add_argument("--resolution", type=int, default=None)
+    f.add_argument("--seed", type=int, default=None)
+    f.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    f.set_defaults(func=cmd_prior_finetune_decoder)
     p.set_defaults(func=lambda a: (p.print_help(), 1)[1])
 
     tr = sub.add_parser("train", help="train NiFi (phi- with Eq. 6, phi+ with Eq. 8)")
