@@ -31,22 +31,30 @@ def prior_config_from_args(args: argparse.Namespace):
     return PriorConfig(**{k: v for k, v in flags.items() if v is not None})
 
 
-def cmd_prior_finetune_decoder(args: argparse.Namespace) -> int:
-    from ..diffusion.prior import PriorConfig, finetune_decoder, load_prior_config
+def _prior_images(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
+    """The training views of ``--scenes`` (the held-out test views stay unseen by the prior too) and the held-out
+    images (every view of ``--heldout``; given, even empty, also the test views of ``--scenes``); applies
+    ``--threads``."""
     from ..errors import NifiError
 
     folders = scene_view_paths(args.scenes, "train")
     if not folders:
-        raise NifiError(f"no scenes match {args.scenes}")
+        raise NifiError(f"no scenes match {args.scenes} (build the embedded scenes with `nifi scenes build`)")
     heldout = scene_view_paths(args.heldout, "all") if args.heldout else []
     heldout += scene_view_paths(args.scenes, "test") if args.heldout is not None else []
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    return folders, heldout
+
+
+def cmd_prior_finetune_decoder(args: argparse.Namespace) -> int:
+    from ..diffusion.prior import PriorConfig, finetune_decoder, load_prior_config
+
+    folders, heldout = _prior_images(args)
     flags = {"vae_steps": args.vae_steps, "vae_lr": args.vae_lr, "vae_gan_weight": args.vae_gan_weight,
-             "resolution": args.resolution,
-             "seed": args.seed}
+             "resolution": args.resolution, "seed": args.seed}
     cfg = (load_prior_config(repo_path(args.config), **flags) if args.config
            else PriorConfig(**{k: v for k, v in flags.items() if v is not None}))
     bb = finetune_decoder(repo_path(args.prior), folders, repo_path(args.out), cfg, device=args.device,
@@ -60,18 +68,8 @@ def cmd_prior_finetune_decoder(args: argparse.Namespace) -> int:
 
 def cmd_prior_train(args: argparse.Namespace) -> int:
     from ..diffusion.prior import train_prior
-    from ..errors import NifiError
 
-    # only the training views: the held-out test views stay unseen by the prior too
-    folders = scene_view_paths(args.scenes, "train")
-    if not folders:
-        raise NifiError(f"no scenes match {args.scenes} (build the embedded scenes with `nifi scenes build`)")
-    heldout = scene_view_paths(args.heldout, "all") if args.heldout else []
-    heldout += scene_view_paths(args.scenes, "test") if args.heldout is not None else []
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    folders, heldout = _prior_images(args)
     cfg = prior_config_from_args(args)
     bb = train_prior(folders, repo_path(args.out), cfg, device=args.device, heldout_sources=heldout or None)
     held = f", held-out vae psnr={bb.info['heldout_vae_psnr']:.2f} dB" if "heldout_vae_psnr" in bb.info else ""
