@@ -8,8 +8,12 @@ the base, tiling) are :mod:`nifi_lib.restoration.fast_paths`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .backbone import Backbone
 
 
 def _raise_recompile_limits(limit: int = 64) -> None:
