@@ -13,9 +13,10 @@
 #                                                          # within 30 s of the last reply, or the machine is gone
 # env: SHAPE, DEV, R_EXTRA, E_ARGS change the two jobs; E_TRAIN=0 stops E after the pairs (no NiFi training);
 #      RUN=E (or RUN=R) runs one job alone: beside each other both ran 2-3x slower on 2026-12-06 (docs/embedded_assets.md);
-#      E_PARTS=1 runs only E1 (frames, prior), under nice with E_THREADS torch threads (default 4), so that the
-#      rehearsal keeps the cores; SHIP_FRAMES=0 leaves the frames on the machine; S the state folder;
-#      SKIP_INSTALL=1 (a local dry run).
+#      E_NICE=1 runs E1 (frames, prior) under nice with E_THREADS torch threads (default 4) and E2_AFTER_R=1 starts
+#      E2 once the rehearsal has finished, so that the rehearsal keeps the cores (GPU run 3 / rehearsal run 4,
+#      2026-12-06: RUN=RE E_NICE=1 E2_AFTER_R=1); SHIP_FRAMES=0 leaves the frames on the machine; S the state
+#      folder; SKIP_INSTALL=1 (a local dry run).
 set -u
 export PYTHONUNBUFFERED=1
 S=${S:-/tmp/S}
@@ -39,7 +40,8 @@ if [ ! -f $S/started ]; then
   touch $S/started; date -u +%FT%TZ > $S/started
   cd $S/repo
   EA="python3 -m nifi_lib.cli embedded-assets $E_ARGS --out $S/ea --device $DEV --quiet"
-  E1N=""; E1T=""; [ "${E_PARTS:-2}" = 1 ] && { E1N="nice -n 15 env OMP_NUM_THREADS=${E_THREADS:-4} "; E1T="--threads ${E_THREADS:-4}"; }
+  E1N=""; E1T=""; [ "${E_NICE:-0}" = 1 ] && { E1N="nice -n 15 env OMP_NUM_THREADS=${E_THREADS:-4} "; E1T="--threads ${E_THREADS:-4}"; }
+  E2W=""; [ "${E2_AFTER_R:-0}" = 1 ] && E2W="while [ ! -f $S/R.rc ]; do sleep 5; done; "
   # E1 needs no gsplat (ray-cast ground truth, the prior): it starts before the build
   [ "${RUN:-RE}" = R ] && { echo 0 > $S/E1.rc; echo 0 > $S/E.rc; echo 0 > $S/E1.seconds; echo 0 > $S/E.seconds; }
   [ "${RUN:-RE}" = R ] || setsid bash -c "T=\$(date +%s); $E1N$EA --stage frames,prior $E1T > $S/E1.log 2>&1; echo \$? > $S/E1.rc; \
@@ -52,9 +54,7 @@ if [ ! -f $S/started ]; then
     --device $DEV --jobs 3 --metrics lpips psnr ssim $R_EXTRA > $S/R.log 2>&1; \
     echo \$? > $S/R.rc; echo \$(( \$(date +%s) - T )) > $S/R.seconds" < /dev/null > /dev/null 2>&1 &
   # E2: the fits and the pairs, then (E1's prior done) NiFi beside its w/o-t0 ablation
-  [ "${E_PARTS:-2}" = 1 ] && [ "${RUN:-RE}" != R ] && setsid bash -c "while [ ! -f $S/E1.rc ]; do sleep 5; done; \
-    cp $S/E1.rc $S/E.rc; cp $S/E1.seconds $S/E.seconds" < /dev/null > /dev/null 2>&1 &
-  [ "${RUN:-RE}" = R ] || [ "${E_PARTS:-2}" = 1 ] || setsid bash -c "T=\$(date +%s); $EA --stage scenes,pairs > $S/E2.log 2>&1; rc=\$?; \
+  [ "${RUN:-RE}" = R ] || setsid bash -c "$E2W T=\$(date +%s); $EA --stage scenes,pairs > $S/E2.log 2>&1; rc=\$?; \
     while [ ! -f $S/E1.rc ]; do sleep 5; done; \
     if [ \$rc = 0 ] && [ \$(cat $S/E1.rc) = 0 ] && [ ${E_TRAIN:-1} = 1 ]; then \
       $EA --stage nifi_wo_t0 > $S/E3.log 2>&1 & p=\$!; $EA --stage nifi > $S/E4.log 2>&1; rc=\$?; \

@@ -405,8 +405,7 @@ def finetune_decoder(prior_dir: str | Path, image_sources: list[str | Path], out
     if out_dir.resolve() == prior_dir.resolve():
         raise PriorError(f"{out_dir}: write the fine-tuned prior to a new folder, not over its source")
     device = torch.device(device or default_device())
-    bb = load_backbone(str(prior_dir), kind="embedded")
-    bb.vae.requires_grad_(True)
+    bb = load_backbone(str(prior_dir), kind="embedded")   # frozen; train_vae unfreezes what it trains
     source_log = load_prior_log(prior_dir) if (prior_dir / "prior_log.json").is_file() else {}
     images = collect_images(image_sources, cfg.resolution)
     held = collect_images(heldout_sources, cfg.resolution) if heldout_sources else None
