@@ -48,3 +48,31 @@ def save_tiny_restorer(root, note: str = "test"):
     randomize_lora(bb.transformer, RESTORER, seed=1)
     save_authors_checkpoint(root / "r.ckpt", bb)
     return bb
+
+
+def folder_of_frames(root, sizes):
+    """A folder of random RGB PNG frames ``f00.png, f01.png, ...`` of the given ``(width, height)`` sizes."""
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate(sizes):
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(root / f"f{i:02d}.png")
+    return root
+
+
+def restore_folder(model_dir, lq, out, *extra) -> int:
+    """`nifi restore` of ``lq`` with the tiny restorer saved by :func:`save_tiny_restorer` in ``model_dir``."""
+    from nifi_lib.cli import main
+
+    return main(["restore", "--base_model", str(model_dir / "backbone"), "--ckpt", str(model_dir / "r.ckpt"),
+                 "--lq", str(lq), "--out", str(out), "--device", "cpu", "--seed", "3", *extra])
+
+
+def png_arrays(folder) -> dict:
+    """``{file name: uint8 array}`` of every image in ``folder``."""
+    import numpy as np
+    from PIL import Image
+
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.iterdir())}

@@ -5,10 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from helpers import save_tiny_restorer, tiny_backbone
-from nifi_lib.cli import main
+from helpers import folder_of_frames as _folder, restore_folder as _restore, png_arrays as _arrays, save_tiny_restorer, tiny_backbone
 from nifi_lib.restoration import cli as rcli
 from nifi_lib.restoration.restorer import Restorer
 
@@ -20,23 +18,6 @@ def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("bb")
     save_tiny_restorer(root)
     return root
-
-
-def _folder(root: Path, sizes) -> Path:
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for i, (w, h) in enumerate(sizes):
-        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(root / f"f{i:02d}.png")
-    return root
-
-
-def _restore(model_dir, lq, out, *extra):
-    return main(["restore", "--base_model", str(model_dir / "backbone"), "--ckpt", str(model_dir / "r.ckpt"),
-                 "--lq", str(lq), "--out", str(out), "--device", "cpu", "--seed", "3", *extra])
-
-
-def _arrays(folder: Path) -> dict[str, np.ndarray]:
-    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.iterdir())}
 
 
 def test_batched_folder_equals_one_by_one_and_resumes(model_dir, tmp_path, capsys):

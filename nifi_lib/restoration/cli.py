@@ -14,6 +14,7 @@ from ..devices import default_device
 from ..diffusion.backbone import DTYPES
 from ..errors import NifiError
 from ..io.images import BACKGROUNDS, IMAGE_EXTS, ImageError, ImageModeError, list_images, load_image, probe_rgb, save_image
+from ..io.prefetch import BackgroundWriter, prefetched
 
 
 class RestoreInputError(NifiError, ValueError):
@@ -112,6 +113,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from .restorer import Restorer
 
     device = _check_device(args.device) if args.device else default_device()
+    if args.prefetch < 0:
+        raise RestoreInputError(f"--prefetch {args.prefetch}: must be 0 or more")
     lq = Path(args.lq)
     pairs = _resolve_io(lq, Path(args.out))
     # A folder resumes: frames whose output exists are skipped (--overwrite restores them again).
@@ -135,14 +138,27 @@ def cmd_restore(args: argparse.Namespace) -> int:
     # frames beyond the transformer's position table are tiled automatically: said once, on stderr
     restorer.notify = lambda msg: print(f"nifi restore: {msg}", file=sys.stderr)
     read = lambda src: _read_input(src, args.allow_convert, args.background)  # noqa: E731
-    with tqdm(total=len(items), desc="restore", unit="frame", disable=len(items) < 2) as bar:
+    pin = device.startswith("cuda")
+
+    def batches():
         for dsts, frames in iter_batches(items, args.batch_size, read):
-            # one generator per frame, each seeded with --seed: a batch restores each frame as one by one
-            out = restorer.restore(to_model_range(frames), seed=[args.seed] * len(dsts))
-            for dst, img in zip(dsts, to_unit_range(out).cpu()):
+            yield dsts, (frames.pin_memory() if pin else frames)   # pinned: an asynchronous host-to-device copy
+
+    with tqdm(total=len(items), desc="restore", unit="frame", disable=len(items) < 2) as bar, \
+            BackgroundWriter(enabled=args.prefetch > 0) as writer:
+        def write(dsts, imgs):
+            for dst, img in zip(dsts, imgs):
                 save_image(dst, img)   # atomic: an interrupted run leaves whole frames only
                 tqdm.write(str(dst))
             bar.update(len(dsts))
+
+        # --prefetch > 0: the next batch is decoded and the last one written while this one is restored
+        for dsts, frames in prefetched(batches(), args.prefetch):
+            # one generator per frame, each seeded with --seed: a batch restores each frame as one by one
+            out = restorer.restore(to_model_range(frames), seed=[args.seed] * len(dsts))
+            imgs = to_unit_range(out).cpu()
+            writer.wait()          # the previous batch is on disk (at most one batch waits to be written)
+            writer.submit(write, dsts, imgs)
     return 0
 
 
@@ -197,6 +213,9 @@ def register(sub) -> None:
     p.add_argument("--tile_size", type=int, default=None,
                    help="process frames larger than this in tiles (pixels) (default: none; frames beyond the "
                         "transformer's position table are tiled automatically)")
+    p.add_argument("--prefetch", type=int, default=2,
+                   help="batches decoded ahead by a background thread, and frames written by another, while a batch "
+                        "is restored (0: one step after the other; the outputs are the same)")
     p.add_argument("--batch_size", type=int, default=1,
                    help="frames of one size restored together (default: %(default)s); each frame keeps its own "
                         "--seed generator, so the result does not depend on it")
