@@ -47,3 +47,14 @@ def real_weights():
     from nifi_lib.metrics import metrics as M
 
     _require_weights(lambda: M.build_lpips("alex"), M.build_dists)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A folder with the tiny backbone and a tiny restorer checkpoint (``helpers.save_tiny_restorer``): the
+    ``--base_model`` and ``--ckpt`` of the CLI tests that restore frames."""
+    from helpers import save_tiny_restorer
+
+    root = tmp_path_factory.mktemp("bb")
+    save_tiny_restorer(root)
+    return root

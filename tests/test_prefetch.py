@@ -7,17 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import folder_of_frames as _folder, png_arrays as _arrays, restore_folder as _restore, save_tiny_restorer
+from helpers import folder_of_frames as _folder, png_arrays as _arrays, restore_folder as _restore
 from nifi_lib.io.prefetch import BackgroundWriter, prefetched
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bb")
-    save_tiny_restorer(root)
-    return root
 
 
 def test_prefetched_keeps_order_and_runs_ahead_in_another_thread():

@@ -6,17 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import save_tiny_restorer, tiny_backbone
+from helpers import tiny_backbone
 from nifi_lib.cli import main
 from nifi_lib.restoration.checkpoint import save_authors_checkpoint
 from nifi_lib.restoration.lora import add_restorer_adapters
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bb")
-    save_tiny_restorer(root)
-    return root
 
 
 def _png(path, size=(24, 20), mode="RGB"):

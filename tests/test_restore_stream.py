@@ -6,18 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import folder_of_frames as _folder, restore_folder as _restore, png_arrays as _arrays, save_tiny_restorer, tiny_backbone
+from helpers import folder_of_frames as _folder, restore_folder as _restore, png_arrays as _arrays, tiny_backbone
 from nifi_lib.restoration import cli as rcli
 from nifi_lib.restoration.restorer import Restorer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bb")
-    save_tiny_restorer(root)
-    return root
 
 
 def test_batched_folder_equals_one_by_one_and_resumes(model_dir, tmp_path, capsys):

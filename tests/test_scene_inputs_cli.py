@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import save_tiny_restorer
 from nifi_lib.cli import main as nifi
 from nifi_lib.data.inria import write_inria_output
 from nifi_lib.data.llff import write_llff_scene
@@ -43,13 +42,6 @@ def cameras(n: int, w: int, h: int, f: float) -> list[Camera]:
 def renders(model, cams):
     with torch.no_grad():
         return torch.stack([render(model, c, backend="torch").image.clamp(0, 1) for c in cams])
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bb")
-    save_tiny_restorer(root)
-    return root
 
 
 def test_llff_folder_synthesize_downscale_pairs_all_and_restore(tmp_path, model_dir, capsys):
