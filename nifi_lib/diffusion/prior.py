@@ -31,6 +31,8 @@ from .backbone import TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG, Backbone, build_
 from .flow import forward_noise
 from .prompts import apply_prompt_dropout, dropout_mask
 from .latents import encode_latents, transformer_velocity
+from .vae_adversarial import (PatchDiscriminator, adaptive_adversarial_weight, generator_adversarial_loss,
+                              hinge_discriminator_loss)
 
 
 class PriorError(NifiError):
@@ -192,8 +194,6 @@ def train_vae(bb: Backbone, images: torch.Tensor, cfg: PriorConfig, progress: bo
     g = torch.Generator().manual_seed(cfg.seed)
     perceptual = disc = opt_d = None
     if cfg.vae_gan_weight > 0:
-        from .vae_adversarial import PatchDiscriminator
-
         with torch.random.fork_rng(devices=[]):   # D's initialisation from the seed, the caller's RNG untouched
             torch.manual_seed(cfg.seed)
             disc = PatchDiscriminator(channels=cfg.vae_disc_channels, layers=cfg.vae_disc_layers)
@@ -229,8 +229,6 @@ def train_vae(bb: Backbone, images: torch.Tensor, cfg: PriorConfig, progress: bo
             loss = loss + cfg.vae_lpips_weight * lp
         adv = None
         if disc is not None and step >= cfg.vae_gan_start:
-            from .vae_adversarial import adaptive_adversarial_weight, generator_adversarial_loss
-
             with _autocast(cfg, device):
                 adv = generator_adversarial_loss(disc(rec).float())
             adv_weight = adaptive_adversarial_weight(loss, adv, vae.decoder.conv_out.weight)
@@ -242,8 +240,6 @@ def train_vae(bb: Backbone, images: torch.Tensor, cfg: PriorConfig, progress: bo
         sched.step()
         d_loss = None
         if adv is not None:
-            from .vae_adversarial import hinge_discriminator_loss
-
             with _autocast(cfg, device):
                 d_loss = hinge_discriminator_loss(disc(x).float(), disc(rec.detach()).float())
             opt_d.zero_grad(set_to_none=True)   # also drops what the decoder's adversarial loss left in D

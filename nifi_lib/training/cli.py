@@ -20,12 +20,15 @@ def scene_view_paths(patterns: list[str], split: str) -> list[Path]:
     return paths
 
 
+PRIOR_FLAGS = ("vae_steps", "transformer_steps", "seed", "resolution", "vae_lr", "vae_gan_weight")
+
+
 def prior_config_from_args(args: argparse.Namespace):
-    """``--config`` (a YAML of PriorConfig fields; none: today's defaults) with the explicit flags on top."""
+    """``--config`` (a YAML of PriorConfig fields; none: today's defaults) with the explicit flags on top (the
+    PriorConfig fields of :data:`PRIOR_FLAGS` that the command has and were given)."""
     from ..diffusion.prior import PriorConfig, load_prior_config
 
-    flags = {"vae_steps": args.vae_steps, "transformer_steps": args.transformer_steps, "seed": args.seed,
-             "resolution": args.resolution}
+    flags = {k: getattr(args, k, None) for k in PRIOR_FLAGS}
     if args.config:
         return load_prior_config(repo_path(args.config), **flags)
     return PriorConfig(**{k: v for k, v in flags.items() if v is not None})
@@ -50,14 +53,11 @@ def _prior_images(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
 
 
 def cmd_prior_finetune_decoder(args: argparse.Namespace) -> int:
-    from ..diffusion.prior import PriorConfig, finetune_decoder, load_prior_config
+    from ..diffusion.prior import finetune_decoder
 
     folders, heldout = _prior_images(args)
-    flags = {"vae_steps": args.vae_steps, "vae_lr": args.vae_lr, "vae_gan_weight": args.vae_gan_weight,
-             "resolution": args.resolution, "seed": args.seed}
-    cfg = (load_prior_config(repo_path(args.config), **flags) if args.config
-           else PriorConfig(**{k: v for k, v in flags.items() if v is not None}))
-    bb = finetune_decoder(repo_path(args.prior), folders, repo_path(args.out), cfg, device=args.device,
+    bb = finetune_decoder(repo_path(args.prior), folders, repo_path(args.out), prior_config_from_args(args),
+                          device=args.device,
                           heldout_sources=heldout or None)
     run = bb.info["decoder_finetune"]
     held = (f", held-out vae psnr {run['heldout_vae_psnr_before']:.2f} -> {run['heldout_vae_psnr']:.2f} dB"
