@@ -16,7 +16,17 @@
 #      E_NICE=1 runs E1 (frames, prior) under nice with E_THREADS torch threads (default 4) and E2_AFTER_R=1 starts
 #      E2 once the rehearsal has finished, so that the rehearsal keeps the cores (GPU run 3 / rehearsal run 4,
 #      2026-12-06: RUN=RE E_NICE=1 E2_AFTER_R=1); SHIP_FRAMES=0 leaves the frames on the machine; S the state
-#      folder; SKIP_INSTALL=1 (a local dry run).
+#      folder; SKIP_INSTALL=1 (a local dry run); GPU_DIR the carried folder with site.tar.xz and weights/ (.gpu).
+# Two more jobs (RUN holds the letters of the jobs to run, default RE):
+#   D = issue 17, the decoder-only adversarial fine-tune (`embedded-assets --stage decoder`) of a prior trained
+#       before, then NiFi beside its w/o-t0 ablation on pairs made before: the prior and the degraded halves of
+#       the pairs arrive in a later call's carried .pack/ (prior/, pairs/ without the clean images, clean.md5);
+#       the frames stage renders the ground truth again (bit-identical: GPU runs 2 and 3) and the clean images
+#       are copied from it and checked against clean.md5. D_VARIANT_GAN (e.g. 1.0) also fine-tunes a second
+#       decoder with that adversarial weight (measured, not trained on). Waits for B's GPU-bound parts.
+#   B = issue 18, the GPU bench: restore (1024^2, 1080x1920) and the 1080p stream (frames/s, --prefetch 0 vs 2)
+#       with the GPU to itself, then the compiled training step in two processes sharing TORCHINDUCTOR_CACHE_DIR
+#       (cold, then warm) and the restore again in a new process (warm cache).
 set -u
 export PYTHONUNBUFFERED=1
 S=${S:-/tmp/S}
@@ -26,15 +36,19 @@ SHAPE=${SHAPE:-sd3-medium}; DEV=${DEV:-cuda}
 R_EXTRA=${R_EXTRA:---train_scenes boxes --scene_views 8 --scene_iterations 300 --finetune_iterations 100}
 E_ARGS=${E_ARGS:---config configs/embedded_assets_v3.yaml}
 SRC=$PWD
+GPU_DIR=${GPU_DIR:-.gpu}
+RUN=${RUN:-RE}
+has() { case $RUN in *$1*) return 0;; esac; return 1; }   # has J: job J is one of this session's
 mkdir -p $S/ship
 export PYTHONPATH=/tmp/site:$S/repo NIFI_WEIGHTS_DIR=$S/weights NIFI_OFFLINE=1 MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0
 if [ ! -f $S/started ]; then
   echo "== fresh machine: installing"
   if [ -z "${SKIP_INSTALL:-}" ]; then
-    mkdir -p /tmp/site && tar -xJf .gpu/site.tar.xz -C /tmp/site || exit 1
+    mkdir -p /tmp/site && tar -xJf $GPU_DIR/site.tar.xz -C /tmp/site || exit 1
   fi
-  mkdir -p $S/repo && tar --exclude=./.whl --exclude=./.gpu --exclude=./.git -cf - . | tar -xf - -C $S/repo
-  cp -r .gpu/weights $S/weights
+  mkdir -p $S/repo && tar --exclude=./.whl --exclude=./.gpu --exclude=./.gpu2 --exclude=./.pack --exclude=./.git \
+    -cf - . | tar -xf - -C $S/repo
+  cp -r $GPU_DIR/weights $S/weights
   nvidia-smi --query-gpu=name,memory.used,driver_version --format=csv
   python3 -c 'import diffusers, peft, lpips, piq, plyfile, constriction, bm3d, skimage, matplotlib, papermill, ipykernel, ipywidgets, imageio; print("imports ok")' || exit 1
   touch $S/started; date -u +%FT%TZ > $S/started
@@ -43,18 +57,24 @@ if [ ! -f $S/started ]; then
   E1N=""; E1T=""; [ "${E_NICE:-0}" = 1 ] && { E1N="nice -n 15 env OMP_NUM_THREADS=${E_THREADS:-4} "; E1T="--threads ${E_THREADS:-4}"; }
   E2W=""; [ "${E2_AFTER_R:-0}" = 1 ] && E2W="while [ ! -f $S/R.rc ]; do sleep 5; done; "
   # E1 needs no gsplat (ray-cast ground truth, the prior): it starts before the build
-  [ "${RUN:-RE}" = R ] && { echo 0 > $S/E1.rc; echo 0 > $S/E.rc; echo 0 > $S/E1.seconds; echo 0 > $S/E.seconds; }
-  [ "${RUN:-RE}" = R ] || setsid bash -c "T=\$(date +%s); $E1N$EA --stage frames,prior $E1T > $S/E1.log 2>&1; echo \$? > $S/E1.rc; \
+  has E || { echo 0 > $S/E1.rc; echo 0 > $S/E.rc; echo 0 > $S/E1.seconds; echo 0 > $S/E.seconds; }
+  has R || { echo 0 > $S/R.rc; echo 0 > $S/R.seconds; }   # a job not run is recorded as done
+  has D || { echo 0 > $S/D.rc; echo 0 > $S/D.seconds; }
+  has B || { echo 0 > $S/B.rc; echo 0 > $S/B.seconds; touch $S/B.gpufree; }
+  has B && setsid bash -c "T=\$(date +%s); bash scripts/device_bench.sh $S > $S/B.log 2>&1; echo \$? > $S/B.rc; \
+    touch $S/B.gpufree; echo \$(( \$(date +%s) - T )) > $S/B.seconds" < /dev/null > /dev/null 2>&1 &
+  has D && setsid bash -c "T=\$(date +%s); bash scripts/device_decoder.sh $S > $S/D.log 2>&1; echo \$? > $S/D.rc; \
+    echo \$(( \$(date +%s) - T )) > $S/D.seconds" < /dev/null > /dev/null 2>&1 &
+  has E && setsid bash -c "T=\$(date +%s); $E1N$EA --stage frames,prior $E1T > $S/E1.log 2>&1; echo \$? > $S/E1.rc; \
     echo \$(( \$(date +%s) - T )) > $S/E1.seconds" < /dev/null > /dev/null 2>&1 &
   T=$(date +%s)   # gsplat compiles its CUDA code on first import: once, alone (two concurrent builds fail)
-  python3 -c 'import gsplat.cuda._backend as b; print(b._C)' > $S/G.log 2>&1
-  echo "gsplat build rc $? in $(( $(date +%s) - T )) s" >> $S/G.log
-  [ "${RUN:-RE}" = E ] && { echo 0 > $S/R.rc; echo 0 > $S/R.seconds; }   # R not run: recorded as done
-  [ "${RUN:-RE}" = E ] || setsid bash -c "T=\$(date +%s); python3 -m nifi_lib.cli rehearse --shape $SHAPE --out $S/reh \
+  { has R || has E; } && python3 -c 'import gsplat.cuda._backend as b; print(b._C)' > $S/G.log 2>&1 && \
+    echo "gsplat build rc $? in $(( $(date +%s) - T )) s" >> $S/G.log
+  has R && setsid bash -c "T=\$(date +%s); python3 -m nifi_lib.cli rehearse --shape $SHAPE --out $S/reh \
     --device $DEV --jobs 3 --metrics lpips psnr ssim $R_EXTRA > $S/R.log 2>&1; \
     echo \$? > $S/R.rc; echo \$(( \$(date +%s) - T )) > $S/R.seconds" < /dev/null > /dev/null 2>&1 &
   # E2: the fits and the pairs, then (E1's prior done) NiFi beside its w/o-t0 ablation
-  [ "${RUN:-RE}" = R ] || setsid bash -c "$E2W T=\$(date +%s); $EA --stage scenes,pairs > $S/E2.log 2>&1; rc=\$?; \
+  has E && setsid bash -c "$E2W T=\$(date +%s); $EA --stage scenes,pairs > $S/E2.log 2>&1; rc=\$?; \
     while [ ! -f $S/E1.rc ]; do sleep 5; done; \
     if [ \$rc = 0 ] && [ \$(cat $S/E1.rc) = 0 ] && [ ${E_TRAIN:-1} = 1 ]; then \
       $EA --stage nifi_wo_t0 > $S/E3.log 2>&1 & p=\$!; $EA --stage nifi > $S/E4.log 2>&1; rc=\$?; \
@@ -63,6 +83,9 @@ if [ ! -f $S/started ]; then
   cd $SRC
 else
   echo "== warm machine, jobs started $(cat $S/started)"
+fi
+if [ -d .pack ] && [ ! -f $S/pack.done ]; then   # D's inputs, carried by a later call (see the header)
+  rm -rf $S/pack && cp -r .pack $S/pack && touch $S/pack.done && echo "pack copied: $(du -sb $S/pack | cut -f1) bytes"
 fi
 
 ship() {  # ship NAME DIR PATHS...: tar.gz of PATHS (relative to DIR) into 15 MiB parts, queued once
@@ -79,27 +102,38 @@ status() {
   tail -n 1 $S/G.log 2>/dev/null
   grep "^\[rehearse\]" $S/R.log 2>/dev/null | grep -v "^\[rehearse\] [0-9]/9 .*: [0-9] command" | tail -n 4
   grep -E "^\[paper\].*(running|ok in|failed)|^    (ok|failed) in" $S/R.log 2>/dev/null | tail -n 2
-  [ -f $S/R.rc ] && echo "R finished rc $(cat $S/R.rc) in $(cat $S/R.seconds) s"
+  has R && [ -f $S/R.rc ] && echo "R finished rc $(cat $S/R.rc) in $(cat $S/R.seconds) s"
   for e in E1 E2 E3 E4; do [ -f $S/$e.log ] && echo "$e: $(tr '\r' '\n' < $S/$e.log | grep -v '^\s*$' | tail -n 1 | cut -c1-200)"; done
-  [ -f $S/E1.rc ] && echo "E1 (frames, prior) finished rc $(cat $S/E1.rc) in $(cat $S/E1.seconds) s"
-  [ -f $S/E.rc ] && echo "E finished rc $(cat $S/E.rc) in $(cat $S/E.seconds) s"
+  has E && [ -f $S/E1.rc ] && echo "E1 (frames, prior) finished rc $(cat $S/E1.rc) in $(cat $S/E1.seconds) s"
+  has E && [ -f $S/E.rc ] && echo "E finished rc $(cat $S/E.rc) in $(cat $S/E.seconds) s"
+  for j in B D; do [ -f $S/$j.log ] && echo "$j: $(tr '\r' '\n' < $S/$j.log | grep -v '^\s*$' | tail -n 2 | cut -c1-200 | tr '\n' '|')"; done
+  for j in B D; do [ -f $S/$j.rc ] && echo "$j finished rc $(cat $S/$j.rc) in $(cat $S/$j.seconds) s"; done
 }
 
 collect() {
-  if [ -f $S/R.rc ] && [ -f $S/reh/rehearsal.json ]; then
+  if has R && [ -f $S/R.rc ] && [ -f $S/reh/rehearsal.json ]; then
     ship reh $S/reh rehearsal.json logs notebooks prompts.json $(cd $S/reh && ls -d report.json report.md \
       nifi/train_log.csv nifi/train_summary.json eval_metrics.json benchmark_metrics.json 2>/dev/null)
   fi
-  if [ "${SHIP_FRAMES:-1}" = 1 ] && grep -q '"frames": {' $S/ea/assets_log.json 2>/dev/null; then   # the ground truth frames (the fits leave them)
+  if has E && [ "${SHIP_FRAMES:-1}" = 1 ] && grep -q '"frames": {' $S/ea/assets_log.json 2>/dev/null; then   # the ground truth frames (the fits leave them)
     ship scenes_frames $S/ea --exclude='*.ply' scenes
   fi
-  if [ -f $S/E1.rc ] && [ -f $S/ea/prior/prior_log.json ]; then
+  if has E && [ -f $S/E1.rc ] && [ -f $S/ea/prior/prior_log.json ]; then
     ship prior $S/ea prior
   fi
-  if [ -f $S/E.rc ] && [ -f $S/ea/assets_log.json ]; then   # the checkpoints, logs, the held-out pairs and the dense models
+  if has E && [ -f $S/E.rc ] && [ -f $S/ea/assets_log.json ]; then   # the checkpoints, logs, the held-out pairs and the dense models
     ship ea $S/ea assets_log.json $(cd $S/ea && ls -d nifi nifi_wo_t0 pairs pairs_heldout scenes/preset.json \
       scenes/*/*/scene.json \
       scenes/train/*/point_cloud.ply scenes/heldout/*/point_cloud.ply 2>/dev/null)
+  fi
+  if [ -f $S/D.decoder.rc ]; then   # the fine-tuned decoders (the transformer is the carried prior's, unchanged)
+    ship decoder $S --exclude=transformer $(cd $S && ls -d ea/prior_decoder eb/prior_decoder 2>/dev/null)
+  fi
+  if [ -f $S/D.rc ] && [ -f $S/ea/assets_log.json ]; then
+    ship dnifi $S/ea assets_log.json $(cd $S/ea && ls -d nifi nifi_wo_t0 2>/dev/null)
+  fi
+  if [ -f $S/B.rc ] && [ -d $S/bench ]; then
+    ship bench $S bench
   fi
 }
 
@@ -107,20 +141,24 @@ while true; do
   now=$(( $(date +%s) - T0 ))
   [ $(( now % 60 )) -lt 10 ] && status
   collect
-  if [ -f $S/R.rc ] && [ -f $S/E.rc ]; then echo "both jobs finished"; break; fi
+  if [ -f $S/R.rc ] && [ -f $S/E.rc ] && [ -f $S/D.rc ] && [ -f $S/B.rc ]; then echo "every job finished"; break; fi
   [ $now -ge $DL ] && break
   sleep 10
 done
 status
-# ship up to 6 queued parts (<= 90 MiB would be too much: the limit is 64 MiB a call, so at most 4 full parts)
-n=0; bytes=0
+# the logs first (only those that exist), then queued parts: at most 8 files and 62 MiB a call
+cp $S/R.log $OUT/R.log 2>/dev/null; cat $S/E1.log $S/E2.log $S/E3.log $S/E4.log > $OUT/E.log 2>/dev/null
+cp $S/B.log $OUT/B.log 2>/dev/null; cp $S/D.log $OUT/D.log 2>/dev/null
+for f in $OUT/R.log $OUT/E.log $OUT/B.log $OUT/D.log; do
+  [ -s $f ] || { rm -f $f; continue; }
+  tr '\r' '\n' < $f | grep -v '^\s*$' | tail -n 400 > $f.tail && mv $f.tail $f
+done
+n=0; room=$(( 8 - $(ls $OUT | wc -l) )); bytes=$(cat $OUT/* 2>/dev/null | wc -c)
 for p in $(ls $S/ship/*.part* 2>/dev/null); do
   b=$(stat -c %s $p)
-  if [ $n -lt 6 ] && [ $(( bytes + b )) -le $(( 62 * 1024 * 1024 )) ]; then
+  if [ $n -lt $room ] && [ $(( bytes + b )) -le $(( 62 * 1024 * 1024 )) ]; then
     mv $p $OUT/ && n=$(( n + 1 )) && bytes=$(( bytes + b ))
   fi
 done
-cp $S/R.log $OUT/R.log 2>/dev/null; cat $S/E1.log $S/E2.log $S/E3.log $S/E4.log > $OUT/E.log 2>/dev/null
-for f in $OUT/R.log $OUT/E.log; do [ -f $f ] && tr '\r' '\n' < $f | grep -v '^\s*$' | tail -n 400 > $f.tail && mv $f.tail $f; done
 echo "shipped $n parts, $bytes bytes; left: $(ls $S/ship/*.part* 2>/dev/null | wc -l) parts"
 ls -la $OUT

@@ -17,7 +17,7 @@ def test_tiny_chain_outputs_log_and_resume(tmp_path, capsys):
     out = tmp_path / "assets"
     # the order of the GPU session (scripts/device_session.sh): frames + prior in one process, the fits in
     # another, then the NiFi stage; run one after the other here, each merging its entry into the log
-    assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet", "--stage", "frames,prior"]) == 0
+    assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet", "--stage", "frames,prior,decoder"]) == 0
     frames = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((out / "scenes").rglob("*.png"))}
     assert len(frames) == 3 * 9 + 9 and not list((out / "scenes").rglob("*.ply"))   # 2 + 1 worlds, 1 prior-only
     assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet", "--stage", "scenes,pairs"]) == 0
@@ -26,7 +26,7 @@ def test_tiny_chain_outputs_log_and_resume(tmp_path, capsys):
     assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet", "--stage", "nifi_wo_t0"]) == 0
     assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet", "--stage", "nifi"]) == 0
     log = json.loads((out / "assets_log.json").read_text())
-    assert list(log["stages"]) == ["frames", "prior", "scenes", "pairs", "nifi_wo_t0", "nifi"]
+    assert list(log["stages"]) == ["frames", "prior", "decoder", "scenes", "pairs", "nifi_wo_t0", "nifi"]
     assert log["last_run"] == {"ran": ["nifi"], "skipped": [], "command": log["last_run"]["command"]}
     assert log["device"] == "cpu" and log["config_file"].endswith("embedded_assets_tiny.yaml")
     for name, st in log["stages"].items():
@@ -44,9 +44,27 @@ def test_tiny_chain_outputs_log_and_resume(tmp_path, capsys):
     from safetensors import safe_open
     with safe_open(str(out / "prior" / "vae" / "diffusion_pytorch_model.safetensors"), "pt") as f:
         assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
-    # nifi: the checkpoint trained on the new backbone, pairs of the held-out world apart
+    # decoder: the prior with a fine-tuned decoder; everything else (the transformer, the encoder, the latent
+    # scale, the prompts) byte for byte the prior's
+    dec = out / "prior_decoder"
+    dinfo = json.loads((dec / "nifi_backbone.json").read_text())
+    run = dinfo["decoder_finetune"]
+    assert run["steps_done"] == 3 and run["config"]["vae_gan_weight"] == 0.5
+    assert run["config"]["vae_train_encoder"] is False and run["config"]["resolution"] == 32
+    assert run["num_images"] == 14 + 9 and run["num_heldout_images"] == 2 * 2 + 9
+    vae_cfg = lambda d: json.loads((d / "vae" / "config.json").read_text())  # noqa: E731
+    assert vae_cfg(dec)["scaling_factor"] == vae_cfg(out / "prior")["scaling_factor"]
+    for f in ("transformer/diffusion_pytorch_model.safetensors", "prompt_embeds.npz"):
+        assert (dec / f).read_bytes() == (out / "prior" / f).read_bytes(), f
+    with safe_open(str(out / "prior" / "vae" / "diffusion_pytorch_model.safetensors"), "pt") as a, \
+            safe_open(str(dec / "vae" / "diffusion_pytorch_model.safetensors"), "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        same = {k: torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys()}
+    assert all(v for k, v in same.items() if k.startswith(("encoder.", "quant_conv.")))
+    assert not all(v for k, v in same.items() if k.startswith("decoder."))   # the decoder did train
+    # nifi: the checkpoint trained on the fine-tuned backbone, pairs of the held-out world apart
     summary = json.loads((out / "nifi" / "train_summary.json").read_text())
-    assert summary["config"]["model"]["backbone"] == str(out / "prior")
+    assert summary["config"]["model"]["backbone"] == str(dec)
     assert summary["val_split"] == "train_holdout"
     # the ablation: the same run but for t0 = T (trained the way notebooks 06/07 evaluate it)
     ablation = json.loads((out / "nifi_wo_t0" / "train_summary.json").read_text())
@@ -61,9 +79,9 @@ def test_tiny_chain_outputs_log_and_resume(tmp_path, capsys):
     # resume: every stage finished with the same config is skipped
     capsys.readouterr()
     assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet", "--resume"]) == 0
-    assert capsys.readouterr().out.count("skipped") == 6
+    assert capsys.readouterr().out.count("skipped") == 7
     log2 = json.loads((out / "assets_log.json").read_text())
-    assert log2["last_run"]["skipped"] == ["frames", "scenes", "prior", "pairs", "nifi", "nifi_wo_t0"]
+    assert log2["last_run"]["skipped"] == ["frames", "scenes", "prior", "decoder", "pairs", "nifi", "nifi_wo_t0"]
     assert log2["last_run"]["ran"] == []
     assert {k: v["finished_at"] for k, v in log2["stages"].items()} == before
     assert all(not p.startswith("/") for st in log2["stages"].values() for p in st["outputs"])

@@ -87,7 +87,8 @@ def test_restore_with_prefetch_writes_the_same_frames_as_without(model_dir, tmp_
     lq = _folder(tmp_path / "lq", [(24, 16)] * 4 + [(16, 24)] * 3)
     assert _restore(model_dir, lq, tmp_path / "plain", "--batch_size", "2", "--prefetch", "0") == 0
     plain_out = capsys.readouterr().out.split()
-    assert _restore(model_dir, lq, tmp_path / "fast", "--batch_size", "2", "--prefetch", "2") == 0
+    assert _restore(model_dir, lq, tmp_path / "fast", "--batch_size", "2", "--prefetch", "2", "--writers", "3",
+                    "--png_level", "1") == 0
     fast_out = capsys.readouterr().out.split()
     a, b = _arrays(tmp_path / "plain"), _arrays(tmp_path / "fast")
     assert sorted(a) == sorted(b) == [f"f{i:02d}.png" for i in range(7)]
@@ -95,6 +96,9 @@ def test_restore_with_prefetch_writes_the_same_frames_as_without(model_dir, tmp_
     assert [p.split("/")[-1] for p in fast_out] == [p.split("/")[-1] for p in plain_out]   # written in order
     assert _restore(model_dir, lq, tmp_path / "bad", "--prefetch", "-1") != 0
     assert "--prefetch -1" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    for flag, value in (("--writers", "0"), ("--png_level", "12")):
+        assert _restore(model_dir, lq, tmp_path / "bad", flag, value) != 0
+        assert f"{flag} {value}" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_restore_with_prefetch_keeps_frames_written_before_a_failure(model_dir, tmp_path, monkeypatch,

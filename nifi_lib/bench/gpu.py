@@ -11,6 +11,9 @@ embedding of shape (1, 333, 4096) / (1, 2048), the phi-/phi+ adapters at rank 64
 - ``restore``: :meth:`Restorer.restore` at 512, 1024 and 1920x1080, batch 1 and 4, eager and optimised
   (channels_last + cuDNN autotuning, phi- fused, torch.compile), with an encode/transformer/decode
   breakdown, the tiled decoder's memory, and the SDPA backends at the VAE attention's shape.
+- ``stream`` (issue 18 throughput mode): frames per second of the real ``nifi restore`` loop
+  (:func:`~nifi_lib.restoration.cli.restore_stream`: PNG decode -> restore -> PNG encode + atomic write) over a
+  folder of 1920x1080 frames, with ``--prefetch`` 0 and 2, next to the model-only time of a pre-loaded batch.
 
 Times: median of ``--iters`` iterations after ``--warmup`` (CUDA events, one synchronisation at the end
 of each iteration; also the mean of the same number of back-to-back iterations), peak GPU memory
@@ -22,6 +25,7 @@ tiny models (a CPU smoke run of the whole script).
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import statistics
@@ -590,6 +594,218 @@ def bench_train(args, device: torch.device, budget: Budget, results: dict, out: 
 
 
 # --------------------------------------------------------------------------------------------------
+# Restore loop over a folder of frames (issue 18 throughput mode)
+# --------------------------------------------------------------------------------------------------
+STREAM_PHOTO = "coffee"     # skimage.data: a natural 400x600 photo (3:2, close to a 16:9 frame)
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """``"1080x1920"`` -> ``(1080, 1920)`` (height, width)."""
+    h, w = (int(v) for v in text.lower().split("x"))
+    return h, w
+
+
+def stream_settings(args) -> tuple[tuple[int, int], int, int, list[tuple[int, int, int | None]]]:
+    """``((H, W), frames, batch, modes)`` of the ``stream`` part: the flags, else the defaults of a 1080p GPU run
+    (``--tiny``: a small CPU smoke run). A mode is ``(prefetch, writers, png_level)`` from ``--stream-modes``
+    entries ``P[:W[:L]]`` (writers default 1, level default None: Pillow's 6)."""
+    size = parse_hw(args.stream_size or ("64x96" if args.tiny else "1080x1920"))
+    frames = args.stream_frames or (8 if args.tiny else 48)
+    batch = args.stream_batch or (2 if args.tiny else 4)
+    modes = []
+    for entry in args.stream_modes.split(","):
+        v = entry.split(":")
+        if not 1 <= len(v) <= 3 or not all(x.strip().isdigit() for x in v):
+            raise ValueError(f"--stream-modes entry {entry!r}: expected PREFETCH[:WRITERS[:PNG_LEVEL]], e.g. 2:4:1")
+        modes.append((int(v[0]), int(v[1]) if len(v) > 1 else 1, int(v[2]) if len(v) > 2 else None))
+    return size, frames, batch, modes
+
+
+def mode_name(mode: tuple[int, int, int | None]) -> str:
+    """``(2, 4, 1)`` -> ``"p2_w4_l1"`` (the row's key in bench.json)."""
+    p, w, lvl = mode
+    return f"p{p}_w{w}" + ("" if lvl is None else f"_l{lvl}")
+
+
+def photo_canvas(h: int, w: int, photo: str = STREAM_PHOTO) -> torch.Tensor:
+    """A scikit-image sample photo resized (bilinear, antialiased) to cover ``h x w`` and centre-cropped:
+    ``(3, h, w)`` in [0, 1]."""
+    import numpy as np
+    import skimage.data
+    import torch.nn.functional as F
+
+    from ..io.images import to_tensor
+
+    img = to_tensor(np.ascontiguousarray(np.asarray(getattr(skimage.data, photo)())[..., :3]))
+    s = max(h / img.shape[1], w / img.shape[2])
+    rh, rw = max(h, round(img.shape[1] * s)), max(w, round(img.shape[2] * s))
+    big = F.interpolate(img[None], size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)[0]
+    top, left = (rh - h) // 2, (rw - w) // 2
+    return big[:, top:top + h, left:left + w].clamp(0, 1)
+
+
+def write_stream_frames(folder: Path, n: int, h: int, w: int, pan: int = 16) -> list[Path]:
+    """``n`` PNG frames ``f0000.png ...`` of ``h x w`` in ``folder`` (the project's ``save_image``): windows of one
+    photo, shifted by a pixel per frame (a slow pan, row by row: distinct frames up to ``(pan + 1) ** 2``)."""
+    from ..io.images import save_image
+
+    canvas = photo_canvas(h + pan, w + pan)
+    paths = []
+    for i in range(n):
+        dy, dx = (i // (pan + 1)) % (pan + 1), i % (pan + 1)
+        paths.append(folder / f"f{i:04d}.png")
+        save_image(paths[-1], canvas[:, dy:dy + h, dx:dx + w])
+    return paths
+
+
+def same_images(a: Path, b: Path) -> bool:
+    """Whether folders ``a`` and ``b`` hold the same file names with the same decoded pixels."""
+    import numpy as np
+
+    from ..io.images import list_images, read_rgb
+
+    fa, fb = list_images(a), list_images(b)
+    return [f.name for f in fa] == [f.name for f in fb] and \
+        all(np.array_equal(read_rgb(x), read_rgb(y)) for x, y in zip(fa, fb))
+
+
+def _stream_restorer(bb, optimised: bool, cuda_graphs: bool | None = None):
+    """The restorer of the ``stream`` part: bench_restore's optimised variant (phi- fused, torch.compile, on CUDA
+    with channels_last, cuDNN autotuning and CUDA graphs) or, on the CPU / ``--no-compile``, the eager one."""
+    from ..restoration.restorer import Restorer
+
+    return Restorer(bb, compile=True, fuse_lora=True, cuda_graphs=cuda_graphs) if optimised else Restorer(bb)
+
+
+def _stream_variant(bb) -> str:
+    """The name of the optimised restorer's fast paths, as switched on in ``bb``."""
+    return "optimised (fused phi-, torch.compile" + (", CUDA graphs)" if bb.fast_paths.get("cuda_graphs") else ")")
+
+
+def bench_stream(args, device: torch.device, budget: Budget, results: dict, out: Path | None) -> None:
+    """Issue 18 throughput mode: frames per second of the real ``nifi restore`` loop
+    (:func:`~nifi_lib.restoration.cli.restore_stream`: PNG decode -> restore -> PNG encode + atomic write) over
+    a temporary folder of ``--stream-frames`` frames, once per ``--stream-modes`` entry (prefetch depth, PNG
+    encoding threads, PNG level), after one warm-up batch (compilation is not timed); beside it the model-only time
+    of a pre-loaded batch (:func:`measure`) and the host's decode / encode time of one frame, so the host's share is
+    visible; and whether every mode wrote the same pixels."""
+    import shutil
+    import tempfile
+
+    from ..diffusion.latents import to_model_range, to_unit_range
+    from ..io.images import load_image, probe_rgb, save_image
+    from ..restoration.cli import restore_stream
+    from ..restoration.lora import RESTORER, add_restorer_adapters
+
+    (h, w), n, b, modes = stream_settings(args)
+    b = min(b, n)
+    res = results.setdefault("stream", {"size": f"{h}x{w}", "frames": n, "batch": b, "photo": STREAM_PHOTO,
+                                        "rows": {}, "notes": []})
+    if budget.left() < args.reserve:
+        res["notes"].append("skipped (time budget)")
+        return
+    if n % b:
+        res["notes"].append(f"{n} frames in batches of {b}: the last batch has {n % b} (warmed up too)")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    optimised = device.type == "cuda" and not args.no_compile
+    log(f"stream: building the backbone ({'optimised' if optimised else 'eager'} restorer)")
+    bb = build_backbone(args.tiny, device, dtype)
+    add_restorer_adapters(bb, rank=args.rank)
+    randomize_adapter(bb.transformer, RESTORER, seed=1)
+    randomize_adapter(bb.vae, RESTORER, seed=2)
+    restorer = _stream_restorer(bb, optimised)
+    res["variant"] = _stream_variant(bb) if optimised else "eager"
+    res["dtype"] = str(dtype).replace("torch.", "")
+    seed, pin = 0, device.type == "cuda"
+    with tempfile.TemporaryDirectory(prefix="nifi-stream-") as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "in").mkdir()
+        t = time.perf_counter()
+        files = write_stream_frames(tmp / "in", n, h, w)
+        res["write_inputs_s"] = round(time.perf_counter() - t, 3)
+        res["input_mib"] = round(sum(f.stat().st_size for f in files) / 2 ** 20, 2)
+        log(f"stream: {n} frames of {h}x{w} written ({res['input_mib']:.1f} MiB) in {res['write_inputs_s']:.1f} s")
+
+        # one batch in memory: the host's decode time of a frame, then the warm-up (compiles, records graphs)
+        t = time.perf_counter()
+        first = torch.stack([load_image(f) for f in files[:b]])
+        res["decode_ms_per_frame"] = (time.perf_counter() - t) * 1e3 / len(first)
+        x = to_model_range(first).to(device)
+        t = time.perf_counter()
+        try:
+            restorer.restore(x, seed=[seed] * b)
+        except Exception as e:  # noqa: BLE001 - as bench_restore: compile without CUDA graphs, and say so
+            if not bb.fast_paths.get("cuda_graphs"):
+                raise
+            res["notes"].append(f"CUDA graphs failed ({e!r}); the optimised restorer runs without them")
+            log(f"stream: CUDA graphs FAILED ({e!r}); without them")
+            torch._dynamo.reset()
+            for key in ("compile_transformer", "compile_vae", "cuda_graphs"):
+                bb.fast_paths.pop(key, None)
+            restorer = _stream_restorer(bb, optimised, cuda_graphs=False)
+            res["variant"] = _stream_variant(bb)
+            t = time.perf_counter()
+            restorer.restore(x, seed=[seed] * b)
+        sync(device)
+        res["first_batch_s"] = round(time.perf_counter() - t, 3)
+        restorer.restore(x, seed=[seed] * b)          # the second call records the CUDA graphs
+        for _ in range(2 if n % b else 0):           # the last, shorter batch: compiled and recorded now too
+            restorer.restore(x[:n % b], seed=[seed] * (n % b))
+        sync(device)                                 # (no graph is captured while a prefetch thread pins memory)
+        log(f"stream: warm-up batch {res['first_batch_s']:.1f} s")
+
+        model = measure(functools.partial(restorer.restore, x, seed=[seed] * b), device, warmup=1,
+                        iters=args.iters, back_to_back=False)
+        model["ms_per_frame"] = model["median_ms"] / b
+        res["model_only"] = model
+        imgs = to_unit_range(restorer.restore(x, seed=[seed] * b)).cpu()
+        (tmp / "encode").mkdir()
+        t = time.perf_counter()
+        for i, img in enumerate(imgs):
+            save_image(tmp / "encode" / f"{i}.png", img)
+        res["encode_ms_per_frame"] = (time.perf_counter() - t) * 1e3 / len(imgs)
+        log(f"stream: model only {model['ms_per_frame']:.1f} ms/frame (batch {b}); host, one thread: decode "
+            f"{res['decode_ms_per_frame']:.1f} ms/frame, encode + atomic write {res['encode_ms_per_frame']:.1f} ms/frame")
+        del x, first, imgs
+
+        sizes = [(f, probe_rgb(f)) for f in files]
+        ref: Path | None = None
+        same: list[bool] = []
+        for mode in modes:
+            name = mode_name(mode)
+            if budget.left() < args.reserve:
+                res["notes"].append(f"{name} skipped (time budget)")
+                continue
+            depth, writers, level = mode
+            dst = tmp / f"out_{name}"
+            dst.mkdir()
+            sync(device)
+            t = time.perf_counter()
+            k = restore_stream(restorer, [(f, dst / f.name, wh) for f, wh in sizes], batch_size=b, prefetch=depth,
+                               read=load_image, seed=seed, pin=pin, writers=writers, png_level=level)
+            sync(device)
+            sec = time.perf_counter() - t
+            row = {"prefetch": depth, "writers": writers, "png_level": level, "frames": k, "seconds": round(sec, 3),
+                   "fps": k / sec, "ms_per_frame": sec * 1e3 / k,
+                   "host_share": 1 - model["ms_per_frame"] / (sec * 1e3 / k),
+                   "output_mib": round(sum(f.stat().st_size for f in dst.iterdir()) / 2 ** 20, 2)}
+            if ref is None:
+                ref = dst
+            else:
+                row["identical_to_first"] = same_images(ref, dst)   # decoded pixels (any PNG level is lossless)
+                same.append(row["identical_to_first"])
+                shutil.rmtree(dst)
+            res["rows"][name] = row
+            log(f"stream {name}: {k} frames in {sec:.2f} s: {row['fps']:.2f} frames/s, "
+                f"{row['ms_per_frame']:.1f} ms/frame (model only {model['ms_per_frame']:.1f})")
+            if out is not None:
+                (out / "bench.json").write_text(json.dumps(results, indent=1, default=str))
+        res["identical_outputs"] = all(same) if same else None   # None: fewer than two depths ran
+    del restorer, bb
+    free(device)
+
+
+# --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
 def summary(results: dict) -> str:
@@ -629,13 +845,40 @@ def summary(results: dict) -> str:
                   f"optimised vs eager rel. L2 error: {rs.get('optimised_vs_eager_rel_err')}",
                   f"FLOP check: {rs.get('flop_check')}", f"SDPA (ms): {rs.get('sdpa')}",
                   f"notes: {rs.get('notes')}", ""]
+    st = results.get("stream")
+    if st:
+        lines += stream_summary(st)
     return "\n".join(lines)
+
+
+def stream_summary(st: dict) -> list[str]:
+    """The ``stream`` part's table: frames/s of the restore loop per mode (prefetch depth, PNG encoding threads and
+    level), next to the model alone."""
+    model = st.get("model_only", {}).get("ms_per_frame", float("nan"))
+    lines = [f"### Restore loop over a folder (PNG decode -> restore -> PNG encode): {st.get('frames')} frames of "
+             f"{st.get('size')}, batch {st.get('batch')}, {st.get('variant', '?')} {st.get('dtype', '')}", "",
+             "| prefetch | PNG writers | PNG level | frames/s | ms/frame | model-only ms/frame | host share | MiB out |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in st.get("rows", {}).values():
+        lvl = 6 if r["png_level"] is None else r["png_level"]
+        lines.append(f"| {r['prefetch']} | {r['writers']} | {lvl} | {r['fps']:.2f} | {r['ms_per_frame']:.1f} | "
+                     f"{model:.1f} | {r['host_share']:.0%} | {r['output_mib']:.1f} |")
+    lines += ["", f"identical outputs across modes: {st.get('identical_outputs')}; warm-up batch "
+              f"{st.get('first_batch_s', float('nan')):.1f} s; host, one thread: decode "
+              f"{st.get('decode_ms_per_frame', float('nan')):.1f} ms/frame, encode + atomic write "
+              f"{st.get('encode_ms_per_frame', float('nan')):.1f} ms/frame",
+              f"notes: {st.get('notes')}" if st.get("notes") else "", ""]
+    return lines
+
+
+PARTS = {"restore": bench_restore, "train": bench_train, "stream": bench_stream}
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = p or argparse.ArgumentParser(prog="python -m bench.gpu_bench", description=__doc__.split("\n")[0])
-    p.add_argument("--part", default="all", choices=["all", "train", "restore"], help="what to time")
-    p.add_argument("--order", default="restore,train", help="order of the parts for --part all")
+    p.add_argument("--part", default="all", choices=["all", *PARTS], help="what to time")
+    p.add_argument("--order", default="restore,train",
+                   help=f"order of the parts for --part all (of {', '.join(PARTS)})")
     p.add_argument("--tiny", action="store_true", help="tiny models (a CPU smoke run of the whole script)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--out", default=None, help="folder for bench.json, the profiler tables and summary.md")
@@ -659,6 +902,14 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                    help="time the tiled VAE decode at the largest size")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--grad-ckpt", action="store_true", help="train with gradient checkpointing")
+    p.add_argument("--stream-size", default=None,
+                   help="stream: frame size HxW (default: 1080x1920; --tiny: 64x96)")
+    p.add_argument("--stream-frames", type=int, default=None, help="stream: frames in the folder (default: 48; "
+                                                                    "--tiny: 8)")
+    p.add_argument("--stream-batch", type=int, default=None, help="stream: --batch_size (default: 4; --tiny: 2)")
+    p.add_argument("--stream-modes", default="0,2,2:4,2:4:1",
+                   help="stream: the modes to time, in order, each PREFETCH[:PNG_WRITERS[:PNG_LEVEL]] (nifi restore's "
+                        "--prefetch, --writers, --png_level; default: %(default)s, the first is the plain loop)")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--deadline", type=float, default=1e9, help="seconds for the whole run; stages past it are skipped")
     p.add_argument("--reserve", type=float, default=20.0, help="seconds kept for writing results")
@@ -681,6 +932,17 @@ def run(args) -> int:
 
     def _term(signum, frame):  # a `timeout` in front of the run: stop, but still write what was measured
         raise KeyboardInterrupt(f"signal {signum}")
+    parts = args.order.split(",") if args.part == "all" else [args.part]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        log(f"--order: unknown part(s) {unknown}; the parts are {', '.join(PARTS)}")
+        return 2
+    if "stream" in parts:
+        try:
+            stream_settings(args)
+        except ValueError as e:
+            log(str(e))
+            return 2
     signal.signal(signal.SIGTERM, _term)
     budget = Budget(args.deadline)
     device = torch.device(default_device(args.device))
@@ -704,13 +966,12 @@ def run(args) -> int:
         results["compile_cache_loaded"] = {**load_compile_cache(args.load_cache),
                                            "seconds": round(time.perf_counter() - t, 2)}
         log(f"loaded compile cache {results['compile_cache_loaded']}")
-    parts = args.order.split(",") if args.part == "all" else [args.part]
     rc = 0
     for part in parts:
         torch._dynamo.reset()          # each part compiles from scratch (its first-call time is its own)
         torch._dynamo.utils.counters.clear()
         try:
-            (bench_restore if part == "restore" else bench_train)(args, device, budget, results, out)
+            PARTS[part](args, device, budget, results, out)
         except BaseException as e:  # noqa: BLE001 - keep what was measured (also on SIGTERM / Ctrl-C)
             rc = 1
             results.setdefault("errors", []).append(f"{part}: {e!r}")

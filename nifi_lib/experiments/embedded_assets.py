@@ -8,12 +8,16 @@ Six resumable stages, each a call to the function that already does it:
    (the 3DGS fits; frames already rendered are left untouched);
 3. ``prior``: :func:`~nifi_lib.diffusion.prior.train_prior` on the training scenes' train views (held out:
    their test views and every view of the held-out scenes) -> ``<out>/prior/`` (the backbone folder);
-4. ``pairs``: :func:`~nifi_lib.experiments.embedded.scene_pairs` (synthesis + pairs: training scenes into
+4. ``decoder`` (only when the config has a ``decoder`` section): :func:`~nifi_lib.diffusion.prior.finetune_decoder`,
+   a decoder-only VAE fine-tune of ``<out>/prior`` (the prior config with the section's ``overrides`` on top,
+   e.g. the adversarial term) on the same images -> ``<out>/prior_decoder/``, the backbone the NiFi stages
+   then train on (the encoder, latent scale and transformer are ``<out>/prior``'s, unchanged);
+5. ``pairs``: :func:`~nifi_lib.experiments.embedded.scene_pairs` (synthesis + pairs: training scenes into
    ``<out>/pairs``, held-out scenes into ``<out>/pairs_heldout``);
-5. ``nifi``: :func:`~nifi_lib.experiments.embedded.run_training` of ``configs/embedded.yaml`` pointed at
-   ``<out>/prior`` -> ``<out>/nifi_run/``; ``best.pt``, ``train_log.csv``, ``train_summary.json`` and the
-   resolved config are copied into ``<out>/nifi/``;
-6. ``nifi_wo_t0``: the same run with ``diffusion.t0: 1000`` (the ablation, trained as it is evaluated) ->
+6. ``nifi``: :func:`~nifi_lib.experiments.embedded.run_training` of ``configs/embedded.yaml`` pointed at
+   the backbone (``<out>/prior``, or ``<out>/prior_decoder`` after a ``decoder`` stage) -> ``<out>/nifi_run/``;
+   ``best.pt``, ``train_log.csv``, ``train_summary.json`` and the resolved config are copied into ``<out>/nifi/``;
+7. ``nifi_wo_t0``: the same run with ``diffusion.t0: 1000`` (the ablation, trained as it is evaluated) ->
    ``<out>/nifi_wo_t0/``.
 
 ``<out>/assets_log.json`` records each finished stage (seconds, outputs relative to ``<out>`` with their sizes
@@ -37,12 +41,14 @@ from ..errors import NifiError
 from ..io.atomic import atomic_write_json
 from ..paths import repo_path
 
-STAGES = ("frames", "scenes", "prior", "pairs", "nifi", "nifi_wo_t0")
+STAGES = ("frames", "scenes", "prior", "decoder", "pairs", "nifi", "nifi_wo_t0")
 V3_CONFIG = "configs/embedded_assets_v3.yaml"
 TINY_CONFIG = "configs/embedded_assets_tiny.yaml"
 LOG_NAME = "assets_log.json"
 SECTIONS = {"scenes": {"preset", "seed", "overrides"}, "prior": {"config", "overrides"},
             "synthesis": {"c_min", "n_top", "finetune_iterations"}, "nifi": {"config", "overrides"}}
+OPTIONAL_SECTIONS = {"decoder": {"overrides"}}
+DECODER_DIR = "prior_decoder"
 
 
 class AssetsError(NifiError):
@@ -50,20 +56,23 @@ class AssetsError(NifiError):
 
 
 def load_assets_config(path: str | Path) -> dict:
-    """The assets YAML, checked: sections ``scenes``, ``prior``, ``synthesis``, ``nifi`` with known keys only."""
+    """The assets YAML, checked: sections ``scenes``, ``prior``, ``synthesis``, ``nifi`` (and optionally
+    ``decoder``) with known keys only."""
     import yaml
 
     path = repo_path(path)
     if not path.is_file():
         raise AssetsError(f"{path}: assets config not found")
     data = yaml.safe_load(path.read_text()) or {}
-    for sec, keys in SECTIONS.items():
+    for sec, keys in {**SECTIONS, **OPTIONAL_SECTIONS}.items():
+        if sec in OPTIONAL_SECTIONS and sec not in data:
+            continue
         if not isinstance(data.get(sec), dict):
             raise AssetsError(f"{path}: missing section '{sec}'")
         unknown = set(data[sec]) - keys
         if unknown:
             raise AssetsError(f"{path}: unknown keys {sorted(unknown)} in '{sec}' (known: {sorted(keys)})")
-    extra = set(data) - set(SECTIONS)
+    extra = set(data) - set(SECTIONS) - set(OPTIONAL_SECTIONS)
     if extra:
         raise AssetsError(f"{path}: unknown sections {sorted(extra)}")
     return data
@@ -108,14 +117,19 @@ def stage_frames(cfg: dict, out: Path, device: str, progress: bool) -> list[Path
     return stage_scenes(cfg, out, device, progress, frames_only=True)
 
 
-def prior_config(cfg: dict):
+def prior_config(cfg: dict, section: str = "prior"):
+    """The PriorConfig of the ``prior`` stage; ``section="decoder"``: with the decoder section's overrides on top."""
     from ..diffusion.prior import load_prior_config
 
-    return load_prior_config(repo_path(cfg["prior"]["config"]), **(cfg["prior"].get("overrides") or {}))
+    overrides = dict(cfg["prior"].get("overrides") or {})
+    if section != "prior":
+        overrides.update(cfg[section].get("overrides") or {})
+    return load_prior_config(repo_path(cfg["prior"]["config"]), **overrides)
 
 
-def stage_prior(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
-    from ..diffusion.prior import train_prior
+def prior_images(out: Path) -> tuple[list[Path], list[Path]]:
+    """The prior's training images (the training worlds' train views and every view of the prior-only worlds)
+    and its held-out images (the training worlds' test views and every view of the held-out worlds)."""
     from ..data.scenes import load_scene
     from ..gs.scene_presets import PRIOR_ONLY
 
@@ -125,14 +139,39 @@ def stage_prior(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]
                + [c.image_path for s in _scene_dirs(out, "heldout") for c in load_scene(s, split="all")])
     if not train:
         raise AssetsError(f"{out / 'scenes'}: no training scenes (run the scenes stage first)")
+    return train, heldout
+
+
+def stage_prior(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
+    from ..diffusion.prior import train_prior
+
+    train, heldout = prior_images(out)
     train_prior(train, out / "prior", prior_config(cfg), progress=progress, device=device, heldout_sources=heldout)
     return [out / "prior"]
+
+
+def stage_decoder(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
+    """The decoder-only fine-tune of ``<out>/prior`` -> ``<out>/prior_decoder`` (:func:`build_assets` runs it
+    only when the config has a ``decoder`` section; without one the NiFi stages train on ``<out>/prior``)."""
+    from ..diffusion.prior import finetune_decoder
+
+    if not (out / "prior" / "prior_log.json").is_file():
+        raise AssetsError(f"{out / 'prior'}: no prior to fine-tune (run the prior stage first)")
+    train, heldout = prior_images(out)
+    finetune_decoder(out / "prior", train, out / DECODER_DIR, prior_config(cfg, "decoder"), progress=progress,
+                     device=device, heldout_sources=heldout)
+    return [out / DECODER_DIR]
+
+
+def backbone_dir(cfg: dict, out: Path) -> Path:
+    """The backbone the NiFi stages train on: ``<out>/prior_decoder`` when the config fine-tunes the decoder."""
+    return out / (DECODER_DIR if "decoder" in cfg else "prior")
 
 
 def nifi_config(cfg: dict, out: Path, extra: dict | None = None):
     from ..config import load_config, merge_overrides
 
-    prior = out / "prior"
+    prior = backbone_dir(cfg, out)
     model = {"model": {"backbone": str(prior), "embeddings": str(prior / "prompt_embeds.npz")}}
     overrides = merge_overrides(merge_overrides(cfg["nifi"].get("overrides") or {}, extra or {}), model)
     return load_config(repo_path(cfg["nifi"]["config"]), overrides=overrides)
@@ -179,8 +218,8 @@ def stage_nifi_wo_t0(cfg: dict, out: Path, device: str, progress: bool) -> list[
     return _train_variant(out, device, progress, "nifi_wo_t0", nifi_config(cfg, out, {"diffusion": {"t0": 1000}}))
 
 
-RUNNERS = {"frames": stage_frames, "scenes": stage_scenes, "prior": stage_prior, "pairs": stage_pairs,
-           "nifi": stage_nifi, "nifi_wo_t0": stage_nifi_wo_t0}
+RUNNERS = {"frames": stage_frames, "scenes": stage_scenes, "prior": stage_prior, "decoder": stage_decoder,
+           "pairs": stage_pairs, "nifi": stage_nifi, "nifi_wo_t0": stage_nifi_wo_t0}
 
 
 def read_log(out: Path) -> dict:
@@ -191,10 +230,12 @@ def read_log(out: Path) -> dict:
 
 
 def stage_key(cfg: dict, stage: str) -> str:
-    """What a finished stage depends on: its own section and every earlier stage's."""
-    upto = {"frames": ["scenes"], "scenes": ["scenes"], "prior": ["scenes", "prior"], "pairs": ["scenes", "synthesis"],
-            "nifi": ["scenes", "prior", "synthesis", "nifi"], "nifi_wo_t0": ["scenes", "prior", "synthesis", "nifi"]}
-    return _fingerprint({s: cfg[s] for s in upto[stage]})
+    """What a finished stage depends on: its own section and every earlier stage's (an absent ``decoder``
+    section leaves the keys as they were before that stage existed)."""
+    nifi = ["scenes", "prior", "decoder", "synthesis", "nifi"]
+    upto = {"frames": ["scenes"], "scenes": ["scenes"], "prior": ["scenes", "prior"],
+            "decoder": ["scenes", "prior", "decoder"], "pairs": ["scenes", "synthesis"], "nifi": nifi, "nifi_wo_t0": nifi}
+    return _fingerprint({s: cfg[s] for s in upto[stage] if s in cfg})
 
 
 def build_assets(out: str | Path, config: str | Path = V3_CONFIG, stages: tuple[str, ...] = STAGES,
@@ -217,7 +258,7 @@ def build_assets(out: str | Path, config: str | Path = V3_CONFIG, stages: tuple[
     log.setdefault("stages", {})
     ran, skipped = [], []
     for stage in STAGES:
-        if stage not in stages:
+        if stage not in stages or (stage == "decoder" and "decoder" not in cfg):   # no section: nothing to run
             continue
         key = stage_key(cfg, stage)
         done = log["stages"].get(stage)
