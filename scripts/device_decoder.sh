@@ -25,7 +25,7 @@ echo "[D] decoder at $(date -u +%T) (waited $w s for the bench's GPU-bound parts
 pv=""
 if [ -n "${D_VARIANT_GAN:-}" ]; then
   mkdir -p $S/eb && ln -sfn $S/ea/scenes $S/eb/scenes && ln -sfn $S/ea/prior $S/eb/prior
-  sed "s/vae_gan_weight: 0.5/vae_gan_weight: $D_VARIANT_GAN/" ${D_CONFIG:-configs/embedded_assets_v3.yaml} > $S/v3_variant.yaml
+  sed -E "s/vae_gan_weight: [0-9.e+-]+/vae_gan_weight: $D_VARIANT_GAN/" ${D_CONFIG:-configs/embedded_assets_v3.yaml} > $S/v3_variant.yaml
   python3 -m nifi_lib.cli embedded-assets --config $S/v3_variant.yaml --out $S/eb --device ${DEV:-cuda} --quiet \
     --stage decoder > $S/D.variant.log 2>&1 & pv=$!
 fi

@@ -13,7 +13,8 @@ embedding of shape (1, 333, 4096) / (1, 2048), the phi-/phi+ adapters at rank 64
   breakdown, the tiled decoder's memory, and the SDPA backends at the VAE attention's shape.
 - ``stream`` (issue 18 throughput mode): frames per second of the real ``nifi restore`` loop
   (:func:`~nifi_lib.restoration.cli.restore_stream`: PNG decode -> restore -> PNG encode + atomic write) over a
-  folder of 1920x1080 frames, with ``--prefetch`` 0 and 2, next to the model-only time of a pre-loaded batch.
+  folder of 1920x1080 frames per ``--stream-modes`` entry (``--prefetch``, PNG encoding threads, PNG level), next
+  to the model-only time of a pre-loaded batch.
 
 Times: median of ``--iters`` iterations after ``--warmup`` (CUDA events, one synchronisation at the end
 of each iteration; also the mean of the same number of back-to-back iterations), peak GPU memory
