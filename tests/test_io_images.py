@@ -53,3 +53,23 @@ def test_bad_background(tmp_path):
     p = _rgba(tmp_path / "a.png", alpha=0)
     with pytest.raises(ValueError, match="unknown background"):
         read_rgb(p, allow_convert=True, background="grey")
+
+
+def test_quantisation_to_uint8_per_frame_and_batched():
+    import torch
+
+    from nifi_lib.io.images import encode_png, to_uint8, to_uint8_hwc
+
+    # clipped below 0 and above 1, rounded half to even (0.5 -> 0, 1.5 -> 2, 254.5 -> 254)
+    v = torch.tensor([-0.1, 0.0, 0.5 / 255, 1.5 / 255, 254.5 / 255, 1.0, 1.2])
+    frame = v.view(1, 1, 7).expand(3, 2, 7).clone()
+    assert to_uint8(frame).shape == (2, 7, 3) and to_uint8(frame).dtype == np.uint8
+    assert to_uint8(frame)[0, :, 0].tolist() == [0, 0, 0, 2, 254, 255, 255]
+    batch = torch.rand(4, 3, 5, 6, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.1
+    hwc = to_uint8_hwc(batch)
+    assert hwc.shape == (4, 5, 6, 3) and hwc.dtype == torch.uint8
+    assert all(np.array_equal(hwc[i].numpy(), to_uint8(batch[i])) for i in range(4))
+    # a frame given as a tensor or as its uint8 array encodes to the same PNG bytes
+    assert encode_png(batch[1]) == encode_png(hwc[1].numpy()) == encode_png(batch[1], compress_level=6)
+    with pytest.raises(ValueError, match="level 10"):
+        encode_png(hwc[0].numpy(), compress_level=10)

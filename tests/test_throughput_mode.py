@@ -11,7 +11,8 @@ import pytest
 
 from helpers import folder_of_frames as _folder, png_arrays as _arrays, tiny_backbone
 from nifi_lib.bench import gpu
-from nifi_lib.io.images import load_image, probe_rgb
+from nifi_lib.diffusion.latents import to_model_range, to_unit_range
+from nifi_lib.io.images import load_image, probe_rgb, to_uint8
 from nifi_lib.restoration import cli as rcli
 from nifi_lib.restoration.restorer import Restorer
 
@@ -57,6 +58,11 @@ def test_restore_stream_writes_every_frame_in_order_the_same_at_any_prefetch(tmp
     a, b = _arrays(tmp_path / "p0"), _arrays(tmp_path / "p2")
     assert sorted(a) == names and all(np.array_equal(a[k], b[k]) for k in a)    # bit for bit
     assert a["f03.png"].shape == (24, 16, 3)
+    # each file is the frame restored on its own and quantised the usual way (io.images.to_uint8 on the host;
+    # the loop quantises on the device, to_uint8_hwc, before the copy)
+    for src, _, _ in items:
+        alone = restorer.restore(to_model_range(load_image(src)[None]), seed=[3])[0]
+        assert np.array_equal(a[src.name], to_uint8(to_unit_range(alone))), src.name
     with pytest.raises(rcli.RestoreInputError, match="--prefetch -1"):
         rcli.restore_stream(restorer, items, batch_size=2, prefetch=-1, read=load_image, seed=3)
 

@@ -694,7 +694,7 @@ def bench_stream(args, device: torch.device, budget: Budget, results: dict, out:
     import tempfile
 
     from ..diffusion.latents import to_model_range, to_unit_range
-    from ..io.images import load_image, probe_rgb, save_image
+    from ..io.images import load_image, probe_rgb, save_image, to_uint8_hwc
     from ..restoration.cli import restore_stream
     from ..restoration.lora import RESTORER, add_restorer_adapters
 
@@ -759,11 +759,11 @@ def bench_stream(args, device: torch.device, budget: Budget, results: dict, out:
                         iters=args.iters, back_to_back=False)
         model["ms_per_frame"] = model["median_ms"] / b
         res["model_only"] = model
-        imgs = to_unit_range(restorer.restore(x, seed=[seed] * b)).cpu()
+        imgs = to_uint8_hwc(to_unit_range(restorer.restore(x, seed=[seed] * b))).cpu()   # as restore_stream
         (tmp / "encode").mkdir()
         t = time.perf_counter()
         for i, img in enumerate(imgs):
-            save_image(tmp / "encode" / f"{i}.png", img)
+            save_image(tmp / "encode" / f"{i}.png", img.numpy())
         res["encode_ms_per_frame"] = (time.perf_counter() - t) * 1e3 / len(imgs)
         log(f"stream: model only {model['ms_per_frame']:.1f} ms/frame (batch {b}); host, one thread: decode "
             f"{res['decode_ms_per_frame']:.1f} ms/frame, encode + atomic write {res['encode_ms_per_frame']:.1f} ms/frame")

@@ -157,10 +157,15 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(img).permute(2, 0, 1).float().div(255.0)
 
 
+def to_uint8_hwc(t: torch.Tensor) -> torch.Tensor:
+    """float ``(..., 3, H, W)`` in [0, 1] -> uint8 ``(..., H, W, 3)`` (rounded, clipped) on ``t``'s device: on a GPU
+    the copy to the host is then a quarter of the float32 bytes (``restoration.cli.restore_stream``)."""
+    return t.detach().float().clamp(0, 1).mul(255.0).round().byte().movedim(-3, -1)
+
+
 def to_uint8(t: torch.Tensor) -> np.ndarray:
     """float ``(3, H, W)`` in [0, 1] -> uint8 ``(H, W, 3)`` (rounded, clipped)."""
-    arr = t.detach().float().clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0).cpu().numpy()
-    return arr
+    return to_uint8_hwc(t).cpu().numpy()
 
 
 def load_image(path: str | Path, allow_convert: bool = False,
