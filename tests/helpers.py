@@ -76,3 +76,19 @@ def png_arrays(folder) -> dict:
     from PIL import Image
 
     return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.iterdir())}
+
+
+def lib_call_sites(name: str) -> dict[str, int]:
+    """``{module path under nifi_lib: number of direct calls of name}`` (calls of the imported function, not
+    methods of the same name): the one-home checks."""
+    import ast
+    from pathlib import Path
+
+    lib = Path(__file__).resolve().parents[1] / "nifi_lib"
+    out: dict[str, int] = {}
+    for f in lib.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name:
+                rel = str(f.relative_to(lib))
+                out[rel] = out.get(rel, 0) + 1
+    return out

@@ -5,27 +5,14 @@ independent on purpose; everything else goes through ``restoration.restorer.rest
 """
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import torch
 
-from helpers import randomize_lora, tiny_backbone
+from helpers import lib_call_sites as _calls, randomize_lora, tiny_backbone
 from nifi_lib.restoration.lora import RESTORER, add_restorer_adapters
 
 LIB = Path(__file__).resolve().parents[1] / "nifi_lib"
-
-
-def _calls(name: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for f in LIB.rglob("*.py"):
-        for node in ast.walk(ast.parse(f.read_text())):
-            if isinstance(node, ast.Call):
-                fn = node.func   # direct calls of the imported function (not methods of the same name)
-                if isinstance(fn, ast.Name) and fn.id == name:
-                    rel = str(f.relative_to(LIB))
-                    out[rel] = out.get(rel, 0) + 1
-    return out
 
 
 def test_eq7_step_and_projection_have_one_call_site():

@@ -1,15 +1,13 @@
 """Issue 18 throughput mode: the restore loop of a folder has one home (``restoration.cli.restore_stream``), which
 `nifi restore` and the GPU bench's ``stream`` part (frames/s of the loop, prefetch 0 vs 2) both run."""
-import ast
 import json
 import tempfile
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import folder_of_frames as _folder, png_arrays as _arrays, tiny_backbone
+from helpers import folder_of_frames as _folder, lib_call_sites, png_arrays as _arrays, tiny_backbone
 from nifi_lib.bench import gpu
 from nifi_lib.diffusion.latents import to_model_range, to_unit_range
 from nifi_lib.io.images import load_image, probe_rgb, to_uint8
@@ -18,24 +16,11 @@ from nifi_lib.restoration.restorer import Restorer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-LIB = Path(__file__).resolve().parents[1] / "nifi_lib"
-
-
-def _call_sites(name: str) -> dict[str, int]:
-    """``{module path: number of direct calls of name}`` over nifi_lib."""
-    out: dict[str, int] = {}
-    for f in LIB.rglob("*.py"):
-        for node in ast.walk(ast.parse(f.read_text())):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name:
-                rel = str(f.relative_to(LIB))
-                out[rel] = out.get(rel, 0) + 1
-    return out
-
 
 def test_the_restore_loop_has_one_home():
-    assert _call_sites("prefetched") == {"restoration/cli.py": 1}
-    assert _call_sites("BackgroundWriter") == {"restoration/cli.py": 1}
-    assert _call_sites("restore_stream") == {"restoration/cli.py": 1, "bench/gpu.py": 1}
+    assert lib_call_sites("prefetched") == {"restoration/cli.py": 1}
+    assert lib_call_sites("BackgroundWriter") == {"restoration/cli.py": 1}
+    assert lib_call_sites("restore_stream") == {"restoration/cli.py": 1, "bench/gpu.py": 1}
 
 
 def test_restore_stream_writes_every_frame_in_order_the_same_at_any_prefetch(tmp_path):
