@@ -181,11 +181,11 @@ PNG_LEVELS = range(10)   # zlib's compression levels; Pillow writes 6 unless tol
 def encode_png(img: torch.Tensor | np.ndarray, compress_level: int | None = None) -> bytes:
     """PNG bytes of a ``(3, H, W)`` [0, 1] tensor or ``(H, W, 3)`` uint8 array; ``compress_level`` 0-9 (None:
     Pillow's 6). Lossless at any level: a lower one trades file size for time (a 1080p frame on one core of the
-    CI machine: level 6 ~750 ms, level 1 ~190 ms, the file ~15 % larger). Pillow's encoder releases the GIL, so
+    CI machine: level 6 ~750 ms, level 1 ~190 ms, the file 6-15 % larger). Pillow's encoder releases the GIL, so
     threads encode frames in parallel (:func:`~nifi_lib.restoration.cli.restore_stream`'s ``writers``)."""
     arr = to_uint8(img) if torch.is_tensor(img) else np.asarray(img)
     if arr.dtype != np.uint8:
-        raise ValueError("save_image expects uint8 arrays or [0, 1] tensors")
+        raise ValueError("encode_png/save_image expect uint8 arrays or [0, 1] tensors")
     if compress_level is not None and compress_level not in PNG_LEVELS:
         raise ValueError(f"PNG compression level {compress_level}: expected 0-9")
     buf = io.BytesIO()

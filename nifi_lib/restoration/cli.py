@@ -113,6 +113,18 @@ def iter_batches(items: Iterable[Item], batch_size: int,
         yield dsts, torch.stack(frames)
 
 
+def check_stream_options(prefetch: int, writers: int, png_level: int | None) -> None:
+    """:class:`RestoreInputError` unless ``--prefetch`` >= 0, ``--writers`` >= 1 and ``--png_level`` is a zlib level."""
+    from ..io.images import PNG_LEVELS
+
+    if prefetch < 0:
+        raise RestoreInputError(f"--prefetch {prefetch}: must be 0 or more")
+    if writers < 1:
+        raise RestoreInputError(f"--writers {writers}: must be at least 1")
+    if png_level is not None and png_level not in PNG_LEVELS:
+        raise RestoreInputError(f"--png_level {png_level}: must be 0-9 (zlib's levels)")
+
+
 def restore_stream(restorer, items: Iterable[Item], *, batch_size: int, prefetch: int,
                    read: Callable[[Path], torch.Tensor], seed: int, pin: bool = False,
                    on_written: Callable[[Path], None] | None = None, writers: int = 1,
@@ -133,14 +145,9 @@ def restore_stream(restorer, items: Iterable[Item], *, batch_size: int, prefetch
 
     from ..diffusion.latents import to_model_range, to_unit_range
     from ..io.atomic import atomic_write_bytes
-    from ..io.images import PNG_LEVELS, encode_png, to_uint8_hwc
+    from ..io.images import encode_png, to_uint8_hwc
 
-    if prefetch < 0:
-        raise RestoreInputError(f"--prefetch {prefetch}: must be 0 or more")
-    if writers < 1:
-        raise RestoreInputError(f"--writers {writers}: must be at least 1")
-    if png_level is not None and png_level not in PNG_LEVELS:
-        raise RestoreInputError(f"--png_level {png_level}: must be 0-9 (zlib's levels)")
+    check_stream_options(prefetch, writers, png_level)
     written = 0     # counted on the writing thread, read after it finished (leaving BackgroundWriter waits)
 
     def batches() -> Iterator[tuple[list[Path], torch.Tensor]]:
@@ -172,12 +179,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from .restorer import Restorer
 
     device = _check_device(args.device) if args.device else default_device()
-    if args.prefetch < 0:
-        raise RestoreInputError(f"--prefetch {args.prefetch}: must be 0 or more")
-    if args.writers < 1:
-        raise RestoreInputError(f"--writers {args.writers}: must be at least 1")
-    if args.png_level is not None and not 0 <= args.png_level <= 9:
-        raise RestoreInputError(f"--png_level {args.png_level}: must be 0-9 (zlib's levels)")
+    check_stream_options(args.prefetch, args.writers, args.png_level)   # before the model loads
     lq = Path(args.lq)
     pairs = _resolve_io(lq, Path(args.out))
     # A folder resumes: frames whose output exists are skipped (--overwrite restores them again).
