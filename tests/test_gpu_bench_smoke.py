@@ -18,3 +18,19 @@ def test_tiny_train_bench_writes_steps_losses_and_compile_diagnostics(tmp_path):
     assert d["graph_breaks"] == 0 and d["cache_counters"] == {} and "compilation metrics" in d["compile_times"]
     assert "compile_cache_saved" not in r   # CPU, no compile: nothing to save
     assert (tmp_path / "summary.md").read_text().startswith("## nifi bench")
+
+
+def test_real_photos_and_their_agreement_check():
+    import torch
+
+    photos = gpu.real_photos(48, 64, torch.device("cpu"))
+    assert photos.shape == (len(gpu.REAL_PHOTOS), 3, 48, 64)
+    assert photos.min() >= -1 and photos.max() <= 1 and photos.std() > 0.1        # natural images, model range
+    assert not torch.equal(photos[0], photos[1])
+    same = gpu.photo_agreement(photos, photos.clone())
+    assert same["photos"] == list(gpu.REAL_PHOTOS) and same["within"] is True
+    assert same["lpips_max"] < 1e-6 and same["tolerance"] == 0.005
+    noisy = (photos + 0.2 * torch.randn(photos.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    worse = gpu.photo_agreement(photos, noisy)
+    assert worse["within"] is False and worse["lpips_max"] > 0.005
+    assert all(0 < p < 40 for p in worse["psnr"]) and worse["psnr_min"] == min(worse["psnr"])

@@ -346,7 +346,7 @@ def bench_restore(args, device: torch.device, budget: Budget, results: dict, out
 
     # ---- eager (all switches off) ----
     restorer = Restorer(bb)
-    ref_out = None
+    ref_out = ref_photos = None
     eager_sizes = sizes if not args.eager_sizes else \
         [tuple(int(v) for v in x.split("x")) for x in args.eager_sizes.split(",")]
     for s in eager_sizes:
@@ -372,6 +372,9 @@ def bench_restore(args, device: torch.device, budget: Budget, results: dict, out
         if s == target:
             with torch.no_grad():
                 ref_out = restorer.restore(inputs[s], seed=0)
+                if args.photo_check:   # issue 18's quality check: real photos, eager vs optimised (below)
+                    photos = real_photos(s[0], s[1], device)
+                    ref_photos = torch.cat([restorer.restore(x[None], seed=0) for x in photos])
         free(device)
     try:
         res["breakdown_eager"] = restore_breakdown(restorer, inputs[target], device, args.warmup, args.iters)
@@ -449,6 +452,12 @@ def bench_restore(args, device: torch.device, budget: Budget, results: dict, out
                     rel = (o.float() - ref_out.float()).norm() / ref_out.float().norm()
                     res["optimised_vs_eager_rel_err"] = float(rel)
                     log(f"restore optimised vs eager output at {key(s)}: rel. L2 error {float(rel):.2e}")
+                if ref_photos is not None:
+                    with torch.no_grad():
+                        opt_photos = torch.cat([fast.restore(x[None], seed=0) for x in photos])
+                    res["optimised_vs_eager_photos"] = photo_agreement(ref_photos, opt_photos)
+                    log(f"restore optimised vs eager on real photos at {key(s)}: "
+                        f"{res['optimised_vs_eager_photos']}")
                 try:
                     res["breakdown_optimised"] = restore_breakdown(fast, inputs[s], device, 3, args.iters)
                     log(f"restore optimised breakdown {key(s)}: {res['breakdown_optimised']}")
@@ -643,6 +652,28 @@ def photo_canvas(h: int, w: int, photo: str = STREAM_PHOTO) -> torch.Tensor:
     big = F.interpolate(img[None], size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)[0]
     top, left = (rh - h) // 2, (rw - w) // 2
     return big[:, top:top + h, left:left + w].clamp(0, 1)
+
+
+REAL_PHOTOS = ("astronaut", "chelsea", "coffee")   # natural photos inside the scikit-image wheel (no download)
+PHOTO_LPIPS_TOLERANCE = 0.005                        # issue 18: optimised vs eager restored frames, LPIPS
+
+
+def real_photos(h: int, w: int, device: torch.device, names=REAL_PHOTOS) -> torch.Tensor:
+    """``(N, 3, h, w)`` in [-1, 1] (the restorer's range) on ``device``: :func:`photo_canvas` of each photo."""
+    return torch.stack([photo_canvas(h, w, n) for n in names]).mul(2).sub(1).to(device)
+
+
+def photo_agreement(eager: torch.Tensor, optimised: torch.Tensor) -> dict:
+    """Issue 18's quality check of a fast path: LPIPS (AlexNet) and PSNR between the eager and the optimised
+    restorations (both ``(N, 3, H, W)`` in [-1, 1]) of :data:`REAL_PHOTOS`, per photo, their maximum / minimum,
+    and whether the worst LPIPS is within :data:`PHOTO_LPIPS_TOLERANCE`."""
+    from ..metrics.metrics import lpips, psnr
+
+    a, b = ((t.float().clamp(-1, 1) + 1) / 2 for t in (eager, optimised))
+    lp = [float(v) for v in lpips(b, a)]
+    ps = [float(v) for v in psnr(b, a)]
+    return {"photos": list(REAL_PHOTOS[:len(lp)]), "lpips": lp, "psnr": ps, "lpips_max": max(lp),
+            "psnr_min": min(ps), "tolerance": PHOTO_LPIPS_TOLERANCE, "within": max(lp) <= PHOTO_LPIPS_TOLERANCE}
 
 
 def write_stream_frames(folder: Path, n: int, h: int, w: int, pan: int = 16) -> list[Path]:
@@ -844,6 +875,7 @@ def summary(results: dict) -> str:
                   f"breakdown eager (ms): {rs.get('breakdown_eager')}",
                   f"breakdown optimised (ms): {rs.get('breakdown_optimised')}",
                   f"optimised vs eager rel. L2 error: {rs.get('optimised_vs_eager_rel_err')}",
+                  f"optimised vs eager on real photos: {rs.get('optimised_vs_eager_photos')}",
                   f"FLOP check: {rs.get('flop_check')}", f"SDPA (ms): {rs.get('sdpa')}",
                   f"notes: {rs.get('notes')}", ""]
     st = results.get("stream")
@@ -902,6 +934,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--tiled", action=argparse.BooleanOptionalAction, default=True,
                    help="time the tiled VAE decode at the largest size")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    p.add_argument("--photo-check", action=argparse.BooleanOptionalAction, default=True,
+                   help="restore: LPIPS/PSNR of the optimised vs the eager restore of real photos at the target size "
+                        "(needs the AlexNet LPIPS weights; issue 18's <= 0.005)")
     p.add_argument("--grad-ckpt", action="store_true", help="train with gradient checkpointing")
     p.add_argument("--stream-size", default=None,
                    help="stream: frame size HxW (default: 1080x1920; --tiny: 64x96)")
