@@ -1,6 +1,8 @@
 """``nifi bench --tiny`` on the CPU: the whole training part runs and its JSON holds what docs/performance.md reads."""
 import json
 
+import pytest
+
 from nifi_lib.bench import gpu
 
 
@@ -34,3 +36,19 @@ def test_real_photos_and_their_agreement_check():
     worse = gpu.photo_agreement(photos, noisy)
     assert worse["within"] is False and worse["lpips_max"] > 0.005
     assert all(0 < p < 40 for p in worse["psnr"]) and worse["psnr_min"] == min(worse["psnr"])
+
+
+@pytest.mark.slow
+def test_tiny_restore_bench_compares_the_optimised_path_with_eager_on_photos(tmp_path):
+    """The restore part end to end on the CPU (eager, phi- fused, torch.compile), with issue 18's real-photo check."""
+    rc = gpu.main(["--tiny", "--device", "cpu", "--part", "restore", "--sizes", "32x32x1", "--no-flop-check",
+                   "--no-ablation", "--no-sdpa", "--no-tiled", "--no-nchw-variant", "--no-profile", "--iters", "1",
+                   "--warmup", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    r = json.loads((tmp_path / "bench.json").read_text())["restore"]
+    row = r["rows"]["32x32_b1"]
+    assert row["eager"]["median_ms"] > 0 and row["optimised"]["median_ms"] > 0
+    assert r["optimised_vs_eager_rel_err"] < 1e-4                     # fp32 on the CPU: the same computation
+    ph = r["optimised_vs_eager_photos"]
+    assert ph["photos"] == list(gpu.REAL_PHOTOS) and len(ph["lpips"]) == 3 and ph["within"] is True
+    assert "optimised vs eager on real photos" in (tmp_path / "summary.md").read_text()
