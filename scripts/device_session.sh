@@ -24,6 +24,8 @@
 #       the frames stage renders the ground truth again (bit-identical: GPU runs 2 and 3) and the clean images
 #       are copied from it and checked against clean.md5. D_VARIANT_GAN (e.g. 1.0) also fine-tunes a second
 #       decoder with that adversarial weight (measured, not trained on). Waits for B's GPU-bound parts.
+#   N = issue 17, NiFi beside its w/o-t0 ablation on more worlds (scripts/device_nifi.sh): frames, fits and pairs
+#       built here, the backbone (prior_decoder/) from a later call's carried .pack/.
 #   B = issue 18, the GPU bench: restore (1024^2, 1080x1920) and the 1080p stream (frames/s, --prefetch 0 vs 2)
 #       with the GPU to itself, then the compiled training step in two processes sharing TORCHINDUCTOR_CACHE_DIR
 #       (cold, then warm) and the restore again in a new process (warm cache).
@@ -60,16 +62,20 @@ if [ ! -f $S/started ]; then
   has E || { echo 0 > $S/E1.rc; echo 0 > $S/E.rc; echo 0 > $S/E1.seconds; echo 0 > $S/E.seconds; }
   has R || { echo 0 > $S/R.rc; echo 0 > $S/R.seconds; }   # a job not run is recorded as done
   has D || { echo 0 > $S/D.rc; echo 0 > $S/D.seconds; }
+  has N || { echo 0 > $S/N.rc; echo 0 > $S/N.seconds; }
   has B || { echo 0 > $S/B.rc; echo 0 > $S/B.seconds; touch $S/B.gpufree; }
   has B && setsid bash -c "T=\$(date +%s); bash scripts/device_bench.sh $S > $S/B.log 2>&1; echo \$? > $S/B.rc; \
     touch $S/B.gpufree; echo \$(( \$(date +%s) - T )) > $S/B.seconds" < /dev/null > /dev/null 2>&1 &
+  has N && setsid bash -c "T=\$(date +%s); bash scripts/device_nifi.sh $S > $S/N.log 2>&1; echo \$? > $S/N.rc; \
+    echo \$(( \$(date +%s) - T )) > $S/N.seconds" < /dev/null > /dev/null 2>&1 &
   has D && setsid bash -c "T=\$(date +%s); bash scripts/device_decoder.sh $S > $S/D.log 2>&1; echo \$? > $S/D.rc; \
     echo \$(( \$(date +%s) - T )) > $S/D.seconds" < /dev/null > /dev/null 2>&1 &
   has E && setsid bash -c "T=\$(date +%s); $E1N$EA --stage frames,prior $E1T > $S/E1.log 2>&1; echo \$? > $S/E1.rc; \
     echo \$(( \$(date +%s) - T )) > $S/E1.seconds" < /dev/null > /dev/null 2>&1 &
   T=$(date +%s)   # gsplat compiles its CUDA code on first import: once, alone (two concurrent builds fail)
-  { has R || has E; } && python3 -c 'import gsplat.cuda._backend as b; print(b._C)' > $S/G.log 2>&1 && \
+  { has R || has E || has N; } && python3 -c 'import gsplat.cuda._backend as b; print(b._C)' > $S/G.log 2>&1 && \
     echo "gsplat build rc $? in $(( $(date +%s) - T )) s" >> $S/G.log
+  touch $S/G.done   # job N waits for it before its fits
   has R && setsid bash -c "T=\$(date +%s); python3 -m nifi_lib.cli rehearse --shape $SHAPE --out $S/reh \
     --device $DEV --jobs 3 --metrics lpips psnr ssim $R_EXTRA > $S/R.log 2>&1; \
     echo \$? > $S/R.rc; echo \$(( \$(date +%s) - T )) > $S/R.seconds" < /dev/null > /dev/null 2>&1 &
@@ -106,8 +112,8 @@ status() {
   for e in E1 E2 E3 E4; do [ -f $S/$e.log ] && echo "$e: $(tr '\r' '\n' < $S/$e.log | grep -v '^\s*$' | tail -n 1 | cut -c1-200)"; done
   has E && [ -f $S/E1.rc ] && echo "E1 (frames, prior) finished rc $(cat $S/E1.rc) in $(cat $S/E1.seconds) s"
   has E && [ -f $S/E.rc ] && echo "E finished rc $(cat $S/E.rc) in $(cat $S/E.seconds) s"
-  for j in B D; do [ -f $S/$j.log ] && echo "$j: $(tr '\r' '\n' < $S/$j.log | grep -v '^\s*$' | tail -n 2 | cut -c1-200 | tr '\n' '|')"; done
-  for j in B D; do [ -f $S/$j.rc ] && echo "$j finished rc $(cat $S/$j.rc) in $(cat $S/$j.seconds) s"; done
+  for j in B D N; do [ -f $S/$j.log ] && echo "$j: $(tr '\r' '\n' < $S/$j.log | grep -v '^\s*$' | tail -n 2 | cut -c1-200 | tr '\n' '|')"; done
+  for j in B D N; do [ -f $S/$j.rc ] && echo "$j finished rc $(cat $S/$j.rc) in $(cat $S/$j.seconds) s"; done
 }
 
 collect() {
@@ -126,11 +132,14 @@ collect() {
       scenes/*/*/scene.json \
       scenes/train/*/point_cloud.ply scenes/heldout/*/point_cloud.ply 2>/dev/null)
   fi
-  if [ -f $S/D.decoder.rc ]; then   # the fine-tuned decoders (the transformer is the carried prior's, unchanged)
+  if has D && [ -f $S/D.decoder.rc ]; then   # the fine-tuned decoders (the transformer is the carried prior's, unchanged)
     ship decoder $S --exclude=transformer $(cd $S && ls -d ea/prior_decoder eb/prior_decoder 2>/dev/null)
   fi
-  if [ -f $S/D.rc ] && [ -f $S/ea/assets_log.json ]; then
+  if has D && [ -f $S/D.rc ] && [ -f $S/ea/assets_log.json ]; then
     ship dnifi $S/ea assets_log.json $(cd $S/ea && ls -d nifi nifi_wo_t0 2>/dev/null)
+  fi
+  if has N && [ -f $S/N.rc ] && [ -f $S/ea/assets_log.json ]; then
+    ship nnifi $S/ea assets_log.json $(cd $S/ea && ls -d nifi nifi_wo_t0 pairs_heldout scenes/preset.json 2>/dev/null)
   fi
   if [ -f $S/B.rc ] && [ -d $S/bench ]; then
     ship bench $S bench
@@ -141,7 +150,7 @@ while true; do
   now=$(( $(date +%s) - T0 ))
   [ $(( now % 60 )) -lt 10 ] && status
   collect
-  if [ -f $S/R.rc ] && [ -f $S/E.rc ] && [ -f $S/D.rc ] && [ -f $S/B.rc ]; then echo "every job finished"; break; fi
+  if [ -f $S/R.rc ] && [ -f $S/E.rc ] && [ -f $S/D.rc ] && [ -f $S/B.rc ] && [ -f $S/N.rc ]; then echo "every job finished"; break; fi
   [ $now -ge $DL ] && break
   sleep 10
 done
@@ -149,7 +158,8 @@ status
 # the logs first (only those that exist), then queued parts: at most 8 files and 62 MiB a call
 cp $S/R.log $OUT/R.log 2>/dev/null; cat $S/E1.log $S/E2.log $S/E3.log $S/E4.log > $OUT/E.log 2>/dev/null
 cp $S/B.log $OUT/B.log 2>/dev/null; cp $S/D.log $OUT/D.log 2>/dev/null
-for f in $OUT/R.log $OUT/E.log $OUT/B.log $OUT/D.log; do
+cat $S/N.log $S/N.wo.log > $OUT/N.log 2>/dev/null
+for f in $OUT/R.log $OUT/E.log $OUT/B.log $OUT/D.log $OUT/N.log; do
   [ -s $f ] || { rm -f $f; continue; }
   tr '\r' '\n' < $f | grep -v '^\s*$' | tail -n 400 > $f.tail && mv $f.tail $f
 done

@@ -35,6 +35,10 @@ def test_tiny_chain_outputs_log_and_resume(tmp_path, capsys):
     # scenes: train and held-out worlds
     assert sorted(p.name for p in (out / "scenes" / "train").iterdir()) == ["world_0", "world_1"]
     assert (out / "scenes" / "heldout" / "world_heldout" / "point_cloud.ply").is_file()
+    # the paired prior-only world: fitted and paired for NiFi, still all of its views in the prior's images
+    assert (out / "scenes" / "prior_only" / "prior_0" / "point_cloud.ply").is_file()
+    assert sorted(p.name for p in (out / "pairs" / "embedded").iterdir()
+                  if p.is_dir()) == ["prior_0", "world_0", "world_1"]
     # prior: the v3 architecture at 32 px, stored in fp16, with its held-out reconstruction PSNR
     info = json.loads((out / "prior" / "nifi_backbone.json").read_text())
     assert info["parameters"] == {"vae": 4233283, "transformer": 5091520}

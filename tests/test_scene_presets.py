@@ -64,3 +64,23 @@ def test_tiny_preset_layout_determinism_and_resume(tmp_path):
     assert json.loads((tmp_path / "a" / "preset.json").read_text())["heldout_scenes"] == ["world_heldout"]
     assert build_preset("tiny", tmp_path / "a", progress=False)["built_now"] == []     # resumed: nothing rebuilt
     assert build_preset("tiny", tmp_path / "a", progress=False, iterations=41)["built_now"] != []  # new settings
+
+
+def test_paired_prior_worlds_are_fitted_with_the_same_frames(tmp_path):
+    from nifi_lib.gs.scene_presets import PRIOR_ONLY, fitted, get_preset, paired_prior_names
+
+    p = get_preset("v3", paired_prior_worlds=12)
+    assert paired_prior_names(p) == [f"prior_{k}" for k in range(12)]
+    assert fitted(p, "prior_11", PRIOR_ONLY) and not fitted(p, "prior_12", PRIOR_ONLY)
+    assert fitted(p, "world_0", "train") and not fitted(get_preset("v3"), "prior_0", PRIOR_ONLY)
+    with pytest.raises(ValueError, match="paired_prior_worlds=31 must be between 0 and prior_worlds=30"):
+        get_preset("v3", paired_prior_worlds=31)
+    # the frames-only build, then the full build with the prior-only world paired: its frames are kept,
+    # the fit is added, and the held-out world keeps its seed (6 of v3 / 2 of tiny: the order is unchanged)
+    build_preset("tiny", tmp_path, progress=False, frames_only=True)
+    frames = {q: q.read_bytes() for q in sorted((tmp_path / PRIOR_ONLY / "prior_0" / "images").glob("*.png"))}
+    m = build_preset("tiny", tmp_path, progress=False, paired_prior_worlds=1)
+    assert m["paired_prior_scenes"] == ["prior_0"] and "prior_0" in m["built_now"]
+    assert (tmp_path / PRIOR_ONLY / "prior_0" / "point_cloud.ply").is_file()
+    assert {q: q.read_bytes() for q in frames} == frames
+    assert m["scenes"]["world_heldout"]["seed"] == 2 and m["scenes"]["prior_0"]["seed"] == 3

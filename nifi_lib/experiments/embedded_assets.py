@@ -12,8 +12,8 @@ Six resumable stages, each a call to the function that already does it:
    a decoder-only VAE fine-tune of ``<out>/prior`` (the prior config with the section's ``overrides`` on top,
    e.g. the adversarial term) on the same images -> ``<out>/prior_decoder/``, the backbone the NiFi stages
    then train on (the encoder, latent scale and transformer are ``<out>/prior``'s, unchanged);
-5. ``pairs``: :func:`~nifi_lib.experiments.embedded.scene_pairs` (synthesis + pairs: training scenes into
-   ``<out>/pairs``, held-out scenes into ``<out>/pairs_heldout``);
+5. ``pairs``: :func:`~nifi_lib.experiments.embedded.scene_pairs` (synthesis + pairs: training scenes, and the
+   preset's ``paired_prior_worlds``, into ``<out>/pairs``, held-out scenes into ``<out>/pairs_heldout``);
 6. ``nifi``: :func:`~nifi_lib.experiments.embedded.run_training` of ``configs/embedded.yaml`` pointed at
    the backbone (``<out>/prior``, or ``<out>/prior_decoder`` after a ``decoder`` stage) -> ``<out>/nifi_run/``;
    ``best.pt``, ``train_log.csv``, ``train_summary.json`` and the resolved config are copied into ``<out>/nifi/``;
@@ -177,13 +177,28 @@ def nifi_config(cfg: dict, out: Path, extra: dict | None = None):
     return load_config(repo_path(cfg["nifi"]["config"]), overrides=overrides)
 
 
+def paired_scene_dirs(cfg: dict, out: Path) -> list[Path]:
+    """The worlds NiFi trains on: the training worlds and the preset's ``paired_prior_worlds`` (prior-only worlds
+    that are fitted too, :func:`~nifi_lib.gs.scene_presets.paired_prior_names`)."""
+    from ..gs.scene_presets import PRIOR_ONLY, get_preset, paired_prior_names
+
+    sc = cfg["scenes"]
+    extra = [out / "scenes" / PRIOR_ONLY / n for n in paired_prior_names(get_preset(sc["preset"],
+                                                                                       **(sc.get("overrides") or {})))]
+    missing = [p for p in extra if not (p / "point_cloud.ply").is_file()]
+    if missing:
+        raise AssetsError(f"{missing[0]}: a paired prior-only world without its 3DGS fit (run the scenes stage)")
+    return _scene_dirs(out, "train") + extra
+
+
 def stage_pairs(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
-    """Synthesis + pairs: the training worlds into ``<out>/pairs``, the held-out world into ``<out>/pairs_heldout``."""
+    """Synthesis + pairs: the training worlds (and the paired prior-only worlds) into ``<out>/pairs``, the
+    held-out world into ``<out>/pairs_heldout``."""
     from .embedded import scene_pairs
 
     syn = {k: int(v) for k, v in cfg["synthesis"].items()}
     syn_device = "cuda" if device.startswith("cuda") else "cpu"
-    pairs = scene_pairs(_scene_dirs(out, "train"), out / "artifacts", out / "pairs", device=syn_device,
+    pairs = scene_pairs(paired_scene_dirs(cfg, out), out / "artifacts", out / "pairs", device=syn_device,
                         progress=progress, **syn)
     held = scene_pairs(_scene_dirs(out, "heldout"), out / "artifacts", out / "pairs_heldout", device=syn_device,
                        progress=progress, splits=("test",), **syn)

@@ -41,6 +41,12 @@ class Preset:
     init_points: int = 8000
     texture_size: int = 256
     prior_worlds: int = 0      # more generated worlds, ground truth only (no 3DGS fit): training frames of the prior
+    paired_prior_worlds: int = 0   # the first k of them also fitted (3DGS) and paired: more worlds for NiFi's training
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.paired_prior_worlds <= self.prior_worlds:
+            raise ValueError(f"scene preset '{self.name}': paired_prior_worlds={self.paired_prior_worlds} must be "
+                             f"between 0 and prior_worlds={self.prior_worlds}")
 
     def build_settings(self) -> dict:
         return {"size": self.size, "n_views": self.n_views, "iterations": self.iterations,
@@ -132,6 +138,20 @@ def preset_scenes(preset: Preset, seed: int = 0) -> dict[str, tuple[str, Procedu
     return {n: (grp, generated_scene(n, 1000 * seed + i, preset.texture_size)) for i, (grp, n) in enumerate(names)}
 
 
+def fitted(preset: Preset, name: str, group: str) -> bool:
+    """Whether world ``name`` of ``group`` gets a 3DGS fit: training and held-out worlds, and the first
+    ``preset.paired_prior_worlds`` prior-only worlds (``prior_<k>``, k < that number)."""
+    if group != PRIOR_ONLY:
+        return True
+    return int(name.rsplit("_", 1)[1]) < preset.paired_prior_worlds
+
+
+def paired_prior_names(preset: Preset) -> list[str]:
+    """The prior-only worlds that are also fitted and paired for NiFi's training (their folders stay under
+    ``prior_only/``: the prior still sees every view of them, as before)."""
+    return [f"prior_{k}" for k in range(preset.paired_prior_worlds)]
+
+
 def get_preset(name: str, **overrides) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown scene preset '{name}'; available: {list(PRESETS)}")
@@ -162,7 +182,7 @@ def build_preset(name: str, out: str | Path, seed: int = 0, progress: bool = Tru
     for scene_name, (group, scene) in preset_scenes(preset, seed).items():
         folder = out / group / scene_name
         scene_seed = 1000 * seed + len(infos)
-        fit = group != PRIOR_ONLY and not frames_only
+        fit = fitted(preset, scene_name, group) and not frames_only
         if _is_built(folder, scene_seed, settings, fit) or (frames_only and _is_built(folder, scene_seed, settings)):
             infos[scene_name] = json.loads((folder / "scene.json").read_text())
         else:
@@ -173,6 +193,7 @@ def build_preset(name: str, out: str | Path, seed: int = 0, progress: bool = Tru
     manifest = {"preset": preset.name, "settings": asdict(preset), "seed": seed, "train_scenes": preset.train,
                 "heldout_scenes": preset.heldout,
                 "prior_only_scenes": [n for n, (g, _) in preset_scenes(preset, seed).items() if g == PRIOR_ONLY],
+                "paired_prior_scenes": paired_prior_names(preset),
                 "frames_only": frames_only, "built_now": built, "seconds": round(time.perf_counter() - t0, 2),
                 "scenes": infos}
     atomic_write_json(out / "preset.json", manifest)
