@@ -26,7 +26,8 @@
 #       decoder with that adversarial weight (measured, not trained on). Waits for B's GPU-bound parts.
 #   N = issue 17, NiFi beside its w/o-t0 ablation on more worlds (scripts/device_nifi.sh): frames, fits and pairs
 #       built here, the backbone (prior_decoder/) from a later call's carried .pack/.
-#   B = issue 18, the GPU bench: restore (1024^2, 1080x1920) and the 1080p stream (frames/s, --prefetch 0 vs 2)
+#   B = issue 18 (starts with the first call whose RUN names it, from that call's carried tree: a later call can add
+#       it), the GPU bench (B_JOB=2: scripts/device_bench2.sh, the levers measured after run 5): restore (1024^2, 1080x1920) and the 1080p stream (frames/s, --prefetch 0 vs 2)
 #       with the GPU to itself, then the compiled training step in two processes sharing TORCHINDUCTOR_CACHE_DIR
 #       (cold, then warm) and the restore again in a new process (warm cache).
 set -u
@@ -64,8 +65,6 @@ if [ ! -f $S/started ]; then
   has D || { echo 0 > $S/D.rc; echo 0 > $S/D.seconds; }
   has N || { echo 0 > $S/N.rc; echo 0 > $S/N.seconds; }
   has B || { echo 0 > $S/B.rc; echo 0 > $S/B.seconds; touch $S/B.gpufree; }
-  has B && setsid bash -c "T=\$(date +%s); bash scripts/device_bench.sh $S > $S/B.log 2>&1; echo \$? > $S/B.rc; \
-    touch $S/B.gpufree; echo \$(( \$(date +%s) - T )) > $S/B.seconds" < /dev/null > /dev/null 2>&1 &
   has N && setsid bash -c "T=\$(date +%s); bash scripts/device_nifi.sh $S > $S/N.log 2>&1; echo \$? > $S/N.rc; \
     echo \$(( \$(date +%s) - T )) > $S/N.seconds" < /dev/null > /dev/null 2>&1 &
   has D && setsid bash -c "T=\$(date +%s); bash scripts/device_decoder.sh $S > $S/D.log 2>&1; echo \$? > $S/D.rc; \
@@ -89,6 +88,13 @@ if [ ! -f $S/started ]; then
   cd $SRC
 else
   echo "== warm machine, jobs started $(cat $S/started)"
+fi
+if has B && [ ! -f $S/B.started ]; then   # B starts with the first call that names it, from that call's tree
+  rm -f $S/B.rc $S/B.gpufree; mkdir -p $S/repoB && tar --exclude=./.whl --exclude=./.gpu --exclude=./.gpu2 \
+    --exclude=./.pack --exclude=./.git -cf - . | tar -xf - -C $S/repoB && touch $S/B.started
+  (cd $S/repoB && setsid bash -c "T=\$(date +%s); bash scripts/device_bench${B_JOB:-}.sh $S > $S/B.log 2>&1; \
+    echo \$? > $S/B.rc; touch $S/B.gpufree; echo \$(( \$(date +%s) - T )) > $S/B.seconds" < /dev/null > /dev/null 2>&1 &)
+  echo "B started from this call's tree"
 fi
 if [ -d .pack ] && [ ! -f $S/pack.done ]; then   # D's inputs, carried by a later call (see the header)
   rm -rf $S/pack && cp -r .pack $S/pack && touch $S/pack.done && echo "pack copied: $(du -sb $S/pack | cut -f1) bytes"
