@@ -18,5 +18,5 @@ run() { local name=$1; shift; echo "[B] $name at $(date -u +%T)"; T=$(date +%s)
 run restore_attn --part restore --iters 8 --vae-attention both $SIZES
 touch $S/B.gpufree
 run train_check --part train --train-variants eager,compile_cudagraphs --iters 4 --warmup 1 \
-  --loss-check ${B_LOSS_STEPS:-8}
+  --loss-check ${B_LOSS_STEPS:-8} --deadline ${B_TRAIN_DEADLINE:-480}
 exit $rc
