@@ -33,9 +33,4 @@ $EA --stage decoder; rc=$?
 [ -n "$pv" ] && { wait $pv; echo "[D] variant (adversarial weight $D_VARIANT_GAN) rc $?"; }
 echo $rc > $S/D.decoder.rc
 [ $rc = 0 ] || exit $rc
-echo "[D] nifi + nifi_wo_t0 at $(date -u +%T)"
-$EA --stage nifi_wo_t0 > $S/D.wo.log 2>&1 & p=$!
-$EA --stage nifi; rc=$?
-wait $p || rc=1
-echo "[D] done at $(date -u +%T) rc $rc"
-exit $rc
+exec bash scripts/device_nifi_pair.sh D $S/D.wo.log $EA

@@ -16,9 +16,4 @@ $EA --stage scenes,pairs || exit 1
 echo "[N] pairs done at $(date -u +%T): $(ls $S/ea/pairs/embedded | wc -l) worlds; waiting for the pack"
 while [ ! -f $S/pack.done ]; do sleep 5; done
 rm -rf $S/ea/prior_decoder && cp -r $S/pack/prior_decoder $S/ea/prior_decoder || exit 1
-echo "[N] nifi + nifi_wo_t0 at $(date -u +%T)"
-$EA --stage nifi_wo_t0 > $S/N.wo.log 2>&1 & p=$!
-$EA --stage nifi; rc=$?
-wait $p || rc=1
-echo "[N] done at $(date -u +%T) rc $rc"
-exit $rc
+exec bash scripts/device_nifi_pair.sh N $S/N.wo.log $EA

@@ -52,3 +52,31 @@ def test_tiny_restore_bench_compares_the_optimised_path_with_eager_on_photos(tmp
     ph = r["optimised_vs_eager_photos"]
     assert ph["photos"] == list(gpu.REAL_PHOTOS) and len(ph["lpips"]) == 3 and ph["within"] is True
     assert "optimised vs eager on real photos" in (tmp_path / "summary.md").read_text()
+
+
+def test_tiny_restore_bench_times_both_vae_attention_kinds(tmp_path):
+    """``--vae-attention both``: the same restore with diffusers' SDPA processor and the chunked attention (A/B,
+    on the eager restorer with --no-compile), each kind's time and how far its frames are from the SDPA kind's."""
+    rc = gpu.main(["--tiny", "--device", "cpu", "--part", "restore", "--sizes", "32x32x1", "--no-flop-check",
+                   "--no-ablation", "--no-sdpa", "--no-tiled", "--no-nchw-variant", "--no-profile",
+                   "--no-compile", "--vae-attention", "both", "--iters", "1", "--warmup", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    va = json.loads((tmp_path / "bench.json").read_text())["restore"]["vae_attention"]
+    assert va["kinds"] == ["sdpa", "chunked"]
+    row = va["rows"]["32x32_b1"]
+    assert row["variant"] == "eager+fuse_lora" and row["sdpa"]["median_ms"] > 0 and row["chunked"]["median_ms"] > 0
+    assert row["sdpa"]["max_abs_diff_vs_sdpa"] == 0 and row["chunked"]["max_abs_diff_vs_sdpa"] < 1e-4   # fp32
+    assert row["speedup"] > 0
+    # the quality check per kind: each kind's restorations of the real photos against the eager ones
+    for kind in ("sdpa", "chunked"):
+        ph = row[kind]["vs_eager_photos"]
+        assert ph["photos"] == ["astronaut", "chelsea", "coffee"] and 0 <= ph["lpips_max"] < 1e-3, (kind, ph)
+    assert "VAE attention: sdpa vs chunked" in (tmp_path / "summary.md").read_text()
+
+
+def test_sdpa_backends_rows_hold_the_chunked_attention():
+    import torch
+
+    rows = gpu.sdpa_backends(torch.device("cpu"), [(1, 1, 40, 16)], dtype=torch.float32)
+    assert rows[0]["shape"] == [1, 1, 40, 16] and rows[0]["MATH"] > 0 and rows[0]["chunked"] > 0
+    assert rows[0]["chunked_max_abs_diff"] < 1e-5

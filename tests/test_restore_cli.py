@@ -38,6 +38,24 @@ def test_restore_png_and_folder(model_dir, tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "outdir" / "x.png")), res)
 
 
+def test_vae_attention_chunked_restores_the_same_frame(model_dir, tmp_path):
+    """``--vae_attention chunked``: the VAE's attention as GEMMs + a float32 softmax (diffusion/vae_attention.py),
+    the same function: the same PNG within one 8-bit level of the default processor's (fp32 on the CPU)."""
+    from diffusers.models.attention_processor import Attention
+
+    from nifi_lib.diffusion.backbone import load_backbone
+
+    assert any(isinstance(m, Attention) for m in load_backbone(str(model_dir / "backbone")).vae.modules())
+    lq = _png(tmp_path / "a.png")
+    outs = {}
+    for kind in ("sdpa", "chunked"):
+        outs[kind] = tmp_path / f"{kind}.png"
+        assert main(["restore", "--base_model", str(model_dir / "backbone"), "--ckpt", str(model_dir / "r.ckpt"),
+                     "--lq", str(lq), "--out", str(outs[kind]), "--device", "cpu", "--vae_attention", kind]) == 0
+    a, b = (np.asarray(Image.open(outs[k])).astype(int) for k in ("sdpa", "chunked"))
+    assert a.shape == b.shape == (20, 24, 3) and np.abs(a - b).max() <= 1
+
+
 @pytest.mark.parametrize("kind", ["rgba", "grey", "16bit", "corrupt"])
 def test_bad_images_are_named_and_nothing_is_written(model_dir, tmp_path, capsys, kind):
     folder = tmp_path / "lq"

@@ -10,7 +10,8 @@ embedding of shape (1, 333, 4096) / (1, 2048), the phi-/phi+ adapters at rank 64
   one after another (channels_last + cuDNN autotuning, then torch.compile);
 - ``restore``: :meth:`Restorer.restore` at 512, 1024 and 1920x1080, batch 1 and 4, eager and optimised
   (channels_last + cuDNN autotuning, phi- fused, torch.compile), with an encode/transformer/decode
-  breakdown, the tiled decoder's memory, and the SDPA backends at the VAE attention's shape.
+  breakdown, the tiled decoder's memory, the SDPA backends and the chunked attention at the VAE attention's shape,
+  and (``--vae-attention``) the optimised restore with diffusers' SDPA and the chunked VAE attention, A/B;
 - ``stream`` (issue 18 throughput mode): frames per second of the real ``nifi restore`` loop
   (:func:`~nifi_lib.restoration.cli.restore_stream`: PNG decode -> restore -> PNG encode + atomic write) over a
   folder of 1920x1080 frames per ``--stream-modes`` entry (``--prefetch``, PNG encoding threads, PNG level), next
@@ -271,8 +272,11 @@ def _set_vae_layout(bb, channels_last: bool) -> None:
 
 def sdpa_backends(device: torch.device, shapes: list[tuple[int, int, int, int]], dtype=torch.bfloat16) -> list[dict]:
     """Time each SDPA backend at the given (B, heads, seq, head_dim) shapes (the VAE's mid-block attention
-    has one 512-wide head over every latent pixel)."""
+    has one 512-wide head over every latent pixel), and :func:`~nifi_lib.diffusion.vae_attention.chunked_attention`
+    (``chunked``, eager; ``chunked_max_abs_diff``: its largest difference from the default SDPA's output)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from ..diffusion.vae_attention import chunked_attention
 
     out = []
     for shape in shapes:
@@ -291,8 +295,52 @@ def sdpa_backends(device: torch.device, shapes: list[tuple[int, int, int, int]],
                 row[name] = round(measure(f, device, warmup=1, iters=5, back_to_back=False)["median_ms"], 3)
             except Exception as e:  # noqa: BLE001 - a backend that does not support the shape
                 row[name] = f"n/a ({type(e).__name__})"
+        try:
+            with torch.no_grad():
+                ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                row["chunked_max_abs_diff"] = float((chunked_attention(q, k, v).float() - ref.float()).abs().max())
+            del ref
+            row["chunked"] = round(measure(functools.partial(chunked_attention, q, k, v), device, warmup=1, iters=5,
+                                           back_to_back=False)["median_ms"], 3)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory
+            row["chunked"] = f"n/a ({type(e).__name__})"
         out.append(row)
         del q, k, v
+    return out
+
+
+def vae_attention_kinds(args, device: torch.device) -> list[str]:
+    """``--vae-attention``: the VAE attention kinds to time, the first being the one the restore rows use
+    (default: both on CUDA, sdpa elsewhere)."""
+    choice = args.vae_attention or ("both" if device.type == "cuda" else "sdpa")
+    return ["sdpa", "chunked"] if choice == "both" else [choice]
+
+
+def vae_attention_ab(restorer, images: torch.Tensor, kinds: list[str], device: torch.device, warmup: int,
+                     iters: int, photos: torch.Tensor | None = None, ref_photos: torch.Tensor | None = None) -> dict:
+    """The same restore (restorer, frames, seed) with each VAE attention kind in turn
+    (:func:`~nifi_lib.diffusion.fast_paths.optimize_backbone`'s ``vae_attention``): each kind's times, and the
+    largest absolute difference of its restored frames from the first kind's; with ``photos`` and their eager
+    restorations ``ref_photos``, each kind's :func:`photo_agreement` with them (issue 18's quality check, per
+    kind: ``vs_eager_photos``). Leaves the first kind set."""
+    from ..diffusion.fast_paths import optimize_backbone
+
+    bb, out, ref = restorer.backbone, {}, None
+    for kind in kinds:
+        optimize_backbone(bb, vae_attention=kind)
+        with torch.no_grad():
+            m = measure(lambda: restorer.restore(images, seed=0), device, warmup=warmup, iters=iters)
+            img = restorer.restore(images, seed=0).float().clone()
+            restored = (torch.cat([restorer.restore(x[None], seed=0) for x in photos])
+                        if photos is not None and ref_photos is not None else None)
+        ref = img if ref is None else ref
+        out[kind] = {"median_ms": m["median_ms"], "min_ms": m["min_ms"], "peak_gib": m["peak_gib"],
+                     "first_call_s": m["first_call_s"], f"max_abs_diff_vs_{kinds[0]}": float((img - ref).abs().max())}
+        if restored is not None:
+            out[kind]["vs_eager_photos"] = photo_agreement(ref_photos, restored)
+    optimize_backbone(bb, vae_attention=kinds[0])
+    if len(kinds) > 1:
+        out["speedup"] = out[kinds[0]]["median_ms"] / out[kinds[1]]["median_ms"]
     return out
 
 
@@ -308,6 +356,8 @@ def bench_restore(args, device: torch.device, budget: Budget, results: dict, out
     if args.sizes:
         sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     res = results.setdefault("restore", {"rows": {}, "ablation_1024": {}, "notes": []})
+    kinds = vae_attention_kinds(args, device)     # the optimised rows run kinds[0]; with two, an A/B per size
+    vres = res.setdefault("vae_attention", {"kinds": kinds, "rows": {}})
     log("restore: building the backbone")
     bb = build_backbone(args.tiny, device, dtype)
     add_restorer_adapters(bb, rank=args.rank)
@@ -321,6 +371,21 @@ def bench_restore(args, device: torch.device, budget: Budget, results: dict, out
     def its(s):
         big = s[0] * s[1] * s[2] > 1024 * 1024 * 2
         return (1, 3) if big else (args.warmup, args.iters)
+
+    def attention_ab(r, images: torch.Tensor, s, variant: str, w: int, n: int, **photo_kw) -> None:
+        """--vae-attention both: the restore of ``images`` (size s) with each VAE attention kind (vae_attention_ab)."""
+        if len(kinds) < 2:
+            return
+        if budget.left() < args.reserve + (60 if device.type == "cuda" else 0):
+            res["notes"].append(f"VAE attention A/B {key(s)} skipped (time budget)")
+            return
+        try:
+            vres["rows"][key(s)] = {"variant": variant, **vae_attention_ab(r, images, kinds, device, w, n, **photo_kw)}
+            log(f"restore {variant} {key(s)}, VAE attention: {vres['rows'][key(s)]}")
+        except Exception as e:  # noqa: BLE001
+            vres["rows"][key(s)] = {"variant": variant, "error": repr(e)}
+            log(f"restore {variant} {key(s)} VAE attention A/B FAILED: {e!r}")
+            traceback.print_exc()
 
     # FLOP count checked against forward hooks on the real model (eager, once)
     try:
@@ -397,12 +462,18 @@ def bench_restore(args, device: torch.device, budget: Budget, results: dict, out
             m = measure(lambda: restorer.restore(inputs[target], seed=0), device, warmup=args.warmup, iters=args.iters)
         abl["+fuse_lora"] = m["median_ms"]
         log(f"restore {key(target)} +fuse_lora: {m['median_ms']:.1f} ms")
+    if args.no_compile:   # the VAE attention A/B on the fastest eager restorer instead
+        variant = "eager" + ("+channels_last" if bb.fast_paths.get("channels_last") else "") + "+fuse_lora"
+        for s in eager_sizes:
+            attention_ab(restorer, inputs[s], s, variant, *its(s),
+                         **({"photos": photos, "ref_photos": ref_photos} if s == target and ref_photos is not None
+                            else {}))
     if out is not None:
         (out / "bench.json").write_text(json.dumps(results, indent=1, default=str))
 
     # ---- optimised: + torch.compile ----
     if not args.no_compile:
-        fast = Restorer(bb, compile=True, fuse_lora=True)
+        fast = Restorer(bb, compile=True, fuse_lora=True, vae_attention=kinds[0])
         opt_sizes = sizes if not args.opt_sizes else \
             [tuple(int(v) for v in x.split("x")) for x in args.opt_sizes.split(",")]
         for i, s in enumerate(opt_sizes):
@@ -486,6 +557,9 @@ def bench_restore(args, device: torch.device, budget: Budget, results: dict, out
                         traceback.print_exc()
                     finally:
                         _set_vae_layout(bb, channels_last=True)
+            attention_ab(fast, inputs[s], s, "optimised", w, n,
+                         **({"photos": photos, "ref_photos": ref_photos} if s == target and ref_photos is not None
+                            else {}))
             if out is not None:
                 (out / "bench.json").write_text(json.dumps(results, indent=1, default=str))
             free(device)
@@ -500,10 +574,12 @@ def bench_restore(args, device: torch.device, budget: Budget, results: dict, out
                 log(f"restore optimised + vae_tile=64 {key(big)}: {m['median_ms']:.1f} ms, {m['peak_gib']:.2f} GiB")
             except Exception as e:  # noqa: BLE001
                 res["notes"].append(f"tiled decode failed: {e!r}")
-    # SDPA backends at the VAE attention's shapes (1024^2 and 512^2 latents) and SD3's
+    # SDPA backends (and the chunked attention) at the VAE attention's shapes (1024^2, 512^2 x 4 and 1080x1920
+    # frames) and SD3's
     if device.type == "cuda" and args.sdpa and budget.left() > args.reserve:
         try:
-            res["sdpa"] = sdpa_backends(device, [(1, 1, 16384, 512), (4, 1, 4096, 512), (8, 24, 1357, 64)])
+            res["sdpa"] = sdpa_backends(device, [(1, 1, 16384, 512), (4, 1, 4096, 512), (1, 1, 32400, 512),
+                                                 (8, 24, 1357, 64)])
             log(f"SDPA backends: {res['sdpa']}")
         except Exception as e:  # noqa: BLE001
             res["sdpa"] = repr(e)
@@ -518,6 +594,7 @@ def bench_train(args, device: torch.device, budget: Budget, results: dict, out: 
     from ..config import Config
     from ..metrics.metrics import lpips_loss_module
     from ..training.trainer import NiFiTrainer, info_to_python
+    from .train_agreement import Recorded, check_steps, loss_check, params_checksum
 
     tcfg, vcfg, tokens = model_configs(args.tiny)
     res = results.setdefault("train", {"variants": {}, "notes": []})
@@ -539,6 +616,8 @@ def bench_train(args, device: torch.device, budget: Budget, results: dict, out: 
     flop = train_step_flops(tcfg, vcfg, batch, resolution, tokens, args.rank, alpha=cfg.loss_weights.alpha)
     res["flops"] = flop
     infos = []
+    n_check = check_steps(args.loss_check, device)
+    fresh = {}   # --loss-check: mode -> (variant, its first index in infos, params_checksum before its step 1)
 
     def step():
         infos.append(trainer.train_step(clean, deg))
@@ -574,6 +653,8 @@ def bench_train(args, device: torch.device, budget: Budget, results: dict, out: 
 
     variants = args.train_variants.split(",")
     if "eager" in variants:
+        if n_check:
+            fresh["eager"] = ("eager", len(infos), params_checksum(trainer))
         run("eager", max(args.warmup, 3))
     if device.type == "cuda" and "channels_last" in variants:
         trainer.enable_fast_paths(compile=False, channels_last=True)
@@ -592,14 +673,25 @@ def bench_train(args, device: torch.device, budget: Budget, results: dict, out: 
         trainer = NiFiTrainer(cfg, bb, device=str(device), perceptual=perceptual, perceptual_name="lpips-alex",
                               compile=False)
         trainer.enable_fast_paths(compile=True, cuda_graphs=True)
+        if n_check:
+            fresh["optimised"] = ("+compile+cuda_graphs", len(infos), params_checksum(trainer))
         run("+compile+cuda_graphs", max(args.warmup, 3))
-    ref, cg = res["variants"].get("eager", {}), res["variants"].get("+compile+cuda_graphs", {})
-    if ref.get("loss_total_last") is not None and cg.get("loss_total_last") is not None:
-        # both from a fresh trainer with the same seeds and the same number of steps: the same computation
-        res["loss_agreement"] = {"steps": [ref["steps_run"], cg["steps_run"]],
-                                 "rel_diff": abs(cg["loss_total_last"] - ref["loss_total_last"])
-                                 / max(abs(ref["loss_total_last"]), 1e-12)}
-    del trainer, bb, perceptual
+    # issue 18's loss check (nifi_lib.bench.train_agreement): the eager and CUDA-graph variants stepped fresh
+    # trainers, so their own steps are the first steps of its curves (the CUDA-graph trainer, still alive, may go on)
+    recorded = {mode: Recorded(info_to_python(infos[n0:n0 + res["variants"][name]["steps_run"]]), start,
+                               f"bench variant {name!r}", trainer if mode == "optimised" else None)
+                for mode, (name, n0, start) in fresh.items() if "steps_run" in res["variants"].get(name, {})}
+    del trainer, bb
+    free(device)
+    if n_check:
+        log(f"train: loss check over {n_check} steps (reusing {sorted(recorded) or 'no'} variant curves)")
+        res["loss_agreement"] = loss_check(
+            n_check, clean, deg, cfg, functools.partial(build_backbone, args.tiny, device, dtype), device,
+            perceptual, "lpips-alex", compile=not args.no_compile,
+            fp32_checkpointing=device.type == "cuda" and not args.tiny, recorded=recorded, time_left=lambda: budget.left() - args.reserve,
+            compile_estimate_s=300.0 if device.type == "cuda" and not args.tiny else 30.0)
+        log(f"train: loss check: {res['loss_agreement']['verdict']}")
+    del recorded, perceptual
     free(device)
 
 
@@ -855,6 +947,12 @@ def summary(results: dict) -> str:
             lines.append(f"| {name} | {m['median_ms']:.0f} | {m['back_to_back_ms']:.0f} | {m['peak_gib']:.1f} | "
                          f"{m['tflops']:.0f} | {m.get('speedup', 1.0):.2f} | {m['first_call_s']:.1f} |")
         lines += [f"notes: {tr['notes']}" if tr.get("notes") else "", ""]
+        la = tr.get("loss_agreement")
+        if la:
+            lines += [f"loss check (issue 18; optimised = {la.get('optimised')}; same start, adapters' SHA-256 "
+                      f"{(la.get('checksum') or '?')[:12]}): {la.get('verdict', la.get('rel_diff'))}",
+                      "curves from: " + "; ".join(f"{m} ({r.get('precision')}): {r.get('error') or r.get('source')}"
+                                                  for m, r in la.get("runs", {}).items()), ""]
     rs = results.get("restore")
     if rs:
         lines += ["### Restorer.restore", "",
@@ -878,10 +976,32 @@ def summary(results: dict) -> str:
                   f"optimised vs eager on real photos: {rs.get('optimised_vs_eager_photos')}",
                   f"FLOP check: {rs.get('flop_check')}", f"SDPA (ms): {rs.get('sdpa')}",
                   f"notes: {rs.get('notes')}", ""]
+        lines += vae_attention_summary(rs.get("vae_attention") or {})
     st = results.get("stream")
     if st:
         lines += stream_summary(st)
     return "\n".join(lines)
+
+
+def vae_attention_summary(va: dict) -> list[str]:
+    """The restore part's VAE attention A/B (``--vae-attention both``): each kind's ms per frame size and the
+    largest difference of the restored frames from the first kind's."""
+    kinds, rows = va.get("kinds", []), va.get("rows", {})
+    if len(kinds) < 2 or not rows:
+        return []
+    a, b = kinds[:2]
+    lines = [f"### VAE attention: {a} vs {b} (same restorer, frames and seed)", "",
+             f"| frame | restore | {a} ms | {b} ms | x {a} | max abs diff of the frames | photos' LPIPS vs eager, max "
+             f"({a} / {b}) |", "|---|---|---|---|---|---|---|"]
+    for k, r in rows.items():
+        if "error" in r:
+            lines.append(f"| {k} | {r.get('variant')} | error: {r['error'][:60]} | | | | |")
+            continue
+        ph = " / ".join(f"{r[x]['vs_eager_photos']['lpips_max']:.4f}" if "vs_eager_photos" in r[x] else "-"
+                        for x in (a, b))
+        lines.append(f"| {k} | {r['variant']} | {r[a]['median_ms']:.1f} | {r[b]['median_ms']:.1f} | "
+                     f"{r['speedup']:.2f} | {r[b][f'max_abs_diff_vs_{a}']:.2e} | {ph} |")
+    return lines + [""]
 
 
 def stream_summary(st: dict) -> list[str]:
@@ -929,8 +1049,16 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                    help="restore: time channels_last and fused LoRA one by one in eager mode")
     p.add_argument("--sdpa", action=argparse.BooleanOptionalAction, default=True,
                    help="time the SDPA backends at the VAE / transformer attention shapes")
+    p.add_argument("--vae-attention", default=None, choices=["sdpa", "chunked", "both"],
+                   help="restore: the VAE attention of the optimised rows (nifi_lib.diffusion.vae_attention); both: "
+                        "sdpa, and an A/B against chunked at each size (ms, max abs difference of the frames; on the "
+                        "eager restorer with --no-compile). Default: both on CUDA, else sdpa")
     p.add_argument("--train-variants", default="eager,channels_last,compile",
                    help="training variants, in order: eager, channels_last, compile, compile_cudagraphs")
+    p.add_argument("--loss-check", type=int, default=None, metavar="N",
+                   help="train: issue 18's loss check over N steps (eager vs optimised in the run's precision, and "
+                        "eager fp32 as the precision floor; nifi_lib.bench.train_agreement); 0: off (default: 8 on "
+                        "CUDA, else 0). Reuses the eager and compile_cudagraphs variants' steps when they ran")
     p.add_argument("--tiled", action=argparse.BooleanOptionalAction, default=True,
                    help="time the tiled VAE decode at the largest size")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")

@@ -70,7 +70,7 @@ def set_channels_last_group_norm(module: torch.nn.Module, enabled: bool = True) 
 def optimize_backbone(bb: "Backbone", *, compile: bool = False, channels_last: bool | None = None,
                       cudnn_benchmark: bool | None = None, compile_transformer: bool = True, compile_vae: bool = True,
                       compile_mode: str | None = None, dynamic: bool | None = None,
-                      cuda_graphs: bool = False) -> "Backbone":
+                      cuda_graphs: bool = False, vae_attention: str | None = None) -> "Backbone":
     """Switch on the fast paths of the backbone in place; the computed function does not change.
 
     - ``channels_last`` (default: on when compiling): the VAE's 4-D weights (LoRA convs included) in NHWC
@@ -90,12 +90,23 @@ def optimize_backbone(bb: "Backbone", *, compile: bool = False, channels_last: b
       the transformer blocks (default: PyTorch's automatic dynamic shapes); the VAE is always compiled
       with static shapes (one graph per frame size): inductor fails on the channels_last convolutions'
       symbolic strides otherwise ("cannot determine truth value of Relational", torch 2.14).
+    - ``vae_attention`` (default None: as it is): the VAE's attention processor, ``"sdpa"`` (diffusers'
+      default) or ``"chunked"`` (:func:`~nifi_lib.diffusion.vae_attention.chunked_attention`: GEMMs and a
+      float32 softmax over chunks of queries, for the single 512-wide head that no fused SDPA kernel serves);
+      see :func:`~nifi_lib.diffusion.vae_attention.set_vae_attention`. Set before ``compile`` (a later switch
+      recompiles the VAE). Another kind raises ``ValueError``.
 
     Attention already runs through PyTorch's fused ``scaled_dot_product_attention`` in diffusers'
     processors (flash attention for SD3's 64-wide heads in bf16). Calling this again only adds what
     was not applied yet.
     """
+    from .vae_attention import set_vae_attention, vae_attention_kind
+
     device = bb.device
+    if vae_attention is not None:
+        if vae_attention_kind(bb.vae) != vae_attention:   # the same kind again: no new processors (no recompile)
+            set_vae_attention(bb.vae, vae_attention)
+        bb.fast_paths["vae_attention"] = vae_attention
     if channels_last is None:
         channels_last = bool(compile)
     if cudnn_benchmark is None:

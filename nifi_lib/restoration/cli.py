@@ -199,7 +199,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     dtype = _canonical_dtype(args.dtype) or ("bf16" if device.startswith("cuda") else "fp32")
     restorer = Restorer.from_pretrained(args.base_model, ckpt=args.ckpt,
                                         embeddings=args.embeddings, device=device, dtype=dtype, t0=args.t0,
-                                        tile_size=args.tile_size)
+                                        tile_size=args.tile_size, vae_attention=args.vae_attention)
     # frames beyond the transformer's position table are tiled automatically: said once, on stderr
     restorer.notify = lambda msg: print(f"nifi restore: {msg}", file=sys.stderr)
     read = lambda src: _read_input(src, args.allow_convert, args.background)  # noqa: E731
@@ -277,6 +277,10 @@ def register(sub) -> None:
     p.add_argument("--png_level", type=int, default=None,
                    help="PNG (zlib) compression level 0-9 (default: Pillow's 6; lossless at any level: 1 encodes ~4x "
                         "faster for ~15%% larger files)")
+    p.add_argument("--vae_attention", default=None, choices=["sdpa", "chunked"],
+                   help="the VAE's attention: sdpa (diffusers' processor) or chunked (GEMMs and a float32 softmax: the "
+                        "same function, 1.1-1.2x faster restores on an H100, docs/performance.md run 6) (default: the "
+                        "backbone's own, sdpa)")
     p.add_argument("--batch_size", type=int, default=1,
                    help="frames of one size restored together (default: %(default)s); each frame keeps its own "
                         "--seed generator, so the result does not depend on it")

@@ -101,7 +101,7 @@ class Restorer:
     def __init__(self, backbone: Backbone, t0: int = DEFAULT_T0, adapter: str | None = RESTORER,
                  tile_size: int | None = None, tile_overlap: int = 32, *, compile: bool = False,
                  channels_last: bool | None = None, fuse_lora: bool = False, vae_tile: int | None = None,
-                 vae_tile_overlap: int = 16, cuda_graphs: bool | None = None):
+                 vae_tile_overlap: int = 16, cuda_graphs: bool | None = None, vae_attention: str | None = None):
         """``tile_size``: run the whole procedure on overlapping image tiles (frames larger than it).
 
         Fast paths (same function, see the module docstring): ``compile`` (torch.compile of the
@@ -111,7 +111,9 @@ class Restorer:
         instead of three; the backbone then serves inference only, since running it without the adapter
         unmerges in the base dtype), ``vae_tile`` (latent tile size for :func:`decode_latents_tiled`),
         ``cuda_graphs`` (default: with ``compile`` on CUDA; inductor's CUDA graphs, inference only: not
-        for a backbone that is also trained).
+        for a backbone that is also trained), ``vae_attention`` (default: as the backbone is; ``"sdpa"`` or
+        ``"chunked"``: the VAE's attention processor, see
+        :func:`~nifi_lib.diffusion.vae_attention.set_vae_attention`).
         """
         self.backbone = backbone
         self.t0 = t0
@@ -126,8 +128,9 @@ class Restorer:
             fuse_adapter(backbone, self.adapter)
         if cuda_graphs is None:
             cuda_graphs = bool(compile) and backbone.device.type == "cuda"
-        if compile or channels_last:
-            optimize_backbone(backbone, compile=compile, channels_last=channels_last, cuda_graphs=cuda_graphs)
+        if compile or channels_last or vae_attention is not None:
+            optimize_backbone(backbone, compile=compile, channels_last=channels_last, cuda_graphs=cuda_graphs,
+                              vae_attention=vae_attention)
 
     @property
     def device(self) -> torch.device:
@@ -265,7 +268,7 @@ class Restorer:
     def from_pretrained(cls, base_model: str | None = None, ckpt: str | None = None, embeddings: str | None = None,
                         device: str = "cpu", dtype: str = "fp32", t0: int | None = None, kind: str | None = None,
                         tile_size: int | None = None, compile: bool = False, fuse_lora: bool = False,
-                        vae_tile: int | None = None) -> "Restorer":
+                        vae_tile: int | None = None, vae_attention: str | None = None) -> "Restorer":
         """Backbone + phi- from a checkpoint (the authors' ``.ckpt``, our ``.safetensors`` adapters, or a
         training checkpoint ``latest.pt``/``best.pt``). Without ``ckpt``: the frozen base alone.
         ``base_model``/``embeddings`` default to what the checkpoint records (the backbone it was trained on),
@@ -273,8 +276,8 @@ class Restorer:
         ``t0`` (Eq. 7's start): default the t0 the checkpoint was trained for (training checkpoints record
         it; 1000 = T is the "w/o t0" ablation), else 199 (the authors' ``.ckpt`` records none). The stored
         value is kept as ``restorer.checkpoint_t0`` (None if absent).
-        ``compile``/``fuse_lora``/``vae_tile``: the fast paths of :class:`Restorer` (the backbone is
-        private to the restorer here, so fusing phi- into it is safe)."""
+        ``compile``/``fuse_lora``/``vae_tile``/``vae_attention``: the fast paths of :class:`Restorer` (the
+        backbone is private to the restorer here, so fusing phi- into it is safe)."""
         from ..diffusion.backbone import load_backbone
         from ..paths import resolve_model_ref
         from .io import load_restorer_checkpoint, resolve_restore_settings
@@ -293,7 +296,7 @@ class Restorer:
             t0 = weights.t0_or_default if weights is not None else DEFAULT_T0
         eq7_start(bb.scheduler, t0)   # a t0 outside [0, T] fails here, before any restore
         r = cls(bb, t0=int(t0), adapter=adapter, tile_size=tile_size, compile=compile, fuse_lora=fuse_lora,
-                vae_tile=vae_tile)
+                vae_tile=vae_tile, vae_attention=vae_attention)
         r.base_model = base_model
         r.checkpoint_t0 = weights.t0 if weights is not None else None
         r.checkpoint_format = weights.format if weights is not None else None
