@@ -72,6 +72,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     compile: bool = False
     cuda_graphs: bool = False
+    vae_attention: str | None = None   # the VAE's attention processor: None (as loaded: sdpa) or chunked (docs/performance.md run 6)
     compile_cache: str | None = None   # with compile: inductor's artifacts loaded before and saved after the first steps
     max_seconds: float | None = None   # cap on training time (resumed runs included): validate, save, stop
     nan_policy: str = "skip"
@@ -113,6 +114,7 @@ _CHOICES = {
     ("model", "backbone_kind"): {"sd3", "embedded"},
     ("model", "dtype"): {"fp32", "bf16", "fp16"},
     ("train", "mixed_precision"): {"no", "bf16", "fp16"},
+    ("train", "vae_attention"): {None, "sdpa", "chunked"},
     ("train", "nan_policy"): {"skip", "stop"},
     ("train", "best_metric"): {"lpips", "dists", "psnr", "ssim", "loss"},
     ("loss_weights", "perceptual_fallback"): {None, "ms_ssim"},

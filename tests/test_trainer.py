@@ -433,3 +433,22 @@ def test_max_seconds_must_be_positive(setup, tmp_path):
     bb_dir, pairs = setup
     with pytest.raises(TrainingError, match="max_seconds"):
         train(tiny_config(bb_dir, max_seconds=0), pairs, tmp_path / "bad", progress=False)
+
+
+def test_train_vae_attention_chunked_is_the_same_training(setup):
+    """``train.vae_attention: chunked`` puts the chunked processor on the VAE (diffusion/vae_attention.py) and the
+    steps compute the same losses and gradients as diffusers' SDPA processor (fp32, two steps from the same seeds)."""
+    from nifi_lib.diffusion.vae_attention import vae_attention_kind
+
+    bb_dir, _ = setup
+    torch.manual_seed(0)
+    clean, deg = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    runs = {}
+    for kind in (None, "chunked"):
+        tr = _trainer(bb_dir, vae_attention=kind)
+        assert vae_attention_kind(tr.bb.vae) == (kind or "sdpa") and tr.bb.fast_paths.get("vae_attention") == kind
+        infos = [tr.train_step(clean, deg) for _ in range(2)]
+        runs[kind] = ([float(i["loss_total"]) for i in infos], [p.detach().clone() for p in tr.phi_minus])
+    (la, pa), (lb, pb) = runs[None], runs["chunked"]
+    assert lb == pytest.approx(la, rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(pa, pb))

@@ -665,6 +665,17 @@ def bench_train(args, device: torch.device, budget: Budget, results: dict, out: 
         if m is not None and args.profile and budget.left() > args.reserve:
             txt = profile_table(step, device, out / "profile_train.txt" if out else None, steps=2)
             print("\n==== profiler: optimised train step ====\n" + txt[:8000], flush=True)
+    if not args.no_compile and "compile_cudagraphs_chunked" in variants and device.type == "cuda":
+        # the VAE attention lever (diffusion/vae_attention.py) in the training step: a fresh trainer, before the
+        # plain CUDA-graph variant (whose trainer the loss check may continue)
+        del trainer, bb
+        free(device)
+        log("train: fresh backbone for the CUDA-graph variant with the chunked VAE attention")
+        bb = build_backbone(args.tiny, device, dtype)
+        trainer = NiFiTrainer(cfg, bb, device=str(device), perceptual=perceptual, perceptual_name="lpips-alex",
+                              compile=False)
+        trainer.enable_fast_paths(compile=True, cuda_graphs=True, vae_attention="chunked")
+        run("+compile+cuda_graphs+chunked_vae_attention", max(args.warmup, 3))
     if not args.no_compile and "compile_cudagraphs" in variants and device.type == "cuda":
         del trainer, bb
         free(device)
@@ -1054,7 +1065,8 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                         "sdpa, and an A/B against chunked at each size (ms, max abs difference of the frames; on the "
                         "eager restorer with --no-compile). Default: both on CUDA, else sdpa")
     p.add_argument("--train-variants", default="eager,channels_last,compile",
-                   help="training variants, in order: eager, channels_last, compile, compile_cudagraphs")
+                   help="training variants, in order: eager, channels_last, compile, compile_cudagraphs_chunked "
+                        "(CUDA graphs + the chunked VAE attention), compile_cudagraphs")
     p.add_argument("--loss-check", type=int, default=None, metavar="N",
                    help="train: issue 18's loss check over N steps (eager vs optimised in the run's precision, and "
                         "eager fp32 as the precision floor; nifi_lib.bench.train_agreement); 0: off (default: 8 on "

@@ -213,15 +213,19 @@ class NiFiTrainer:
         self.val_split: str | None = None          # what best.pt is chosen on (set by train(), checkpointed)
         self.loaded_val_split: str | None = None   # ... and what the loaded checkpoint's was chosen on
         self.compile = bool(getattr(t, "compile", False)) if compile is None else bool(compile)
-        if self.compile:
-            self.enable_fast_paths(compile=True, cuda_graphs=bool(getattr(t, "cuda_graphs", False)))
+        vae_attention = getattr(t, "vae_attention", None)
+        if self.compile or vae_attention is not None:
+            self.enable_fast_paths(compile=self.compile, cuda_graphs=bool(getattr(t, "cuda_graphs", False)),
+                                   vae_attention=vae_attention)
 
     def enable_fast_paths(self, compile: bool = True, channels_last: bool | None = None,
-                          cuda_graphs: bool = False) -> None:
+                          cuda_graphs: bool = False, vae_attention: str | None = None) -> None:
         """torch.compile / channels_last / cuDNN autotuning on the backbone (same function, faster).
         ``cuda_graphs`` (CUDA, with ``compile``): inductor's CUDA graph trees for the compiled regions, forward
-        and backward; :meth:`train_step` marks each step's beginning."""
-        optimize_backbone(self.bb, compile=compile, channels_last=channels_last, cuda_graphs=cuda_graphs)
+        and backward; :meth:`train_step` marks each step's beginning. ``vae_attention`` (``train.vae_attention``):
+        the VAE's attention processor (:func:`~nifi_lib.diffusion.vae_attention.set_vae_attention`; None: as it is)."""
+        optimize_backbone(self.bb, compile=compile, channels_last=channels_last, cuda_graphs=cuda_graphs,
+                          vae_attention=vae_attention)
         self.compile = self.compile or compile
         for opt in (self.opt_minus, self.opt_plus):   # channels_last LoRA convs: moments in their layout
             _match_state_layout(opt)
