@@ -145,7 +145,7 @@ collect() {
     ship dnifi $S/ea assets_log.json $(cd $S/ea && ls -d nifi nifi_wo_t0 2>/dev/null)
   fi
   if has N && [ -f $S/N.rc ] && [ -f $S/ea/assets_log.json ]; then
-    ship nnifi $S/ea assets_log.json $(cd $S/ea && ls -d nifi nifi_wo_t0 pairs_heldout scenes/preset.json 2>/dev/null)
+    ship nnifi $S/ea assets_log.json $(cd $S/ea && ls -d nifi nifi_wo_t0 evaluation pairs_heldout scenes/preset.json 2>/dev/null)
   fi
   if has B && [ -f $S/B.gpufree ] && [ -d $S/bench/restore_attn ]; then   # B_JOB=2: the restore part first
     ship bench_restore $S bench/restore_attn bench/restore_attn.log

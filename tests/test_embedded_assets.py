@@ -24,10 +24,10 @@ def test_tiny_chain_outputs_log_and_resume(tmp_path, capsys):
     # the fits left every frame the prior read as it was (same file, never rewritten)
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((out / "scenes").rglob("*.png"))} == frames
     assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet", "--stage", "nifi_wo_t0"]) == 0
-    assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet", "--stage", "nifi"]) == 0
+    assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet", "--stage", "nifi,evaluate"]) == 0
     log = json.loads((out / "assets_log.json").read_text())
-    assert list(log["stages"]) == ["frames", "prior", "decoder", "scenes", "pairs", "nifi_wo_t0", "nifi"]
-    assert log["last_run"] == {"ran": ["nifi"], "skipped": [], "command": log["last_run"]["command"]}
+    assert list(log["stages"]) == ["frames", "prior", "decoder", "scenes", "pairs", "nifi_wo_t0", "nifi", "evaluate"]
+    assert log["last_run"] == {"ran": ["nifi", "evaluate"], "skipped": [], "command": log["last_run"]["command"]}
     assert log["device"] == "cpu" and log["config_file"].endswith("embedded_assets_tiny.yaml")
     for name, st in log["stages"].items():
         assert st["seconds"] > 0 and st["outputs"], name
@@ -79,13 +79,23 @@ def test_tiny_chain_outputs_log_and_resume(tmp_path, capsys):
         assert (out / "nifi" / f).is_file()
     assert (out / "pairs_heldout" / "embedded" / "world_heldout" / "manifest.json").is_file()
     assert not (out / "pairs" / "embedded" / "world_heldout").exists()
+    # evaluate: the held-out world's 2 test views x 3 rates and the 3 NiFi worlds' 6 x 3, every method scored
+    ev = out / "evaluation"
+    for name, pairs in (("heldout", 6), ("validation", 18)):
+        bench = json.loads((ev / f"{name}_benchmark.json").read_text())
+        assert len(bench["records"]) == 5 * pairs and bench["config"]["metrics"] == ["psnr", "ssim"]   # a record a method
+        assert set(bench["config"]["methods"]) == {"none", "img2img", "base_t0", "nifi_wo_t0", "nifi"}
+        sharp = json.loads((ev / f"{name}_sharpness.json").read_text())
+        assert set(sharp["hf_ratio"]) == {"degraded", "base", "nifi", "nifi_wo_t0", "clean_vae", "clean"}
+        assert sharp["hf_ratio"]["clean"]["all"] == pytest.approx(1.0) and sharp["count"]["all"] == pairs
     before = {k: v["finished_at"] for k, v in log["stages"].items()}
     # resume: every stage finished with the same config is skipped
     capsys.readouterr()
     assert main(["embedded-assets", "--tiny", "--out", str(out), "--quiet", "--resume"]) == 0
-    assert capsys.readouterr().out.count("skipped") == 7
+    assert capsys.readouterr().out.count("skipped") == 8
     log2 = json.loads((out / "assets_log.json").read_text())
-    assert log2["last_run"]["skipped"] == ["frames", "scenes", "prior", "decoder", "pairs", "nifi", "nifi_wo_t0"]
+    assert log2["last_run"]["skipped"] == ["frames", "scenes", "prior", "decoder", "pairs", "nifi", "nifi_wo_t0",
+                                           "evaluate"]
     assert log2["last_run"]["ran"] == []
     assert {k: v["finished_at"] for k, v in log2["stages"].items()} == before
     assert all(not p.startswith("/") for st in log2["stages"].values() for p in st["outputs"])

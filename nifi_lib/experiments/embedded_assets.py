@@ -18,7 +18,9 @@ Six resumable stages, each a call to the function that already does it:
    the backbone (``<out>/prior``, or ``<out>/prior_decoder`` after a ``decoder`` stage) -> ``<out>/nifi_run/``;
    ``best.pt``, ``train_log.csv``, ``train_summary.json`` and the resolved config are copied into ``<out>/nifi/``;
 7. ``nifi_wo_t0``: the same run with ``diffusion.t0: 1000`` (the ablation, trained as it is evaluated) ->
-   ``<out>/nifi_wo_t0/``.
+   ``<out>/nifi_wo_t0/``;
+8. ``evaluate`` (only when the config has an ``evaluate`` section): :func:`stage_evaluate`, the held-out table
+   and sharpness (and optionally the validation views') -> ``<out>/evaluation/``.
 
 ``<out>/assets_log.json`` records each finished stage (seconds, outputs relative to ``<out>`` with their sizes
 in bytes, the command line) and the assets config; a stage recorded there with the same config is skipped by ``--resume``
@@ -41,13 +43,15 @@ from ..errors import NifiError
 from ..io.atomic import atomic_write_json
 from ..paths import repo_path
 
-STAGES = ("frames", "scenes", "prior", "decoder", "pairs", "nifi", "nifi_wo_t0")
+STAGES = ("frames", "scenes", "prior", "decoder", "pairs", "nifi", "nifi_wo_t0", "evaluate")
 V3_CONFIG = "configs/embedded_assets_v3.yaml"
 TINY_CONFIG = "configs/embedded_assets_tiny.yaml"
 LOG_NAME = "assets_log.json"
 SECTIONS = {"scenes": {"preset", "seed", "overrides"}, "prior": {"config", "overrides"},
             "synthesis": {"c_min", "n_top", "finetune_iterations"}, "nifi": {"config", "overrides"}}
-OPTIONAL_SECTIONS = {"decoder": {"overrides"}}
+OPTIONAL_SECTIONS = {"decoder": {"overrides"}, "evaluate": {"metrics", "methods", "validation"}}
+EVAL_DIR = "evaluation"
+EVAL_METHODS = ("none", "img2img", "base_t0", "nifi_wo_t0", "nifi")
 DECODER_DIR = "prior_decoder"
 
 
@@ -233,8 +237,44 @@ def stage_nifi_wo_t0(cfg: dict, out: Path, device: str, progress: bool) -> list[
     return _train_variant(out, device, progress, "nifi_wo_t0", nifi_config(cfg, out, {"diffusion": {"t0": 1000}}))
 
 
+def stage_evaluate(cfg: dict, out: Path, device: str, progress: bool) -> list[Path]:
+    """The rebuild's own scores (only when the config has an ``evaluate`` section): ``nifi benchmark`` of the
+    methods notebook 07 compares (:data:`EVAL_METHODS`, or the section's ``methods``) with the section's
+    ``metrics`` and :func:`~.ablations.ablation_sharpness` (high-frequency ratio and patch grid per rate), on the
+    held-out world's test pairs (``<out>/pairs_heldout``) and, with ``validation: true``, on the NiFi worlds' test
+    views (``<out>/pairs``: unseen by NiFi's training, whose validation is every 8th train view) ->
+    ``<out>/evaluation/{heldout,validation}_{benchmark,sharpness}.json``."""
+    from ..diffusion.backbone import patch_stride
+    from ..evaluation.benchmark import run_benchmark
+    from .ablations import ablation_sharpness
+
+    sec = cfg["evaluate"]
+    ckpt, wo = out / "nifi" / "best.pt", out / "nifi_wo_t0" / "best.pt"
+    if not ckpt.is_file():
+        raise AssetsError(f"{ckpt}: no NiFi checkpoint to evaluate (run the nifi stage first)")
+    methods = [m for m in (sec.get("methods") or EVAL_METHODS) if m != "nifi_wo_t0" or wo.is_file()]
+    bb = backbone_dir(cfg, out)
+    opts = {"base_model": str(bb), "embeddings": str(bb / "prompt_embeds.npz"),
+            "device": "cuda" if device.startswith("cuda") else "cpu"}
+    wo_opt = {"ckpt_wo_t0": str(wo)} if wo.is_file() else {}
+    sets = [("heldout", out / "pairs_heldout")] + ([("validation", out / "pairs")] if sec.get("validation") else [])
+    folder = out / EVAL_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, root in sets:
+        bench = folder / f"{name}_benchmark.json"
+        run_benchmark(root, split="test", out=bench, methods=methods, ckpt=str(ckpt),
+                      metric_names=list(sec.get("metrics") or ("lpips", "psnr", "ssim")), progress=progress,
+                      **opts, **wo_opt)
+        sharp = ablation_sharpness(root / "embedded", str(ckpt), str(bb), stride=patch_stride(str(bb)), split="test",
+                                   embeddings=opts["embeddings"], device=opts["device"], **wo_opt)
+        atomic_write_json(folder / f"{name}_sharpness.json", sharp)
+        written += [bench, folder / f"{name}_sharpness.json"]
+    return written
+
+
 RUNNERS = {"frames": stage_frames, "scenes": stage_scenes, "prior": stage_prior, "decoder": stage_decoder,
-           "pairs": stage_pairs, "nifi": stage_nifi, "nifi_wo_t0": stage_nifi_wo_t0}
+           "pairs": stage_pairs, "nifi": stage_nifi, "nifi_wo_t0": stage_nifi_wo_t0, "evaluate": stage_evaluate}
 
 
 def read_log(out: Path) -> dict:
@@ -249,7 +289,8 @@ def stage_key(cfg: dict, stage: str) -> str:
     section leaves the keys as they were before that stage existed)."""
     nifi = ["scenes", "prior", "decoder", "synthesis", "nifi"]
     upto = {"frames": ["scenes"], "scenes": ["scenes"], "prior": ["scenes", "prior"],
-            "decoder": ["scenes", "prior", "decoder"], "pairs": ["scenes", "synthesis"], "nifi": nifi, "nifi_wo_t0": nifi}
+            "decoder": ["scenes", "prior", "decoder"], "pairs": ["scenes", "synthesis"], "nifi": nifi, "nifi_wo_t0": nifi,
+            "evaluate": nifi + ["evaluate"]}
     return _fingerprint({s: cfg[s] for s in upto[stage] if s in cfg})
 
 
@@ -273,7 +314,7 @@ def build_assets(out: str | Path, config: str | Path = V3_CONFIG, stages: tuple[
     log.setdefault("stages", {})
     ran, skipped = [], []
     for stage in STAGES:
-        if stage not in stages or (stage == "decoder" and "decoder" not in cfg):   # no section: nothing to run
+        if stage not in stages or (stage in OPTIONAL_SECTIONS and stage not in cfg):   # no section: nothing to run
             continue
         key = stage_key(cfg, stage)
         done = log["stages"].get(stage)
