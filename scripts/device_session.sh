@@ -2,8 +2,10 @@
 # scripts/device_session.sh: one warm H200 machine over several chained `run` calls (each <= 10 min), for the
 # project's GPU runs (the device tool of ../.library; docs/embedded_assets.md, docs/perf/rehearsal_h200/):
 #   R = issue 15: nifi rehearse --shape sd3-medium with train.compile + cuda_graphs, notebooks included
-#   E = issue 17: nifi embedded-assets, as two processes: E1 = frames + prior (no gsplat: starts at once),
-#       E2 = scenes (the gsplat fits) + pairs, then, once E1 is done, nifi beside nifi_wo_t0
+#   E = issue 17: nifi embedded-assets, as two processes: E1 = frames + prior + decoder (no gsplat: starts at
+#       once; the decoder stage only with the config's section), E2 = scenes (the gsplat fits) + pairs, then, once
+#       E1 is done, nifi beside nifi_wo_t0, then evaluate (only with the config's section); E_ARGS="--config
+#       configs/embedded_assets_v4.yaml" SHIP_FRAMES=0 is the v4 rebuild (docs/embedded_assets.md)
 # The jobs run in their own process sessions (setsid) from a copy of the repo in /tmp/S/repo, so they survive
 # between calls while the machine stays warm; every call polls until its deadline and ships finished outputs
 # (tar.gz, split in 15 MiB parts, at most 6 parts a call) to $OUT.
@@ -69,7 +71,7 @@ if [ ! -f $S/started ]; then
     echo \$(( \$(date +%s) - T )) > $S/N.seconds" < /dev/null > /dev/null 2>&1 &
   has D && setsid bash -c "T=\$(date +%s); bash scripts/device_decoder.sh $S > $S/D.log 2>&1; echo \$? > $S/D.rc; \
     echo \$(( \$(date +%s) - T )) > $S/D.seconds" < /dev/null > /dev/null 2>&1 &
-  has E && setsid bash -c "T=\$(date +%s); $E1N$EA --stage frames,prior $E1T > $S/E1.log 2>&1; echo \$? > $S/E1.rc; \
+  has E && setsid bash -c "T=\$(date +%s); $E1N$EA --stage frames,prior,decoder $E1T > $S/E1.log 2>&1; echo \$? > $S/E1.rc; \
     echo \$(( \$(date +%s) - T )) > $S/E1.seconds" < /dev/null > /dev/null 2>&1 &
   T=$(date +%s)   # gsplat compiles its CUDA code on first import: once, alone (two concurrent builds fail)
   { has R || has E || has N; } && python3 -c 'import gsplat.cuda._backend as b; print(b._C)' > $S/G.log 2>&1 && \
@@ -83,7 +85,7 @@ if [ ! -f $S/started ]; then
     while [ ! -f $S/E1.rc ]; do sleep 5; done; \
     if [ \$rc = 0 ] && [ \$(cat $S/E1.rc) = 0 ] && [ ${E_TRAIN:-1} = 1 ]; then \
       $EA --stage nifi_wo_t0 > $S/E3.log 2>&1 & p=\$!; $EA --stage nifi > $S/E4.log 2>&1; rc=\$?; \
-      wait \$p || rc=1; fi; \
+      wait \$p || rc=1; [ \$rc = 0 ] && { $EA --stage evaluate >> $S/E4.log 2>&1; rc=\$?; }; fi; \
     echo \$rc > $S/E.rc; echo \$(( \$(date +%s) - T )) > $S/E.seconds" < /dev/null > /dev/null 2>&1 &
   cd $SRC
 else
@@ -131,10 +133,10 @@ collect() {
     ship scenes_frames $S/ea --exclude='*.ply' scenes
   fi
   if has E && [ -f $S/E1.rc ] && [ -f $S/ea/prior/prior_log.json ]; then
-    ship prior $S/ea prior
+    ship prior $S/ea --exclude=prior_decoder/transformer prior $(cd $S/ea && ls -d prior_decoder 2>/dev/null)
   fi
   if has E && [ -f $S/E.rc ] && [ -f $S/ea/assets_log.json ]; then   # the checkpoints, logs, the held-out pairs and the dense models
-    ship ea $S/ea assets_log.json $(cd $S/ea && ls -d nifi nifi_wo_t0 pairs pairs_heldout scenes/preset.json \
+    ship ea $S/ea assets_log.json $(cd $S/ea && ls -d nifi nifi_wo_t0 evaluation pairs pairs_heldout scenes/preset.json \
       scenes/*/*/scene.json \
       scenes/train/*/point_cloud.ply scenes/heldout/*/point_cloud.ply 2>/dev/null)
   fi

@@ -115,6 +115,14 @@ def test_assets_config_is_checked(tmp_path):
     cfg = load_assets_config("configs/embedded_assets_v3.yaml")
     assert cfg["scenes"]["preset"] == "v3" and cfg["prior"]["config"] == "configs/prior_v3.yaml"
     assert cfg["nifi"]["overrides"]["train"]["resolution"] == 128
+    # v4: v3 with 250 prior-only worlds of 12 views (12 of them paired for NiFi at 48): the held-out world keeps
+    # its seed (index 6 of the preset) and the prior's worlds are many more
+    from nifi_lib.gs.scene_presets import get_preset
+    v4 = load_assets_config("configs/embedded_assets_v4.yaml")
+    assert {k: v for k, v in v4.items() if k != "scenes"} == {k: v for k, v in cfg.items() if k != "scenes"}
+    p4 = get_preset(v4["scenes"]["preset"], **v4["scenes"]["overrides"])
+    assert (p4.prior_worlds, p4.prior_views, p4.paired_prior_worlds) == (250, 12, 12)
+    assert (p4.train, p4.heldout) == (get_preset("v3").train, ["world_heldout"])   # seeds: train, held out, prior
     bad = tmp_path / "bad.yaml"
     bad.write_text("scenes: {preset: v3, colour: red}\nprior: {config: x}\nsynthesis: {}\nnifi: {config: y}\n")
     with pytest.raises(AssetsError, match="colour"):

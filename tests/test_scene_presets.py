@@ -84,3 +84,19 @@ def test_paired_prior_worlds_are_fitted_with_the_same_frames(tmp_path):
     assert (tmp_path / PRIOR_ONLY / "prior_0" / "point_cloud.ply").is_file()
     assert {q: q.read_bytes() for q in frames} == frames
     assert m["scenes"]["world_heldout"]["seed"] == 2 and m["scenes"]["prior_0"]["seed"] == 3
+
+
+def test_prior_views_render_fewer_views_of_the_unpaired_prior_worlds(tmp_path):
+    from nifi_lib.gs.scene_presets import PRIOR_ONLY
+
+    m = build_preset("tiny", tmp_path, progress=False, frames_only=True, prior_worlds=2, paired_prior_worlds=1,
+                     prior_views=3)
+    views = {n: len(list((tmp_path / g / n / "images").glob("*.png")))
+             for n, g in [("world_0", "train"), ("prior_0", PRIOR_ONLY), ("prior_1", PRIOR_ONLY)]}
+    assert views == {"world_0": 9, "prior_0": 9, "prior_1": 3}   # the paired world keeps the preset's views
+    assert m["scenes"]["prior_1"]["views"] == 3
+    again = build_preset("tiny", tmp_path, progress=False, frames_only=True, prior_worlds=2, paired_prior_worlds=1,
+                         prior_views=3)
+    assert again["built_now"] == []                                # resumes with its own view count
+    with pytest.raises(ValueError, match="prior_views=0"):
+        build_preset("tiny", tmp_path, progress=False, prior_views=0)

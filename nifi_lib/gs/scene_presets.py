@@ -42,8 +42,11 @@ class Preset:
     texture_size: int = 256
     prior_worlds: int = 0      # more generated worlds, ground truth only (no 3DGS fit): training frames of the prior
     paired_prior_worlds: int = 0   # the first k of them also fitted (3DGS) and paired: more worlds for NiFi's training
+    prior_views: int | None = None  # views of the other prior-only worlds (None: n_views): more worlds for the frames
 
     def __post_init__(self) -> None:
+        if self.prior_views is not None and self.prior_views < 1:
+            raise ValueError(f"scene preset '{self.name}': prior_views={self.prior_views} must be >= 1")
         if not 0 <= self.paired_prior_worlds <= self.prior_worlds:
             raise ValueError(f"scene preset '{self.name}': paired_prior_worlds={self.paired_prior_worlds} must be "
                              f"between 0 and prior_worlds={self.prior_worlds}")
@@ -183,11 +186,12 @@ def build_preset(name: str, out: str | Path, seed: int = 0, progress: bool = Tru
         folder = out / group / scene_name
         scene_seed = 1000 * seed + len(infos)
         fit = fitted(preset, scene_name, group) and not frames_only
-        if _is_built(folder, scene_seed, settings, fit) or (frames_only and _is_built(folder, scene_seed, settings)):
+        own = settings if fitted(preset, scene_name, group) else {**settings, "n_views": preset.prior_views or preset.n_views}
+        if _is_built(folder, scene_seed, own, fit) or (frames_only and _is_built(folder, scene_seed, own)):
             infos[scene_name] = json.loads((folder / "scene.json").read_text())
         else:
             infos[scene_name] = build_scene(scene, folder, seed=scene_seed, progress=progress, device=device,
-                                            backend=backend, fit=fit, **settings)
+                                            backend=backend, fit=fit, **own)
             built.append(scene_name)
         infos[scene_name]["group"] = group
     manifest = {"preset": preset.name, "settings": asdict(preset), "seed": seed, "train_scenes": preset.train,
