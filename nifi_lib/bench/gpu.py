@@ -665,25 +665,24 @@ def bench_train(args, device: torch.device, budget: Budget, results: dict, out: 
         if m is not None and args.profile and budget.left() > args.reserve:
             txt = profile_table(step, device, out / "profile_train.txt" if out else None, steps=2)
             print("\n==== profiler: optimised train step ====\n" + txt[:8000], flush=True)
-    if not args.no_compile and "compile_cudagraphs_chunked" in variants and device.type == "cuda":
-        # the VAE attention lever (diffusion/vae_attention.py) in the training step: a fresh trainer, before the
-        # plain CUDA-graph variant (whose trainer the loss check may continue)
-        del trainer, bb
+    def fresh_cuda_graph_trainer(what: str = "", **paths) -> None:
+        """A fresh backbone and trainer (the previous ones freed) with compile + CUDA graphs and ``paths``."""
+        nonlocal trainer, bb
+        trainer = bb = None
         free(device)
-        log("train: fresh backbone for the CUDA-graph variant with the chunked VAE attention")
+        log(f"train: fresh backbone for the CUDA-graph variant{what}")
         bb = build_backbone(args.tiny, device, dtype)
         trainer = NiFiTrainer(cfg, bb, device=str(device), perceptual=perceptual, perceptual_name="lpips-alex",
                               compile=False)
-        trainer.enable_fast_paths(compile=True, cuda_graphs=True, vae_attention="chunked")
+        trainer.enable_fast_paths(compile=True, cuda_graphs=True, **paths)
+
+    if not args.no_compile and "compile_cudagraphs_chunked" in variants and device.type == "cuda":
+        # the VAE attention lever (diffusion/vae_attention.py) in the training step, before the plain CUDA-graph
+        # variant (whose trainer the loss check may continue)
+        fresh_cuda_graph_trainer(" with the chunked VAE attention", vae_attention="chunked")
         run("+compile+cuda_graphs+chunked_vae_attention", max(args.warmup, 3))
     if not args.no_compile and "compile_cudagraphs" in variants and device.type == "cuda":
-        del trainer, bb
-        free(device)
-        log("train: fresh backbone for the CUDA-graph variant")
-        bb = build_backbone(args.tiny, device, dtype)
-        trainer = NiFiTrainer(cfg, bb, device=str(device), perceptual=perceptual, perceptual_name="lpips-alex",
-                              compile=False)
-        trainer.enable_fast_paths(compile=True, cuda_graphs=True)
+        fresh_cuda_graph_trainer()
         if n_check:
             fresh["optimised"] = ("+compile+cuda_graphs", len(infos), params_checksum(trainer))
         run("+compile+cuda_graphs", max(args.warmup, 3))
