@@ -349,10 +349,13 @@ def test_compile_switch_wiring(monkeypatch):
 
     monkeypatch.setattr(T, "optimize_backbone", lambda bb, **kw: calls.append(kw))
     _trainer(compile=True)
-    assert calls == [{"compile": True, "channels_last": None, "cuda_graphs": False}]
+    assert calls == [{"compile": True, "channels_last": None, "cuda_graphs": False, "vae_attention": None}]
     calls.clear()
     _trainer(compile=True, cuda_graphs=True)
-    assert calls == [{"compile": True, "channels_last": None, "cuda_graphs": True}]
+    assert calls == [{"compile": True, "channels_last": None, "cuda_graphs": True, "vae_attention": None}]
+    calls.clear()
+    _trainer(vae_attention="chunked")   # train.vae_attention alone: the processor, no compile
+    assert calls == [{"compile": False, "channels_last": None, "cuda_graphs": False, "vae_attention": "chunked"}]
     calls.clear()
     _trainer()
     assert calls == []
