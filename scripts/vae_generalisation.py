@@ -24,6 +24,7 @@ from nifi_lib.gs import scene_presets as SP
 from nifi_lib.io.atomic import atomic_write_json
 from nifi_lib.io.images import load_image
 from nifi_lib.metrics.metrics import lpips_loss_module
+from nifi_lib.synthesis.pairs import load_pair, read_pairs
 
 
 def lpips_to(lp, images: torch.Tensor, clean: torch.Tensor) -> float:
@@ -56,11 +57,10 @@ def main() -> int:
             for spec in args.pairs:
                 label, root = spec.split("=", 1)
                 res[label] = {}
-                for rate in ("0.1", "0.5", "1.0"):
-                    files = sorted(Path(root).glob(f"*/rate_{rate}/test/clean/*.png"))
-                    clean = torch.stack([load_image(f) for f in files])
-                    deg = torch.stack([load_image(Path(str(f).replace("/clean/", "/degraded/"))) for f in files])
-                    res[label][rate] = {"pairs": len(files), "vae(clean)": lpips_to(lp, vae_reconstruction(bb, clean)[0], clean),
+                items = read_pairs(root, "test", layout="scene")
+                for rate in sorted({it.rate for it in items}, key=float):
+                    clean, deg = (torch.stack(t) for t in zip(*(load_pair(it) for it in items if it.rate == rate)))
+                    res[label][rate] = {"pairs": len(clean), "vae(clean)": lpips_to(lp, vae_reconstruction(bb, clean)[0], clean),
                                         "none": lpips_to(lp, deg, clean),
                                         "vae(degraded)": lpips_to(lp, vae_reconstruction(bb, deg)[0], clean)}
             if fresh is not None:
