@@ -29,7 +29,8 @@
 #   N = issue 17, NiFi beside its w/o-t0 ablation on more worlds (scripts/device_nifi.sh): frames, fits and pairs
 #       built here, the backbone (prior_decoder/) from a later call's carried .pack/.
 #   B = issue 18 (starts with the first call whose RUN names it, from that call's carried tree: a later call can add
-#       it), the GPU bench (B_JOB=2: scripts/device_bench2.sh, the levers measured after run 5): restore (1024^2, 1080x1920) and the 1080p stream (frames/s, --prefetch 0 vs 2)
+#       it), the GPU bench (B_JOB=3: scripts/device_bench3.sh, the whole bench for an H200, each process's results
+#       shipped when it ends; B_JOB=2: scripts/device_bench2.sh, the levers measured after run 5): restore (1024^2, 1080x1920) and the 1080p stream (frames/s, --prefetch 0 vs 2)
 #       with the GPU to itself, then the compiled training step in two processes sharing TORCHINDUCTOR_CACHE_DIR
 #       (cold, then warm) and the restore again in a new process (warm cache).
 set -u
@@ -152,8 +153,11 @@ collect() {
   if has B && [ -f $S/B.gpufree ] && [ -d $S/bench/restore_attn ]; then   # B_JOB=2: the restore part first
     ship bench_restore $S bench/restore_attn bench/restore_attn.log
   fi
-  if [ -f $S/B.rc ] && [ -d $S/bench ]; then
-    ship bench $S bench
+  for d in $(cd $S/bench 2>/dev/null && ls *.done 2>/dev/null); do   # B_JOB=3: each process's results when it ends
+    ship bench_${d%.done} $S --exclude='*.bin' bench/${d%.done} bench/${d%.done}.log
+  done
+  if [ -f $S/B.rc ] && [ -d $S/bench ]; then   # (the compile caches stay: 100+ MB)
+    ship bench $S --exclude='*.bin' bench
   fi
 }
 

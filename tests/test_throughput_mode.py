@@ -111,3 +111,28 @@ def test_tiny_stream_bench_times_the_loop_at_each_prefetch_depth(tmp_path, monke
     assert gpu.main(["--tiny", "--device", "cpu", "--part", "stream", "--stream-modes", "0,2:x",
                      "--out", str(tmp_path / "y")]) == 2
     assert not (tmp_path / "y").exists()
+
+
+def test_tiny_stream_bench_runs_the_chunked_vae_attention_when_asked(tmp_path, monkeypatch):
+    """``--vae-attention chunked`` puts the chunked 512-wide head (diffusion.vae_attention) into the stream's
+    restorer, and the pixels it writes match SDPA's within one 8-bit level (the two compute the same function)."""
+    from nifi_lib.diffusion import vae_attention
+
+    kinds = []
+    real = vae_attention.set_vae_attention
+
+    def spy(vae, kind, *a, **k):
+        kinds.append(kind)
+        return real(vae, kind, *a, **k)
+
+    monkeypatch.setattr(vae_attention, "set_vae_attention", spy)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    common = ["--tiny", "--device", "cpu", "--part", "stream", "--no-compile", "--iters", "1",
+              "--stream-frames", "2", "--stream-modes", "0"]
+    assert gpu.main(common + ["--vae-attention", "chunked", "--out", str(tmp_path / "c")]) == 0
+    assert kinds == ["chunked"]
+    st = json.loads((tmp_path / "c" / "bench.json").read_text())["stream"]
+    assert st["vae_attention"] == "chunked" and st["rows"]["p0_w1"]["frames"] == 2
+    assert "VAE attention chunked" in (tmp_path / "c" / "summary.md").read_text()
+    assert gpu.stream_vae_attention(gpu.build_parser().parse_args(["--vae-attention", "both"])) == "sdpa"

@@ -803,12 +803,22 @@ def same_images(a: Path, b: Path) -> bool:
         all(np.array_equal(read_rgb(x), read_rgb(y)) for x, y in zip(fa, fb))
 
 
-def _stream_restorer(bb, optimised: bool, cuda_graphs: bool | None = None):
+def _stream_restorer(bb, optimised: bool, cuda_graphs: bool | None = None, vae_attention: str = "sdpa"):
     """The restorer of the ``stream`` part: bench_restore's optimised variant (phi- fused, torch.compile, on CUDA
-    with channels_last, cuDNN autotuning and CUDA graphs) or, on the CPU / ``--no-compile``, the eager one."""
+    with channels_last, cuDNN autotuning and CUDA graphs) or, on the CPU / ``--no-compile``, the eager one; either
+    with the VAE attention ``vae_attention`` (:mod:`~nifi_lib.diffusion.vae_attention`)."""
     from ..restoration.restorer import Restorer
 
-    return Restorer(bb, compile=True, fuse_lora=True, cuda_graphs=cuda_graphs) if optimised else Restorer(bb)
+    kind = None if vae_attention == "sdpa" else vae_attention      # SDPA: the backbone as it is (the default)
+    if optimised:
+        return Restorer(bb, compile=True, fuse_lora=True, cuda_graphs=cuda_graphs, vae_attention=kind)
+    return Restorer(bb, vae_attention=kind)
+
+
+def stream_vae_attention(args) -> str:
+    """The stream part's VAE attention kind: ``--vae-attention chunked`` selects the chunked head, anything else
+    (sdpa, both, unset) SDPA, the restorer's default."""
+    return "chunked" if args.vae_attention == "chunked" else "sdpa"
 
 
 def _stream_variant(bb) -> str:
@@ -847,8 +857,10 @@ def bench_stream(args, device: torch.device, budget: Budget, results: dict, out:
     add_restorer_adapters(bb, rank=args.rank)
     randomize_adapter(bb.transformer, RESTORER, seed=1)
     randomize_adapter(bb.vae, RESTORER, seed=2)
-    restorer = _stream_restorer(bb, optimised)
+    kind = stream_vae_attention(args)
+    restorer = _stream_restorer(bb, optimised, vae_attention=kind)
     res["variant"] = _stream_variant(bb) if optimised else "eager"
+    res["vae_attention"] = kind
     res["dtype"] = str(dtype).replace("torch.", "")
     seed, pin = 0, device.type == "cuda"
     with tempfile.TemporaryDirectory(prefix="nifi-stream-") as tmp_name:
@@ -876,7 +888,7 @@ def bench_stream(args, device: torch.device, budget: Budget, results: dict, out:
             torch._dynamo.reset()
             for key in ("compile_transformer", "compile_vae", "cuda_graphs"):
                 bb.fast_paths.pop(key, None)
-            restorer = _stream_restorer(bb, optimised, cuda_graphs=False)
+            restorer = _stream_restorer(bb, optimised, cuda_graphs=False, vae_attention=kind)
             res["variant"] = _stream_variant(bb)
             t = time.perf_counter()
             restorer.restore(x, seed=[seed] * b)
@@ -1019,7 +1031,8 @@ def stream_summary(st: dict) -> list[str]:
     level), next to the model alone."""
     model = st.get("model_only", {}).get("ms_per_frame", float("nan"))
     lines = [f"### Restore loop over a folder (PNG decode -> restore -> PNG encode): {st.get('frames')} frames of "
-             f"{st.get('size')}, batch {st.get('batch')}, {st.get('variant', '?')} {st.get('dtype', '')}", "",
+             f"{st.get('size')}, batch {st.get('batch')}, {st.get('variant', '?')} {st.get('dtype', '')}, VAE attention "
+             f"{st.get('vae_attention', 'sdpa')}", "",
              "| prefetch | PNG writers | PNG level | frames/s | ms/frame | model-only ms/frame | host share | MiB out |",
              "|---|---|---|---|---|---|---|---|"]
     for r in st.get("rows", {}).values():
