@@ -52,11 +52,13 @@ if [ ! -f $S/started ]; then
   if [ -z "${SKIP_INSTALL:-}" ]; then
     mkdir -p /tmp/site && tar -xJf $GPU_DIR/site.tar.xz -C /tmp/site || exit 1
   fi
-  mkdir -p $S/repo && tar --exclude=./.whl --exclude=./.gpu --exclude=./.gpu2 --exclude=./.pack --exclude=./.git \
+  mkdir -p $S/repo && tar --exclude=./.whl --exclude=./.gpu --exclude=./.gpu2 --exclude=./.gpu3 --exclude=./.pack --exclude=./.git \
     -cf - . | tar -xf - -C $S/repo
   cp -r $GPU_DIR/weights $S/weights
   nvidia-smi --query-gpu=name,memory.used,driver_version --format=csv
-  python3 -c 'import diffusers, peft, lpips, piq, plyfile, constriction, bm3d, skimage, matplotlib, papermill, ipykernel, ipywidgets, imageio; print("imports ok")' || exit 1
+  IMPORTS="diffusers, peft, lpips, piq, plyfile, constriction, bm3d, skimage, matplotlib, papermill, ipykernel, ipywidgets, imageio"
+  [ "$RUN" = B ] && IMPORTS="diffusers, peft, lpips, piq, skimage, imageio"   # the bench alone: a slimmer site.tar.xz will do
+  python3 -c "import $IMPORTS; print('imports ok')" || exit 1
   touch $S/started; date -u +%FT%TZ > $S/started
   cd $S/repo
   EA="python3 -m nifi_lib.cli embedded-assets $E_ARGS --out $S/ea --device $DEV --quiet"
@@ -93,7 +95,7 @@ else
   echo "== warm machine, jobs started $(cat $S/started)"
 fi
 if has B && [ ! -f $S/B.started ]; then   # B starts with the first call that names it, from that call's tree
-  rm -f $S/B.rc $S/B.gpufree; mkdir -p $S/repoB && tar --exclude=./.whl --exclude=./.gpu --exclude=./.gpu2 \
+  rm -f $S/B.rc $S/B.gpufree; mkdir -p $S/repoB && tar --exclude=./.whl --exclude=./.gpu --exclude=./.gpu2 --exclude=./.gpu3 \
     --exclude=./.pack --exclude=./.git -cf - . | tar -xf - -C $S/repoB && touch $S/B.started
   (cd $S/repoB && setsid bash -c "T=\$(date +%s); bash scripts/device_bench${B_JOB:-}.sh $S > $S/B.log 2>&1; \
     echo \$? > $S/B.rc; touch $S/B.gpufree; echo \$(( \$(date +%s) - T )) > $S/B.seconds" < /dev/null > /dev/null 2>&1 &)
