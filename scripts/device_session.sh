@@ -4,7 +4,8 @@
 #   R = issue 15: nifi rehearse --shape sd3-medium with train.compile + cuda_graphs, notebooks included
 #   E = issue 17: nifi embedded-assets, as two processes: E1 = frames + prior + decoder (no gsplat: starts at
 #       once; the decoder stage only with the config's section), E2 = scenes (the gsplat fits) + pairs, then, once
-#       E1 is done, nifi beside nifi_wo_t0, then evaluate (only with the config's section); E_ARGS="--config
+#       E1 is done, nifi beside nifi_wo_t0, then evaluate (only with the config's section; E_SCENES=0: E1 alone, the
+#       prior shipped when its stage ends, the decoder when E1 ends); E_ARGS="--config
 #       configs/embedded_assets_v4.yaml" SHIP_FRAMES=0 is the v4 rebuild (docs/embedded_assets.md)
 # The jobs run in their own process sessions (setsid) from a copy of the repo in /tmp/S/repo, so they survive
 # between calls while the machine stays warm; every call polls until its deadline and ships finished outputs
@@ -57,7 +58,8 @@ if [ ! -f $S/started ]; then
   cp -r $GPU_DIR/weights $S/weights
   nvidia-smi --query-gpu=name,memory.used,driver_version --format=csv
   IMPORTS="diffusers, peft, lpips, piq, plyfile, constriction, bm3d, skimage, matplotlib, papermill, ipykernel, ipywidgets, imageio"
-  [ "$RUN" = B ] && IMPORTS="diffusers, peft, lpips, piq, skimage, imageio"   # the bench alone: a slimmer site.tar.xz will do
+  # the bench alone, or E's frames + prior + decoder alone (E_SCENES=0 E_TRAIN=0): a slimmer site.tar.xz will do
+  { [ "$RUN" = B ] || { [ "$RUN" = E ] && [ "${E_SCENES:-1}" = 0 ]; }; } && IMPORTS="diffusers, peft, lpips, piq, skimage, imageio"
   python3 -c "import $IMPORTS; print('imports ok')" || exit 1
   touch $S/started; date -u +%FT%TZ > $S/started
   cd $S/repo
@@ -77,14 +79,15 @@ if [ ! -f $S/started ]; then
   has E && setsid bash -c "T=\$(date +%s); $E1N$EA --stage frames,prior,decoder $E1T > $S/E1.log 2>&1; echo \$? > $S/E1.rc; \
     echo \$(( \$(date +%s) - T )) > $S/E1.seconds" < /dev/null > /dev/null 2>&1 &
   T=$(date +%s)   # gsplat compiles its CUDA code on first import: once, alone (two concurrent builds fail)
-  { has R || has E || has N; } && python3 -c 'import gsplat.cuda._backend as b; print(b._C)' > $S/G.log 2>&1 && \
+  { has R || { has E && [ "${E_SCENES:-1}" = 1 ]; } || has N; } && python3 -c 'import gsplat.cuda._backend as b; print(b._C)' > $S/G.log 2>&1 && \
     echo "gsplat build rc $? in $(( $(date +%s) - T )) s" >> $S/G.log
   touch $S/G.done   # job N waits for it before its fits
   has R && setsid bash -c "T=\$(date +%s); python3 -m nifi_lib.cli rehearse --shape $SHAPE --out $S/reh \
     --device $DEV --jobs 3 --metrics lpips psnr ssim $R_EXTRA > $S/R.log 2>&1; \
     echo \$? > $S/R.rc; echo \$(( \$(date +%s) - T )) > $S/R.seconds" < /dev/null > /dev/null 2>&1 &
   # E2: the fits and the pairs, then (E1's prior done) NiFi beside its w/o-t0 ablation
-  has E && setsid bash -c "$E2W T=\$(date +%s); $EA --stage scenes,pairs > $S/E2.log 2>&1; rc=\$?; \
+  E2S="$EA --stage scenes,pairs > $S/E2.log 2>&1"; [ "${E_SCENES:-1}" = 0 ] && E2S="true"   # E_SCENES=0: E1 alone
+  has E && setsid bash -c "$E2W T=\$(date +%s); $E2S; rc=\$?; \
     while [ ! -f $S/E1.rc ]; do sleep 5; done; \
     if [ \$rc = 0 ] && [ \$(cat $S/E1.rc) = 0 ] && [ ${E_TRAIN:-1} = 1 ]; then \
       $EA --stage nifi_wo_t0 > $S/E3.log 2>&1 & p=\$!; $EA --stage nifi > $S/E4.log 2>&1; rc=\$?; \
@@ -135,8 +138,11 @@ collect() {
   if has E && [ "${SHIP_FRAMES:-1}" = 1 ] && grep -q '"frames": {' $S/ea/assets_log.json 2>/dev/null; then   # the ground truth frames (the fits leave them)
     ship scenes_frames $S/ea --exclude='*.ply' scenes
   fi
-  if has E && [ -f $S/E1.rc ] && [ -f $S/ea/prior/prior_log.json ]; then
-    ship prior $S/ea --exclude=prior_decoder/transformer prior $(cd $S/ea && ls -d prior_decoder 2>/dev/null)
+  if has E && [ -f $S/ea/prior/prior_log.json ]; then   # the prior as soon as its stage ends, then the decoder
+    ship prior $S/ea prior
+  fi
+  if has E && [ -f $S/E1.rc ] && [ -f $S/ea/prior_decoder/prior_log.json ]; then
+    ship prior_decoder $S/ea --exclude=prior_decoder/transformer prior_decoder
   fi
   if has E && [ -f $S/E.rc ] && [ -f $S/ea/assets_log.json ]; then   # the checkpoints, logs, the held-out pairs and the dense models
     ship ea $S/ea assets_log.json $(cd $S/ea && ls -d nifi nifi_wo_t0 evaluation pairs pairs_heldout scenes/preset.json \
