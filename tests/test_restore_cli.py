@@ -220,3 +220,31 @@ def test_frame_beyond_position_table_is_tiled_and_said_once(tmp_path, capsys):
     assert "frame 504x378 exceeds the backbone's position table (max 384 px): restoring in 2 overlapping tiles" in err
     for n in ("x", "y"):
         assert np.asarray(Image.open(out / f"{n}.png")).shape == (378, 504, 3)
+
+
+def test_compile_and_size_bucket_reach_the_restorer(model_dir, tmp_path, monkeypatch, capsys):
+    """``--compile`` asks for the optimised restorer (phi- fused, torch.compile; CUDA graphs on CUDA: the fast
+    paths of docs/performance.md, checked against the eager path in tests/test_perf_paths.py) and ``--size_bucket``
+    is passed through; a bucket that is not a multiple of the backbone's unit is a clear error, nothing written."""
+    from nifi_lib.restoration import restorer as mod
+
+    seen = []
+    real = mod.Restorer.from_pretrained.__func__
+
+    def spy(cls, *a, **kw):
+        seen.append({k: kw.get(k) for k in ("compile", "fuse_lora", "size_bucket")})
+        kw["compile"] = False      # the wiring only: compiling on this CPU costs a minute
+        return real(cls, *a, **kw)
+
+    monkeypatch.setattr(mod.Restorer, "from_pretrained", classmethod(spy))
+    lq = _png(tmp_path / "a.png")
+    assert _restore(model_dir, lq, tmp_path / "a_out.png") == 0
+    assert _restore(model_dir, lq, tmp_path / "b_out.png", "--compile", "--size_bucket", "32") == 0
+    assert seen == [{"compile": False, "fuse_lora": False, "size_bucket": None},
+                    {"compile": True, "fuse_lora": True, "size_bucket": 32}]
+    assert np.asarray(Image.open(tmp_path / "b_out.png")).shape == (20, 24, 3)
+    capsys.readouterr()
+    assert _restore(model_dir, lq, tmp_path / "c_out.png", "--size_bucket", "12") != 0
+    err = capsys.readouterr().err
+    assert "size_bucket 12" in err and "multiple of" in err and "Traceback" not in err
+    assert not (tmp_path / "c_out.png").exists()

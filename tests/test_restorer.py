@@ -183,3 +183,38 @@ def test_nifi_verify_eq7_check_passes():
     r = check_eq7()
     assert r.passed, r.detail
     assert r.equation == "Eq. 7"
+
+
+def test_size_bucket_gives_one_shape_per_bucket_and_is_exact_on_bucket_multiples(monkeypatch):
+    """``size_bucket``: frames of different sizes within a bucket reach the backbone as one padded shape (so a
+    compiled restorer serves them with one graph), come back at their own size, and a frame whose size is already
+    a multiple of the bucket is restored exactly as without it. A bucket that is not a multiple of the VAE factor
+    x the patch size is refused, naming that unit."""
+    import nifi_lib.restoration.restorer as R
+    from nifi_lib.restoration.fast_paths import FrameSizeError
+
+    bb = tiny_backbone(seed=3)
+    add_restorer_adapters(bb, rank=2)
+    randomize_lora(bb.transformer, RESTORER, seed=4)
+    unit = bb.vae_scale_factor * bb.patch_size
+    shapes = []
+    real_encode = R.encode_latents
+    monkeypatch.setattr(R, "encode_latents", lambda vae, x, sf, generator=None, sample=True:
+                        shapes.append(tuple(x.shape[-2:])) or real_encode(vae, x, sf, generator=generator, sample=sample))
+    plain, bucketed = Restorer(bb), Restorer(bb, size_bucket=4 * unit)
+    g = torch.Generator().manual_seed(0)
+    frames = {hw: torch.rand(1, 3, *hw, generator=g) * 2 - 1 for hw in [(20, 24), (4 * unit - 3, 3 * unit + 5),
+                                                                      (4 * unit, 4 * unit)]}
+    outs = {hw: bucketed.restore(x, seed=1) for hw, x in frames.items()}
+    assert shapes == [(4 * unit, 4 * unit)] * 3                       # one shape for every size in the bucket
+    assert all(o.shape == frames[hw].shape and torch.isfinite(o).all() for hw, o in outs.items())
+    shapes.clear()
+    ref = {hw: plain.restore(x, seed=1) for hw, x in frames.items()}
+    up = lambda n: -(-n // bb.vae_scale_factor) * bb.vae_scale_factor   # noqa: E731 - the VAE factor's padding
+    assert shapes == [tuple(map(up, hw)) for hw in frames]              # without it: that padding only
+    torch.testing.assert_close(outs[(4 * unit, 4 * unit)], ref[(4 * unit, 4 * unit)], atol=0, rtol=0)
+    assert (outs[(20, 24)] - ref[(20, 24)]).abs().max() > 0           # padding is context: not the same function
+    for bad in (unit + unit // 2, -unit):
+        with pytest.raises(FrameSizeError, match=f"multiple of {unit} pixels"):
+            Restorer(bb, size_bucket=bad)
+    assert Restorer(bb, size_bucket=0).size_bucket is None

@@ -20,7 +20,7 @@ from .lora import RESTORER, adapter_names
 
 
 class FrameSizeError(NifiError, ValueError):
-    """A frame the restorer cannot handle at any tiling (a side smaller than the VAE factor, a bad tile size)."""
+    """A frame the restorer cannot handle at any tiling (a side smaller than the VAE factor, a bad tile or bucket size)."""
 
 
 def fuse_adapter(backbone, adapter: str = RESTORER) -> None:

@@ -52,6 +52,28 @@ def encode_degraded(bb: Backbone, images: torch.Tensor, adapter: str | None, gen
     return pad_to_multiple(latents, bb.patch_size)[0]
 
 
+def check_size_bucket(bb: Backbone, size_bucket: int | None) -> int | None:
+    """``size_bucket`` if it is a positive multiple of the VAE factor x the patch size (the unit a frame is
+    padded to anyway: 16 pixels for SD3), else a :class:`FrameSizeError` naming that unit."""
+    if size_bucket is None or size_bucket == 0:
+        return None
+    unit = bb.vae_scale_factor * bb.patch_size
+    if size_bucket < 0 or size_bucket % unit:
+        raise FrameSizeError(f"size_bucket {size_bucket}: must be a positive multiple of {unit} pixels (the VAE factor "
+                         f"{bb.vae_scale_factor} x the patch size {bb.patch_size})")
+    return int(size_bucket)
+
+
+def bucket_pad(images: torch.Tensor, size_bucket: int) -> torch.Tensor:
+    """Reflect-pad ``(N, 3, H, W)`` frames at the bottom/right to a multiple of ``size_bucket`` pixels
+    (:func:`~nifi_lib.diffusion.latents.pad_to_multiple`, as the VAE-factor padding of step 1): every frame size
+    within one bucket then reaches the backbone as the same shape, so a compiled restorer (``compile``, CUDA
+    graphs) serves a new size without compiling. Not the authors' procedure: the extra rows and columns are context
+    the transformer's and the VAE's attention see, so the cropped result differs a little from the unpadded one
+    (measured in docs/performance.md); frames whose size is a multiple of the bucket are restored exactly."""
+    return pad_to_multiple(images, size_bucket)[0]
+
+
 @dataclass
 class Eq7Latents:
     """The intermediates of Eq. 7 for one batch: ``x~_t0`` (Eq. 2), ``v = eps_{theta,phi-}(x~_t0, t0)``, ``x^``."""
@@ -101,7 +123,8 @@ class Restorer:
     def __init__(self, backbone: Backbone, t0: int = DEFAULT_T0, adapter: str | None = RESTORER,
                  tile_size: int | None = None, tile_overlap: int = 32, *, compile: bool = False,
                  channels_last: bool | None = None, fuse_lora: bool = False, vae_tile: int | None = None,
-                 vae_tile_overlap: int = 16, cuda_graphs: bool | None = None, vae_attention: str | None = None):
+                 vae_tile_overlap: int = 16, cuda_graphs: bool | None = None, vae_attention: str | None = None,
+                 size_bucket: int | None = None):
         """``tile_size``: run the whole procedure on overlapping image tiles (frames larger than it).
 
         Fast paths (same function, see the module docstring): ``compile`` (torch.compile of the
@@ -113,7 +136,11 @@ class Restorer:
         ``cuda_graphs`` (default: with ``compile`` on CUDA; inductor's CUDA graphs, inference only: not
         for a backbone that is also trained), ``vae_attention`` (default: as the backbone is; ``"sdpa"`` or
         ``"chunked"``: the VAE's attention processor, see
-        :func:`~nifi_lib.diffusion.vae_attention.set_vae_attention`).
+        :func:`~nifi_lib.diffusion.vae_attention.set_vae_attention`), ``size_bucket`` (pixels, a multiple of
+        the VAE factor x the patch size, 16 for SD3: each frame is reflect-padded to a multiple of it instead of
+        the VAE factor alone and cropped back after decoding, so frames of different sizes within one bucket
+        share one compiled graph (a new size costs no compilation); an approximation like ``tile_size``: the
+        padding is context the attention sees, see :func:`bucket_pad`).
         """
         self.backbone = backbone
         self.t0 = t0
@@ -124,6 +151,7 @@ class Restorer:
         self.tile_overlap = tile_overlap
         self.vae_tile = vae_tile
         self.vae_tile_overlap = vae_tile_overlap
+        self.size_bucket = check_size_bucket(backbone, size_bucket)
         if fuse_lora and self.adapter is not None:
             fuse_adapter(backbone, self.adapter)
         if cuda_graphs is None:
@@ -176,19 +204,27 @@ class Restorer:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(0 if seed is None else int(seed))
         h, w = images.shape[-2:]
+        if self.size_bucket:     # the frame reaches the transformer bucketed: its position table sees that size
+            h, w = (-(-h // self.size_bucket) * self.size_bucket), (-(-w // self.size_bucket) * self.size_bucket)
         plan = self._tile_plan(h, w)
         if plan is not None:
             return self._restore_tiled(images, t0, generator, add_noise, *plan)
-        return self._restore_batch(images, self.schedule(t0, add_noise), generator)
+        return self._restore_batch(images, self.schedule(t0, add_noise), generator, bucket=True)
 
-    def _restore_batch(self, images: torch.Tensor, sched: RestoreSchedule, generator: torch.Generator) -> torch.Tensor:
+    def _restore_batch(self, images: torch.Tensor, sched: RestoreSchedule, generator: torch.Generator,
+                       bucket: bool = False) -> torch.Tensor:
+        """Steps 1-6 on one batch; ``bucket``: padded to ``size_bucket`` first (whole frames; tiles already share
+        one size)."""
         mark_step(self.backbone)
         x = images.to(device=self.device, dtype=self.dtype)
+        h, w = x.shape[-2:]
+        if bucket and self.size_bucket:
+            x = bucket_pad(x, self.size_bucket)
         latents = encode_degraded(self.backbone, x, self.adapter, generator)
         x_hat = restore_latents(self.backbone, latents, sched, self.adapter, generator).x_hat     # Eq. 7
         with record_function("nifi.restore.decode"):
             out = self.decode(x_hat)
-        return out[..., :x.shape[-2], :x.shape[-1]].clamp(-1, 1).float()
+        return out[..., :h, :w].clamp(-1, 1).float()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """D(x^): the full decoder, or overlapping latent tiles with ``vae_tile`` (a fast path)."""
@@ -268,7 +304,8 @@ class Restorer:
     def from_pretrained(cls, base_model: str | None = None, ckpt: str | None = None, embeddings: str | None = None,
                         device: str = "cpu", dtype: str = "fp32", t0: int | None = None, kind: str | None = None,
                         tile_size: int | None = None, compile: bool = False, fuse_lora: bool = False,
-                        vae_tile: int | None = None, vae_attention: str | None = None) -> "Restorer":
+                        vae_tile: int | None = None, vae_attention: str | None = None,
+                        size_bucket: int | None = None) -> "Restorer":
         """Backbone + phi- from a checkpoint (the authors' ``.ckpt``, our ``.safetensors`` adapters, or a
         training checkpoint ``latest.pt``/``best.pt``). Without ``ckpt``: the frozen base alone.
         ``base_model``/``embeddings`` default to what the checkpoint records (the backbone it was trained on),
@@ -276,7 +313,7 @@ class Restorer:
         ``t0`` (Eq. 7's start): default the t0 the checkpoint was trained for (training checkpoints record
         it; 1000 = T is the "w/o t0" ablation), else 199 (the authors' ``.ckpt`` records none). The stored
         value is kept as ``restorer.checkpoint_t0`` (None if absent).
-        ``compile``/``fuse_lora``/``vae_tile``/``vae_attention``: the fast paths of :class:`Restorer` (the
+        ``compile``/``fuse_lora``/``vae_tile``/``vae_attention``/``size_bucket``: the fast paths of :class:`Restorer` (the
         backbone is private to the restorer here, so fusing phi- into it is safe)."""
         from ..diffusion.backbone import load_backbone
         from ..paths import resolve_model_ref
@@ -296,7 +333,7 @@ class Restorer:
             t0 = weights.t0_or_default if weights is not None else DEFAULT_T0
         eq7_start(bb.scheduler, t0)   # a t0 outside [0, T] fails here, before any restore
         r = cls(bb, t0=int(t0), adapter=adapter, tile_size=tile_size, compile=compile, fuse_lora=fuse_lora,
-                vae_tile=vae_tile, vae_attention=vae_attention)
+                vae_tile=vae_tile, vae_attention=vae_attention, size_bucket=size_bucket)
         r.base_model = base_model
         r.checkpoint_t0 = weights.t0 if weights is not None else None
         r.checkpoint_format = weights.format if weights is not None else None
