@@ -80,3 +80,27 @@ def test_sdpa_backends_rows_hold_the_chunked_attention():
     rows = gpu.sdpa_backends(torch.device("cpu"), [(1, 1, 40, 16)], dtype=torch.float32)
     assert rows[0]["shape"] == [1, 1, 40, 16] and rows[0]["MATH"] > 0 and rows[0]["chunked"] > 0
     assert rows[0]["chunked_max_abs_diff"] < 1e-5
+
+
+def test_size_bucket_ab_times_a_new_size_as_it_is_and_bucketed():
+    """``--size-bucket``: a size never restored (``bucket_neighbour``) timed as it is and padded to the target's
+    bucket, with the photo check between the two restorations; the restorer's own setting is left as it was."""
+    import torch
+
+    from helpers import tiny_backbone
+    from nifi_lib.restoration.restorer import Restorer
+
+    assert gpu.bucket_neighbour((1024, 1024, 1), 128) == (984, 968, 1)
+    assert gpu.bucket_neighbour((64, 64, 2), 32) == (33, 33, 2)          # never below the bucket's smallest size
+    with pytest.raises(ValueError, match="1080x1920 is not a multiple of it"):
+        gpu.bucket_neighbour((1080, 1920, 1), 128)
+    r = Restorer(tiny_backbone(seed=1), adapter=None)
+    sb = gpu.size_bucket_ab(r, (64, 64, 1), 32, torch.device("cpu"), iters=1, photo_check=True)
+    assert (sb["bucket"], sb["target"], sb["new_size"]) == (32, "64x64", "33x33")
+    assert sb["as_is"]["median_ms"] > 0 and sb["bucketed"]["median_ms"] > 0 and sb["bucketed"]["first_call_s"] > 0
+    ph = sb["bucketed_vs_as_is_photos"]
+    assert ph["photos"] == list(gpu.REAL_PHOTOS) and ph["lpips_max"] > 0   # the padding is context: not identical
+    assert r.size_bucket is None
+    text = "\n".join(gpu.size_bucket_summary(sb))
+    assert "A new frame size (33x33) with and without size_bucket 32 (padded to 64x64)" in text
+    assert "| bucketed |" in text and "bucketed vs as is on real photos" in text

@@ -309,6 +309,45 @@ def sdpa_backends(device: torch.device, shapes: list[tuple[int, int, int, int]],
     return out
 
 
+def bucket_neighbour(size: tuple[int, int, int], bucket: int) -> tuple[int, int, int]:
+    """A frame size never restored before that falls in the same ``bucket`` as ``size`` (a multiple of it): 40
+    rows and 56 columns fewer (or the smallest size of the bucket when ``size`` is smaller than that)."""
+    h, w, b = size
+    if h % bucket or w % bucket:
+        raise ValueError(f"--size-bucket {bucket}: the target frame {h}x{w} is not a multiple of it")
+    return max(h - 40, h - bucket + 1), max(w - 56, w - bucket + 1), b
+
+
+def size_bucket_ab(restorer, target: tuple[int, int, int], bucket: int, device: torch.device, iters: int,
+                   photo_check: bool = False) -> dict:
+    """Issue 18's first call of a new frame size, with and without ``Restorer(size_bucket=)``: ``restorer`` (the
+    optimised one, already compiled at ``target``, a multiple of ``bucket``) restores a size it has not seen
+    (:func:`bucket_neighbour`) first as it is (a new shape: compiles, or loads from the inductor cache) and then
+    bucketed (padded to ``target``: the compiled graph); the first call and the median of each, and, with
+    ``photo_check``, :func:`photo_agreement` between the two restorations of :data:`REAL_PHOTOS` at that size (what
+    the padding changes)."""
+    new = bucket_neighbour(target, bucket)
+    x = (torch.rand(new[2], 3, new[0], new[1], generator=torch.Generator().manual_seed(5)) * 2 - 1).to(device)
+    out = {"bucket": bucket, "target": f"{target[0]}x{target[1]}", "new_size": f"{new[0]}x{new[1]}"}
+    keep = restorer.size_bucket
+    try:
+        for name, b in (("as_is", None), ("bucketed", bucket)):
+            restorer.size_bucket = b
+            with torch.no_grad():
+                out[name] = measure(lambda: restorer.restore(x, seed=0), device, warmup=3, iters=iters)
+        if photo_check:
+            photos = real_photos(new[0], new[1], device)
+            rest = {}
+            for name, b in (("as_is", None), ("bucketed", bucket)):
+                restorer.size_bucket = b
+                with torch.no_grad():
+                    rest[name] = torch.cat([restorer.restore(p[None], seed=0) for p in photos])
+            out["bucketed_vs_as_is_photos"] = photo_agreement(rest["as_is"], rest["bucketed"])
+    finally:
+        restorer.size_bucket = keep
+    return out
+
+
 def vae_attention_kinds(args, device: torch.device) -> list[str]:
     """``--vae-attention``: the VAE attention kinds to time, the first being the one the restore rows use
     (default: both on CUDA, sdpa elsewhere)."""
@@ -562,6 +601,16 @@ def bench_restore(args, device: torch.device, budget: Budget, results: dict, out
                             else {}))
             if out is not None:
                 (out / "bench.json").write_text(json.dumps(results, indent=1, default=str))
+            free(device)
+        if args.size_bucket and budget.left() > args.reserve + (90 if device.type == "cuda" else 0):
+            try:
+                res["size_bucket"] = size_bucket_ab(fast, target, args.size_bucket, device, args.iters,
+                                                    photo_check=args.photo_check)
+                log(f"restore size bucket {args.size_bucket}: {res['size_bucket']}")
+            except Exception as e:  # noqa: BLE001
+                res["size_bucket"] = {"error": repr(e)}
+                log(f"restore size bucket FAILED: {e!r}")
+                traceback.print_exc()
             free(device)
         # tiled decoding bounds the decoder's memory on large frames
         big = sizes[-1]
@@ -999,10 +1048,28 @@ def summary(results: dict) -> str:
                   f"FLOP check: {rs.get('flop_check')}", f"SDPA (ms): {rs.get('sdpa')}",
                   f"notes: {rs.get('notes')}", ""]
         lines += vae_attention_summary(rs.get("vae_attention") or {})
+        lines += size_bucket_summary(rs.get("size_bucket") or {})
     st = results.get("stream")
     if st:
         lines += stream_summary(st)
     return "\n".join(lines)
+
+
+def size_bucket_summary(sb: dict) -> list[str]:
+    """The restore part's size-bucket A/B (``--size-bucket N``): a new frame size's first call and median as it is
+    and bucketed, and what the padding changes on real photos."""
+    if not sb:
+        return []
+    if "error" in sb:
+        return [f"size bucket: {sb['error']}", ""]
+    lines = [f"### A new frame size ({sb['new_size']}) with and without size_bucket {sb['bucket']} (padded to "
+             f"{sb['target']})", "", "| | first call s | median ms |", "|---|---|---|"]
+    for name in ("as_is", "bucketed"):
+        m = sb.get(name, {})
+        lines.append(f"| {name} | {m.get('first_call_s', float('nan')):.2f} | {m.get('median_ms', float('nan')):.1f} |")
+    if "bucketed_vs_as_is_photos" in sb:
+        lines += ["", f"bucketed vs as is on real photos: {sb['bucketed_vs_as_is_photos']}"]
+    return lines + [""]
 
 
 def vae_attention_summary(va: dict) -> list[str]:
@@ -1076,6 +1143,11 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                    help="restore: the VAE attention of the optimised rows (nifi_lib.diffusion.vae_attention); both: "
                         "sdpa, and an A/B against chunked at each size (ms, max abs difference of the frames; on the "
                         "eager restorer with --no-compile). Default: both on CUDA, else sdpa")
+    p.add_argument("--size-bucket", type=int, default=0,
+                   help="restore: also time a frame size never seen before (40 rows and 56 columns fewer than the "
+                        "target) on the optimised restorer as it is (a new shape) and with Restorer(size_bucket=N) "
+                        "(padded to the target: its compiled graph), with the photo check between the two (default: "
+                        "0, off)")
     p.add_argument("--train-variants", default="eager,channels_last,compile",
                    help="training variants, in order: eager, channels_last, compile, compile_cudagraphs_chunked "
                         "(CUDA graphs + the chunked VAE attention), compile_cudagraphs")
