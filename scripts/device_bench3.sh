@@ -5,7 +5,8 @@
 #   restore_cold  1024^2 eager + optimised, 1080x1920 optimised, each with both VAE attention kinds (SDPA's cutlass
 #                 kernel and the exact chunked 512-wide head) and each kind's real-photo check against eager; the
 #                 SDPA backends at the attention shapes; the profiler table of the optimised 1024^2 restore; a new
-#                 frame size (984x968) as it is and with size_bucket 128 (padded to 1024^2, the compiled graph)
+#                 frame size (984x968) as it is and with size_bucket 128 (padded to 1024^2, the compiled graph);
+#                 last, the transformer in FP8 (rowwise float8 GEMMs) at 1024^2 with its photo check
 #   stream        the 1080p throughput mode (the `nifi restore` loop, batch 4, --prefetch 2, 4 PNG writers, level 1;
 #                 and the plain loop) with the chunked VAE attention
 #   train_cold    eager, compile + CUDA graphs with the chunked VAE attention, compile + CUDA graphs, and the loss
@@ -23,7 +24,7 @@ rc=0
 run() { local name=$1; shift; echo "[B] $name at $(date -u +%T)"; T=$(date +%s)
         $B "$@" --out $O/$name > $O/$name.log 2>&1 || { rc=1; echo "[B] $name failed"; }
         touch $O/$name.done; echo "[B] $name: $(( $(date +%s) - T )) s, cache folder $(du -sm $TORCHINDUCTOR_CACHE_DIR 2>/dev/null | cut -f1) MB"; }
-run restore_cold --part restore --iters 8 --vae-attention both --size-bucket 128 --profile $SIZES
+run restore_cold --part restore --iters 8 --vae-attention both --size-bucket 128 --fp8 --profile $SIZES
 run stream --part stream --no-profile --no-sdpa --vae-attention chunked $STREAM
 run train_cold --part train --no-profile --no-sdpa --train-variants eager,compile_cudagraphs_chunked,compile_cudagraphs \
   --iters 4 --warmup 1 --loss-check 8 --deadline ${B_TRAIN_DEADLINE:-760}

@@ -104,3 +104,25 @@ def test_size_bucket_ab_times_a_new_size_as_it_is_and_bucketed():
     text = "\n".join(gpu.size_bucket_summary(sb))
     assert "A new frame size (33x33) with and without size_bucket 32 (padded to 64x64)" in text
     assert "| bucketed |" in text and "bucketed vs as is on real photos" in text
+
+
+def test_fp8_restore_converts_times_and_checks_against_eager():
+    """``--fp8``: the restorer's backbone converted (irreversibly), the restore timed, and its distance from the
+    eager restorations (a frame and the photos) measured: small, and not zero."""
+    import torch
+
+    from helpers import tiny_backbone
+    from nifi_lib.diffusion.fp8 import count_fp8
+    from nifi_lib.restoration.restorer import Restorer
+
+    r = Restorer(tiny_backbone(seed=1), adapter=None)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    photos = gpu.real_photos(32, 32, torch.device("cpu"))
+    with torch.no_grad():
+        ref = r.restore(x, seed=0)
+        ref_photos = torch.cat([r.restore(p[None], seed=0) for p in photos])
+    f = gpu.fp8_restore(r, x, torch.device("cpu"), warmup=1, iters=1, ref_out=ref, photos=photos,
+                        ref_photos=ref_photos)
+    assert f["layers"] == count_fp8(r.backbone.transformer) > 0 and f["median_ms"] > 0
+    assert 0 < f["vs_eager_rel_err"] < 0.05
+    assert f["vs_eager_photos"]["photos"] == list(gpu.REAL_PHOTOS) and f["vs_eager_photos"]["lpips_max"] > 0

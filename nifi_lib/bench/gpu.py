@@ -309,6 +309,29 @@ def sdpa_backends(device: torch.device, shapes: list[tuple[int, int, int, int]],
     return out
 
 
+def fp8_restore(restorer, images: torch.Tensor, device: torch.device, warmup: int, iters: int,
+                ref_out: torch.Tensor | None = None, photos: torch.Tensor | None = None,
+                ref_photos: torch.Tensor | None = None) -> dict:
+    """The FP8 lever (:mod:`~nifi_lib.diffusion.fp8`): ``restorer``'s backbone converted in place
+    (:func:`~nifi_lib.restoration.restorer.enable_fp8`; irreversible), then the restore of ``images`` timed, its
+    relative L2 distance from the eager ``ref_out`` and :func:`photo_agreement` with the eager ``ref_photos``."""
+    from ..restoration.restorer import enable_fp8
+
+    bb = restorer.backbone
+    if not bb.fast_paths.get("fp8"):
+        bb.fast_paths["fp8"] = enable_fp8(bb)
+    with torch.no_grad():
+        out = {"layers": bb.fast_paths["fp8"], **measure(lambda: restorer.restore(images, seed=0), device,
+                                                         warmup=warmup, iters=iters)}
+        if ref_out is not None:
+            o = restorer.restore(images, seed=0).float()
+            out["vs_eager_rel_err"] = float((o - ref_out.float()).norm() / ref_out.float().norm())
+        if ref_photos is not None:
+            got = torch.cat([restorer.restore(x[None], seed=0) for x in photos])
+            out["vs_eager_photos"] = photo_agreement(ref_photos, got)
+    return out
+
+
 def bucket_neighbour(size: tuple[int, int, int], bucket: int) -> tuple[int, int, int]:
     """A frame size never restored before that falls in the same ``bucket`` as ``size`` (a multiple of it): 40
     rows and 56 columns fewer (or the smallest size of the bucket when ``size`` is smaller than that)."""
@@ -610,6 +633,18 @@ def bench_restore(args, device: torch.device, budget: Budget, results: dict, out
             except Exception as e:  # noqa: BLE001
                 res["size_bucket"] = {"error": repr(e)}
                 log(f"restore size bucket FAILED: {e!r}")
+                traceback.print_exc()
+            free(device)
+        if args.fp8 and budget.left() > args.reserve + (120 if device.type == "cuda" else 0):
+            # last: the conversion is irreversible for this backbone (the transformer recompiles)
+            try:
+                res["fp8"] = fp8_restore(fast, inputs[target], device, max(args.warmup, 3), args.iters,
+                                         ref_out=ref_out, photos=photos if ref_photos is not None else None,
+                                         ref_photos=ref_photos)
+                log(f"restore fp8 {key(target)}: {res['fp8']}")
+            except Exception as e:  # noqa: BLE001
+                res["fp8"] = {"error": repr(e)}
+                log(f"restore fp8 FAILED: {e!r}")
                 traceback.print_exc()
             free(device)
         # tiled decoding bounds the decoder's memory on large frames
@@ -1049,6 +1084,12 @@ def summary(results: dict) -> str:
                   f"notes: {rs.get('notes')}", ""]
         lines += vae_attention_summary(rs.get("vae_attention") or {})
         lines += size_bucket_summary(rs.get("size_bucket") or {})
+        if rs.get("fp8"):
+            f = rs["fp8"]
+            lines += [f"FP8 transformer ({f.get('layers')} layers): {f.get('median_ms', float('nan')):.1f} ms, "
+                      f"first call {f.get('first_call_s', float('nan')):.1f} s, vs eager rel. L2 "
+                      f"{f.get('vs_eager_rel_err')}, photos {f.get('vs_eager_photos')}" if "error" not in f
+                      else f"FP8: {f['error']}", ""]
     st = results.get("stream")
     if st:
         lines += stream_summary(st)
@@ -1143,6 +1184,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                    help="restore: the VAE attention of the optimised rows (nifi_lib.diffusion.vae_attention); both: "
                         "sdpa, and an A/B against chunked at each size (ms, max abs difference of the frames; on the "
                         "eager restorer with --no-compile). Default: both on CUDA, else sdpa")
+    p.add_argument("--fp8", action="store_true",
+                   help="restore: last, the optimised restorer with the transformer's linear layers in FP8 "
+                        "(nifi_lib.diffusion.fp8; rowwise scaling) at the target size, with the photo check")
     p.add_argument("--size-bucket", type=int, default=0,
                    help="restore: also time a frame size never seen before (40 rows and 56 columns fewer than the "
                         "target) on the optimised restorer as it is (a new shape) and with Restorer(size_bucket=N) "

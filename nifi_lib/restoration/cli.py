@@ -200,7 +200,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     restorer = Restorer.from_pretrained(args.base_model, ckpt=args.ckpt,
                                         embeddings=args.embeddings, device=device, dtype=dtype, t0=args.t0,
                                         tile_size=args.tile_size, vae_attention=args.vae_attention,
-                                        compile=args.compile, fuse_lora=args.compile, size_bucket=args.size_bucket)
+                                        compile=args.compile, fuse_lora=args.compile or args.fp8,
+                                        size_bucket=args.size_bucket, fp8=args.fp8)
     # frames beyond the transformer's position table are tiled automatically: said once, on stderr
     restorer.notify = lambda msg: print(f"nifi restore: {msg}", file=sys.stderr)
     read = lambda src: _read_input(src, args.allow_convert, args.background)  # noqa: E731
@@ -287,6 +288,9 @@ def register(sub) -> None:
                         "of the transformer blocks and the VAE, channels_last and CUDA graphs on CUDA; the same "
                         "function, 2.8x faster at 1024x1024 on an H100, after a first frame of each size that compiles "
                         "(~30-40 s; ~10 s when TORCHINDUCTOR_CACHE_DIR holds an earlier run's kernels)")
+    p.add_argument("--fp8", action="store_true",
+                   help="the transformer's linear layers as float8 GEMMs with rowwise scaling (phi- fused first; an "
+                        "approximation measured in docs/performance.md; on CUDA a bf16 backbone on an Ada/Hopper GPU)")
     p.add_argument("--size_bucket", type=int, default=None,
                    help="pad each frame to a multiple of this many pixels (a multiple of 16 for SD3) and crop after, so "
                         "frames of different sizes share one compiled graph (with --compile: a new size within a "

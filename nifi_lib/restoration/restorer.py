@@ -52,6 +52,21 @@ def encode_degraded(bb: Backbone, images: torch.Tensor, adapter: str | None, gen
     return pad_to_multiple(latents, bb.patch_size)[0]
 
 
+def enable_fp8(bb: Backbone) -> int:
+    """:func:`~nifi_lib.diffusion.fp8.convert_to_fp8` on ``bb``'s transformer, after checking that the device
+    can run it (CUDA: bf16 weights and compute capability 8.9 or later, where ``torch._scaled_mm`` has rowwise
+    float8 scaling; the CPU runs it in any dtype, slowly); returns the number of FP8 layers."""
+    from ..diffusion.fp8 import convert_to_fp8
+
+    dtype = next(bb.transformer.parameters()).dtype
+    if bb.device.type == "cuda":
+        cap = torch.cuda.get_device_capability(bb.device)
+        if cap < (8, 9) or dtype != torch.bfloat16:
+            raise ValueError(f"fp8 needs a bf16 backbone on a GPU of compute capability 8.9 or later (Ada, Hopper); "
+                             f"this is {dtype} on sm{cap[0]}{cap[1]}")
+    return convert_to_fp8(bb.transformer)
+
+
 def check_size_bucket(bb: Backbone, size_bucket: int | None) -> int | None:
     """``size_bucket`` if it is a positive multiple of the VAE factor x the patch size (the unit a frame is
     padded to anyway: 16 pixels for SD3), else a :class:`FrameSizeError` naming that unit."""
@@ -124,7 +139,7 @@ class Restorer:
                  tile_size: int | None = None, tile_overlap: int = 32, *, compile: bool = False,
                  channels_last: bool | None = None, fuse_lora: bool = False, vae_tile: int | None = None,
                  vae_tile_overlap: int = 16, cuda_graphs: bool | None = None, vae_attention: str | None = None,
-                 size_bucket: int | None = None):
+                 size_bucket: int | None = None, fp8: bool = False):
         """``tile_size``: run the whole procedure on overlapping image tiles (frames larger than it).
 
         Fast paths (same function, see the module docstring): ``compile`` (torch.compile of the
@@ -140,7 +155,10 @@ class Restorer:
         the VAE factor x the patch size, 16 for SD3: each frame is reflect-padded to a multiple of it instead of
         the VAE factor alone and cropped back after decoding, so frames of different sizes within one bucket
         share one compiled graph (a new size costs no compilation); an approximation like ``tile_size``: the
-        padding is context the attention sees, see :func:`bucket_pad`).
+        padding is context the attention sees, see :func:`bucket_pad`), ``fp8`` (the transformer blocks' linear
+        layers as float8 GEMMs with rowwise scaling, :func:`~nifi_lib.diffusion.fp8.convert_to_fp8`: an
+        approximation, inference only and irreversible for this backbone; after ``fuse_lora``, before ``compile``;
+        on CUDA it needs a bf16 backbone on an FP8 GPU, sm89 or later).
         """
         self.backbone = backbone
         self.t0 = t0
@@ -154,6 +172,8 @@ class Restorer:
         self.size_bucket = check_size_bucket(backbone, size_bucket)
         if fuse_lora and self.adapter is not None:
             fuse_adapter(backbone, self.adapter)
+        if fp8 and not backbone.fast_paths.get("fp8"):
+            backbone.fast_paths["fp8"] = enable_fp8(backbone)
         if cuda_graphs is None:
             cuda_graphs = bool(compile) and backbone.device.type == "cuda"
         if compile or channels_last or vae_attention is not None:
@@ -305,7 +325,7 @@ class Restorer:
                         device: str = "cpu", dtype: str = "fp32", t0: int | None = None, kind: str | None = None,
                         tile_size: int | None = None, compile: bool = False, fuse_lora: bool = False,
                         vae_tile: int | None = None, vae_attention: str | None = None,
-                        size_bucket: int | None = None) -> "Restorer":
+                        size_bucket: int | None = None, fp8: bool = False) -> "Restorer":
         """Backbone + phi- from a checkpoint (the authors' ``.ckpt``, our ``.safetensors`` adapters, or a
         training checkpoint ``latest.pt``/``best.pt``). Without ``ckpt``: the frozen base alone.
         ``base_model``/``embeddings`` default to what the checkpoint records (the backbone it was trained on),
@@ -313,7 +333,7 @@ class Restorer:
         ``t0`` (Eq. 7's start): default the t0 the checkpoint was trained for (training checkpoints record
         it; 1000 = T is the "w/o t0" ablation), else 199 (the authors' ``.ckpt`` records none). The stored
         value is kept as ``restorer.checkpoint_t0`` (None if absent).
-        ``compile``/``fuse_lora``/``vae_tile``/``vae_attention``/``size_bucket``: the fast paths of :class:`Restorer` (the
+        ``compile``/``fuse_lora``/``vae_tile``/``vae_attention``/``size_bucket``/``fp8``: the fast paths of :class:`Restorer` (the
         backbone is private to the restorer here, so fusing phi- into it is safe)."""
         from ..diffusion.backbone import load_backbone
         from ..paths import resolve_model_ref
@@ -333,7 +353,7 @@ class Restorer:
             t0 = weights.t0_or_default if weights is not None else DEFAULT_T0
         eq7_start(bb.scheduler, t0)   # a t0 outside [0, T] fails here, before any restore
         r = cls(bb, t0=int(t0), adapter=adapter, tile_size=tile_size, compile=compile, fuse_lora=fuse_lora,
-                vae_tile=vae_tile, vae_attention=vae_attention, size_bucket=size_bucket)
+                vae_tile=vae_tile, vae_attention=vae_attention, size_bucket=size_bucket, fp8=fp8)
         r.base_model = base_model
         r.checkpoint_t0 = weights.t0 if weights is not None else None
         r.checkpoint_format = weights.format if weights is not None else None
