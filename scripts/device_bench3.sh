@@ -13,7 +13,8 @@
 #                 check over 8 identical steps (eager bf16, optimised bf16, eager fp32)
 #   train_warm    compile + CUDA graphs in a new process on the warm cache (the first call of a user's second job)
 #   restore_warm  the restore sizes again in a new process (a frame size seen before, warm cache)
-# env: B_ARGS (e.g. "--tiny --device cpu" for a dry run), B_SIZES, B_STREAM, B_TRAIN_DEADLINE
+# env: B_ARGS (e.g. "--tiny --device cpu" for a dry run), B_SIZES, B_STREAM, B_TRAIN_DEADLINE; for less device time
+#      B_STREAM_RUN=0 (no stream part), B_TRAIN_VARIANTS=eager,compile_cudagraphs (no chunked training variant)
 set -u
 S=$1; O=$S/bench; mkdir -p $O
 export TORCHINDUCTOR_CACHE_DIR=$S/indc
@@ -25,8 +26,8 @@ run() { local name=$1; shift; echo "[B] $name at $(date -u +%T)"; T=$(date +%s)
         $B "$@" --out $O/$name > $O/$name.log 2>&1 || { rc=1; echo "[B] $name failed"; }
         touch $O/$name.done; echo "[B] $name: $(( $(date +%s) - T )) s, cache folder $(du -sm $TORCHINDUCTOR_CACHE_DIR 2>/dev/null | cut -f1) MB"; }
 run restore_cold --part restore --iters 8 --vae-attention both --size-bucket 128 --fp8 --profile $SIZES
-run stream --part stream --no-profile --no-sdpa --vae-attention chunked $STREAM
-run train_cold --part train --no-profile --no-sdpa --train-variants eager,compile_cudagraphs_chunked,compile_cudagraphs \
+[ "${B_STREAM_RUN:-1}" = 1 ] && run stream --part stream --no-profile --no-sdpa --vae-attention chunked $STREAM
+run train_cold --part train --no-profile --no-sdpa --train-variants ${B_TRAIN_VARIANTS:-eager,compile_cudagraphs_chunked,compile_cudagraphs} \
   --iters 4 --warmup 1 --loss-check 8 --deadline ${B_TRAIN_DEADLINE:-760}
 run train_warm --part train --no-profile --no-sdpa --train-variants compile_cudagraphs --iters 4 --warmup 1 --loss-check 0
 touch $S/B.gpufree
