@@ -119,6 +119,9 @@ def test_assets_config_is_checked(tmp_path):
     # its seed (index 6 of the preset) and the prior's worlds are many more
     from nifi_lib.gs.scene_presets import get_preset
     v4 = load_assets_config("configs/embedded_assets_v4.yaml")
+    # and the decoder fine-tune capped at 300 s instead of 480 (frames, prior and decoder in one session)
+    assert v4["decoder"]["overrides"].pop("vae_max_seconds") == 300
+    assert cfg["decoder"]["overrides"].pop("vae_max_seconds") == 480
     assert {k: v for k, v in v4.items() if k != "scenes"} == {k: v for k, v in cfg.items() if k != "scenes"}
     p4 = get_preset(v4["scenes"]["preset"], **v4["scenes"]["overrides"])
     assert (p4.prior_worlds, p4.prior_views, p4.paired_prior_worlds) == (250, 12, 12)
