@@ -15,7 +15,7 @@
 #   restore_warm  the restore sizes again in a new process (a frame size seen before, warm cache)
 # env: B_ARGS (e.g. "--tiny --device cpu" for a dry run), B_SIZES, B_STREAM, B_TRAIN_DEADLINE; for less device time
 #      B_STREAM_RUN=0 (no stream part), B_TRAIN_VARIANTS=eager,compile_cudagraphs (no chunked training variant),
-#      B_LOSS_STEPS=0 (no loss check)
+#      B_LOSS_STEPS=0 (no loss check), B_TRAIN_WARM=0 (no second training process)
 set -u
 S=$1; O=$S/bench; mkdir -p $O
 export TORCHINDUCTOR_CACHE_DIR=$S/indc
@@ -30,7 +30,7 @@ run restore_cold --part restore --iters 8 --vae-attention both --size-bucket 128
 [ "${B_STREAM_RUN:-1}" = 1 ] && run stream --part stream --no-profile --no-sdpa --vae-attention chunked $STREAM
 run train_cold --part train --no-profile --no-sdpa --train-variants ${B_TRAIN_VARIANTS:-eager,compile_cudagraphs_chunked,compile_cudagraphs} \
   --iters 4 --warmup 1 --loss-check ${B_LOSS_STEPS:-8} --deadline ${B_TRAIN_DEADLINE:-760}
-run train_warm --part train --no-profile --no-sdpa --train-variants compile_cudagraphs --iters 4 --warmup 1 --loss-check 0
+[ "${B_TRAIN_WARM:-1}" = 1 ] && run train_warm --part train --no-profile --no-sdpa --train-variants compile_cudagraphs --iters 4 --warmup 1 --loss-check 0
 touch $S/B.gpufree
 run restore_warm --part restore --no-profile --no-sdpa --no-photo-check --iters 5 --vae-attention both --size-bucket 128 $SIZES
 exit $rc
