@@ -95,3 +95,18 @@ def test_nifi_restore_fp8_writes_a_close_frame(model_dir, tmp_path):
 def test_fp8_eligible_names(name, ok):
     assert fp8_eligible(name, nn.Linear(32, 64)) is ok
     assert fp8_eligible(name, nn.Linear(24, 64)) is False                  # not a multiple of 16
+
+
+def test_fp8_on_an_older_gpu_or_in_fp32_is_a_clear_error(monkeypatch):
+    from nifi_lib.diffusion.fp8 import Fp8Unsupported, check_fp8_device
+    from nifi_lib.errors import NifiError
+
+    check_fp8_device(torch.device("cpu"), torch.float32)                   # the CPU: any dtype
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    with pytest.raises(Fp8Unsupported, match="compute capability 8.9 or later.*bfloat16 on sm80") as e:
+        check_fp8_device(torch.device("cuda"), torch.bfloat16)
+    assert isinstance(e.value, NifiError)                                  # nifi prints it, no traceback
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    check_fp8_device(torch.device("cuda"), torch.bfloat16)
+    with pytest.raises(Fp8Unsupported, match="float32 on sm90"):
+        check_fp8_device(torch.device("cuda"), torch.float32)

@@ -12,8 +12,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import NifiError
+
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = float(torch.finfo(E4M3).max)    # 448
+
+
+class Fp8Unsupported(NifiError, ValueError):
+    """FP8 asked for where ``torch._scaled_mm`` cannot run it (a GPU older than sm89, or not a bf16 model)."""
+
+
+def check_fp8_device(device: torch.device, dtype: torch.dtype) -> None:
+    """:class:`Fp8Unsupported` unless ``device`` can run rowwise float8 GEMMs for a ``dtype`` model: on CUDA a bf16
+    model on compute capability 8.9 or later (Ada, Hopper); the CPU runs them in any dtype (slowly: tests)."""
+    if device.type == "cuda":
+        cap = torch.cuda.get_device_capability(device)
+        if cap < (8, 9) or dtype != torch.bfloat16:
+            raise Fp8Unsupported(f"fp8 needs a bf16 backbone on a GPU of compute capability 8.9 or later (Ada, "
+                                 f"Hopper); this is {str(dtype).replace('torch.', '')} on sm{cap[0]}{cap[1]}")
 
 
 def quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,17 +53,11 @@ def encode_degraded(bb: Backbone, images: torch.Tensor, adapter: str | None, gen
 
 
 def enable_fp8(bb: Backbone) -> int:
-    """:func:`~nifi_lib.diffusion.fp8.convert_to_fp8` on ``bb``'s transformer, after checking that the device
-    can run it (CUDA: bf16 weights and compute capability 8.9 or later, where ``torch._scaled_mm`` has rowwise
-    float8 scaling; the CPU runs it in any dtype, slowly); returns the number of FP8 layers."""
-    from ..diffusion.fp8 import convert_to_fp8
+    """:func:`~nifi_lib.diffusion.fp8.convert_to_fp8` on ``bb``'s transformer, after
+    :func:`~nifi_lib.diffusion.fp8.check_fp8_device`; returns the number of FP8 layers."""
+    from ..diffusion.fp8 import check_fp8_device, convert_to_fp8
 
-    dtype = next(bb.transformer.parameters()).dtype
-    if bb.device.type == "cuda":
-        cap = torch.cuda.get_device_capability(bb.device)
-        if cap < (8, 9) or dtype != torch.bfloat16:
-            raise ValueError(f"fp8 needs a bf16 backbone on a GPU of compute capability 8.9 or later (Ada, Hopper); "
-                             f"this is {dtype} on sm{cap[0]}{cap[1]}")
+    check_fp8_device(bb.device, next(bb.transformer.parameters()).dtype)
     return convert_to_fp8(bb.transformer)
 
 
