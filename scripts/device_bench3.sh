@@ -15,7 +15,8 @@
 #   restore_warm  the restore sizes again in a new process (a frame size seen before, warm cache)
 # env: B_ARGS (e.g. "--tiny --device cpu" for a dry run), B_SIZES, B_STREAM, B_TRAIN_DEADLINE; for less device time
 #      B_STREAM_RUN=0 (no stream part), B_TRAIN_VARIANTS=eager,compile_cudagraphs (no chunked training variant),
-#      B_LOSS_STEPS=0 (no loss check), B_TRAIN_WARM=0 (no second training process)
+#      B_LOSS_STEPS=0 (no loss check), B_TRAIN_WARM=0 / B_RESTORE_WARM=0 (no second
+#      training / restore process)
 set -u
 S=$1; O=$S/bench; mkdir -p $O
 export TORCHINDUCTOR_CACHE_DIR=$S/indc
@@ -32,5 +33,5 @@ run train_cold --part train --no-profile --no-sdpa --train-variants ${B_TRAIN_VA
   --iters 4 --warmup 1 --loss-check ${B_LOSS_STEPS:-8} --deadline ${B_TRAIN_DEADLINE:-760}
 [ "${B_TRAIN_WARM:-1}" = 1 ] && run train_warm --part train --no-profile --no-sdpa --train-variants compile_cudagraphs --iters 4 --warmup 1 --loss-check 0
 touch $S/B.gpufree
-run restore_warm --part restore --no-profile --no-sdpa --no-photo-check --iters 5 --vae-attention both --size-bucket 128 $SIZES
+[ "${B_RESTORE_WARM:-1}" = 1 ] && run restore_warm --part restore --no-profile --no-sdpa --no-photo-check --iters 5 --vae-attention both --size-bucket 128 $SIZES
 exit $rc
