@@ -218,3 +218,18 @@ def test_size_bucket_gives_one_shape_per_bucket_and_is_exact_on_bucket_multiples
         with pytest.raises(FrameSizeError, match=f"multiple of {unit} pixels"):
             Restorer(bb, size_bucket=bad)
     assert Restorer(bb, size_bucket=0).size_bucket is None
+
+
+def test_the_compiled_cuda_restorer_defaults_to_the_chunked_vae_attention():
+    """``default_vae_attention``: chunked for ``compile`` on CUDA (its GPU photo check passed, runs 6-7), as given
+    when given, and the backbone as it is otherwise (no compile, or the CPU)."""
+    from types import SimpleNamespace
+
+    from nifi_lib.restoration.restorer import default_vae_attention
+
+    cuda, cpu = (SimpleNamespace(device=torch.device(d)) for d in ("cuda", "cpu"))
+    assert default_vae_attention(cuda, True, None) == "chunked"
+    assert default_vae_attention(cuda, True, "sdpa") == "sdpa"
+    assert default_vae_attention(cuda, False, None) is None
+    assert default_vae_attention(cpu, True, None) is None
+    assert default_vae_attention(cpu, False, "chunked") == "chunked"

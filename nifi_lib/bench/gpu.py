@@ -559,7 +559,7 @@ def bench_restore(args, device: torch.device, budget: Budget, results: dict, out
                     torch._dynamo.reset()
                     for k in ("compile_transformer", "compile_vae", "cuda_graphs"):
                         bb.fast_paths.pop(k, None)
-                    fast = Restorer(bb, compile=True, fuse_lora=True, cuda_graphs=False)
+                    fast = Restorer(bb, compile=True, fuse_lora=True, cuda_graphs=False, vae_attention=kinds[0])
                     try:
                         with torch.no_grad():
                             m = measure(lambda: fast.restore(inputs[s], seed=0), device, warmup=w, iters=n)
@@ -887,21 +887,23 @@ def same_images(a: Path, b: Path) -> bool:
         all(np.array_equal(read_rgb(x), read_rgb(y)) for x, y in zip(fa, fb))
 
 
-def _stream_restorer(bb, optimised: bool, cuda_graphs: bool | None = None, vae_attention: str = "sdpa"):
+def _stream_restorer(bb, optimised: bool, cuda_graphs: bool | None = None, vae_attention: str | None = None):
     """The restorer of the ``stream`` part: bench_restore's optimised variant (phi- fused, torch.compile, on CUDA
     with channels_last, cuDNN autotuning and CUDA graphs) or, on the CPU / ``--no-compile``, the eager one; either
     with the VAE attention ``vae_attention`` (:mod:`~nifi_lib.diffusion.vae_attention`)."""
     from ..restoration.restorer import Restorer
 
-    kind = None if vae_attention == "sdpa" else vae_attention      # SDPA: the backbone as it is (the default)
     if optimised:
-        return Restorer(bb, compile=True, fuse_lora=True, cuda_graphs=cuda_graphs, vae_attention=kind)
-    return Restorer(bb, vae_attention=kind)
+        return Restorer(bb, compile=True, fuse_lora=True, cuda_graphs=cuda_graphs, vae_attention=vae_attention)
+    return Restorer(bb, vae_attention=vae_attention)
 
 
-def stream_vae_attention(args) -> str:
-    """The stream part's VAE attention kind: ``--vae-attention chunked`` selects the chunked head, anything else
-    (sdpa, both, unset) SDPA, the restorer's default."""
+def stream_vae_attention(args) -> str | None:
+    """The stream part's VAE attention kind: ``--vae-attention chunked`` or ``sdpa`` (``both``: SDPA, the A/B's
+    reference); unset: ``None``, the restorer's default (:func:`~nifi_lib.restoration.restorer.default_vae_attention`:
+    chunked for the compiled restorer on CUDA)."""
+    if args.vae_attention is None:
+        return None
     return "chunked" if args.vae_attention == "chunked" else "sdpa"
 
 
@@ -944,7 +946,7 @@ def bench_stream(args, device: torch.device, budget: Budget, results: dict, out:
     kind = stream_vae_attention(args)
     restorer = _stream_restorer(bb, optimised, vae_attention=kind)
     res["variant"] = _stream_variant(bb) if optimised else "eager"
-    res["vae_attention"] = kind
+    res["vae_attention"] = bb.fast_paths.get("vae_attention", "sdpa")   # what the restorer runs
     res["dtype"] = str(dtype).replace("torch.", "")
     seed, pin = 0, device.type == "cuda"
     with tempfile.TemporaryDirectory(prefix="nifi-stream-") as tmp_name:

@@ -281,8 +281,8 @@ def register(sub) -> None:
                         "faster for ~15%% larger files)")
     p.add_argument("--vae_attention", default=None, choices=["sdpa", "chunked"],
                    help="the VAE's attention: sdpa (diffusers' processor) or chunked (GEMMs and a float32 softmax: the "
-                        "same function, 1.1-1.2x faster restores on an H100, docs/performance.md run 6) (default: the "
-                        "backbone's own, sdpa)")
+                        "same function, 1.1-1.2x faster restores on an H100, docs/performance.md runs 6-7) (default: "
+                        "chunked with --compile on CUDA, else sdpa)")
     p.add_argument("--compile", action="store_true",
                    help="the optimised restorer (docs/performance.md): phi- fused into the base weights, torch.compile "
                         "of the transformer blocks and the VAE, channels_last and CUDA graphs on CUDA; the same "
