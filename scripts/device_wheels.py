@@ -6,7 +6,7 @@ diffusion, metric, 3DGS and notebook packages. This resolves the project's runti
 (``Requires-Dist`` of each downloaded wheel, markers evaluated for the device), skipping what the image has, and
 pins each to the version in this machine's ``.venv`` (the project's pins) where it has one.
 
-    python scripts/device_wheels.py [--dest .whl] [--skip NAME ...] [--site .gpu/site.tar.xz]
+    python scripts/device_wheels.py [--dest .whl] [--skip NAME ...] [--site .gpu/site.tar.xz [--slim]]
 
 The wheels alone (~63 MiB) do not fit the device's 64 MiB carry beside the repository and the weights, so
 ``--site`` also installs them here for the device's Python into one folder, drops what nothing imports there
@@ -93,8 +93,17 @@ PRUNE = ("gsplat/cuda/csrc/third_party/glm/doc", "gsplat/cuda/csrc/third_party/g
          "matplotlib/mpl-data/sample_data")
 
 
-def pack_site(wheels: Path, out: Path) -> None:
-    """Install every wheel of ``wheels`` for the device's Python into a temporary folder, prune, pack as tar.xz."""
+# ``--slim``: what the GPU bench and embedded-assets' frames/prior/decoder stages never import (plotting, 3DGS, BM3D,
+# the notebook kernel): scripts/device_session.sh with RUN=B, or RUN=E with E_SCENES=0, checks only the rest. The
+# repository and the full site (~40 MB) no longer fit the 64 MiB carry together (2026-12-06); slim, ~15 MB.
+SLIM_DROP = ("fontTools", "fonttools-", "matplotlib", "mpl_toolkits", "kiwisolver", "bm3d", "bm4d", "IPython",
+             "ipython-", "contourpy", "gsplat", "pygments", "prompt_toolkit", "wcwidth", "rich", "zmq", "pyzmq",
+             "tornado", "ipykernel", "jedi", "parso")
+
+
+def pack_site(wheels: Path, out: Path, slim: bool = False) -> None:
+    """Install every wheel of ``wheels`` for the device's Python into a temporary folder, prune (``slim``: also the
+    :data:`SLIM_DROP` packages and their metadata), pack as tar.xz."""
     chosen = [w for w in sorted(wheels.glob("*.whl")) if not w.name.lower().startswith(NOT_ON_SITE)]
     with tempfile.TemporaryDirectory() as tmp:
         site = Path(tmp) / "site"
@@ -108,6 +117,10 @@ def pack_site(wheels: Path, out: Path) -> None:
                 shutil.rmtree(d)
         for rel in PRUNE:
             shutil.rmtree(site / rel, ignore_errors=True)
+        if slim:
+            for child in list(site.iterdir()):
+                if child.name.startswith(SLIM_DROP) and child.is_dir():
+                    shutil.rmtree(child)
         out.parent.mkdir(parents=True, exist_ok=True)
         part = out.with_name(out.name + ".part")
         with tarfile.open(part, "w:xz", preset=9) as tar:
@@ -122,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dest", default=".whl")
     ap.add_argument("--skip", nargs="*", default=[], help="more names the image has")
     ap.add_argument("--site", default=None, help="also pack the installed wheels as this tar.xz")
+    ap.add_argument("--slim", action="store_true", help="--site without the packages the bench and the prior never "
+                    "import (SLIM_DROP): for RUN=B or RUN=E E_SCENES=0 of scripts/device_session.sh")
     args = ap.parse_args(argv)
     dest = Path(args.dest)
     dest.mkdir(exist_ok=True)
@@ -140,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     total = sum(w.stat().st_size for w in dest.glob("*.whl"))
     print(f"{len(seen)} packages, {len(list(dest.glob('*.whl')))} wheels, {total / 2**20:.1f} MiB in {dest}")
     if args.site:
-        pack_site(dest, Path(args.site))
+        pack_site(dest, Path(args.site), slim=args.slim)
 
 
 if __name__ == "__main__":
