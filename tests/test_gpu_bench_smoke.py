@@ -40,18 +40,22 @@ def test_real_photos_and_their_agreement_check():
 
 @pytest.mark.slow
 def test_tiny_restore_bench_compares_the_optimised_path_with_eager_on_photos(tmp_path):
-    """The restore part end to end on the CPU (eager, phi- fused, torch.compile), with issue 18's real-photo check."""
-    rc = gpu.main(["--tiny", "--device", "cpu", "--part", "restore", "--sizes", "32x32x1", "--no-flop-check",
+    """The restore part end to end on the CPU (eager, phi- fused, torch.compile), with issue 18's real-photo check,
+    and the size-bucket and FP8 rows after the optimised ones."""
+    rc = gpu.main(["--tiny", "--device", "cpu", "--part", "restore", "--sizes", "48x48x1", "--no-flop-check",
                    "--no-ablation", "--no-sdpa", "--no-tiled", "--no-nchw-variant", "--no-profile", "--iters", "1",
-                   "--warmup", "1", "--out", str(tmp_path)])
+                   "--warmup", "1", "--size-bucket", "16", "--fp8", "--out", str(tmp_path)])
     assert rc == 0
     r = json.loads((tmp_path / "bench.json").read_text())["restore"]
-    row = r["rows"]["32x32_b1"]
+    row = r["rows"]["48x48_b1"]
     assert row["eager"]["median_ms"] > 0 and row["optimised"]["median_ms"] > 0
     assert r["optimised_vs_eager_rel_err"] < 1e-4                     # fp32 on the CPU: the same computation
     ph = r["optimised_vs_eager_photos"]
     assert ph["photos"] == list(gpu.REAL_PHOTOS) and len(ph["lpips"]) == 3 and ph["within"] is True
     assert "optimised vs eager on real photos" in (tmp_path / "summary.md").read_text()
+    sb, f8 = r["size_bucket"], r["fp8"]
+    assert (sb["new_size"], sb["target"]) == ("33x33", "48x48") and sb["bucketed"]["median_ms"] > 0
+    assert f8["layers"] > 0 and 0 < f8["vs_eager_rel_err"] < 0.05 and f8["vs_eager_photos"]["within"] in (True, False)
 
 
 def test_tiny_restore_bench_times_both_vae_attention_kinds(tmp_path):

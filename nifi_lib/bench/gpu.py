@@ -625,28 +625,25 @@ def bench_restore(args, device: torch.device, budget: Budget, results: dict, out
             if out is not None:
                 (out / "bench.json").write_text(json.dumps(results, indent=1, default=str))
             free(device)
-        if args.size_bucket and budget.left() > args.reserve + (90 if device.type == "cuda" else 0):
+        def lever_row(name: str, label: str, fn) -> None:
+            """One optional lever's row: ``res[name] = fn()``; an error is recorded (and printed), not raised."""
             try:
-                res["size_bucket"] = size_bucket_ab(fast, target, args.size_bucket, device, args.iters,
-                                                    photo_check=args.photo_check)
-                log(f"restore size bucket {args.size_bucket}: {res['size_bucket']}")
+                res[name] = fn()
+                log(f"restore {label}: {res[name]}")
             except Exception as e:  # noqa: BLE001
-                res["size_bucket"] = {"error": repr(e)}
-                log(f"restore size bucket FAILED: {e!r}")
+                res[name] = {"error": repr(e)}
+                log(f"restore {label} FAILED: {e!r}")
                 traceback.print_exc()
             free(device)
+
+        if args.size_bucket and budget.left() > args.reserve + (90 if device.type == "cuda" else 0):
+            lever_row("size_bucket", f"size bucket {args.size_bucket}", lambda: size_bucket_ab(
+                fast, target, args.size_bucket, device, args.iters, photo_check=args.photo_check))
         if args.fp8 and budget.left() > args.reserve + (120 if device.type == "cuda" else 0):
             # last: the conversion is irreversible for this backbone (the transformer recompiles)
-            try:
-                res["fp8"] = fp8_restore(fast, inputs[target], device, max(args.warmup, 3), args.iters,
-                                         ref_out=ref_out, photos=photos if ref_photos is not None else None,
-                                         ref_photos=ref_photos)
-                log(f"restore fp8 {key(target)}: {res['fp8']}")
-            except Exception as e:  # noqa: BLE001
-                res["fp8"] = {"error": repr(e)}
-                log(f"restore fp8 FAILED: {e!r}")
-                traceback.print_exc()
-            free(device)
+            lever_row("fp8", f"fp8 {key(target)}", lambda: fp8_restore(
+                fast, inputs[target], device, max(args.warmup, 3), args.iters, ref_out=ref_out,
+                photos=photos if ref_photos is not None else None, ref_photos=ref_photos))
         # tiled decoding bounds the decoder's memory on large frames
         big = sizes[-1]
         if args.tiled and budget.left() > args.reserve + 30:
