@@ -165,7 +165,8 @@ collect() {
   for d in $(cd $S/bench 2>/dev/null && ls *.done 2>/dev/null); do   # B_JOB=3: each process's results when it ends
     ship bench_${d%.done} $S --exclude='*.bin' bench/${d%.done} bench/${d%.done}.log
   done
-  if [ -f $S/B.rc ] && [ -d $S/bench ]; then   # (the compile caches stay: 100+ MB)
+  # B_JOB 1/2: the whole folder at the end (B_JOB=3 shipped each process's results above; the compile caches stay)
+  if [ -f $S/B.rc ] && [ -d $S/bench ] && ! ls $S/bench/*.done > /dev/null 2>&1; then
     ship bench $S --exclude='*.bin' bench
   fi
 }
