@@ -16,7 +16,7 @@
 # env: B_ARGS (e.g. "--tiny --device cpu" for a dry run), B_SIZES, B_STREAM, B_TRAIN_DEADLINE; for less device time
 #      B_STREAM_RUN=0 (no stream part), B_TRAIN_VARIANTS=eager,compile_cudagraphs (no chunked training variant),
 #      B_LOSS_STEPS=0 (no loss check), B_TRAIN_WARM=0 / B_RESTORE_WARM=0 (no second
-#      training / restore process)
+#      training / restore process), B_RESTORE_COLD=0 (no first restore process: a training-only run)
 set -u
 S=$1; O=$S/bench; mkdir -p $O
 export TORCHINDUCTOR_CACHE_DIR=$S/indc
@@ -27,7 +27,7 @@ rc=0
 run() { local name=$1; shift; echo "[B] $name at $(date -u +%T)"; T=$(date +%s)
         $B "$@" --out $O/$name > $O/$name.log 2>&1 || { rc=1; echo "[B] $name failed"; }
         touch $O/$name.done; echo "[B] $name: $(( $(date +%s) - T )) s, cache folder $(du -sm $TORCHINDUCTOR_CACHE_DIR 2>/dev/null | cut -f1) MB"; }
-run restore_cold --part restore --iters 8 --vae-attention both --size-bucket 128 --fp8 --profile $SIZES
+[ "${B_RESTORE_COLD:-1}" = 1 ] && run restore_cold --part restore --iters 8 --vae-attention both --size-bucket 128 --fp8 --profile $SIZES
 [ "${B_STREAM_RUN:-1}" = 1 ] && run stream --part stream --no-profile --no-sdpa --vae-attention chunked $STREAM
 run train_cold --part train --no-profile --no-sdpa --train-variants ${B_TRAIN_VARIANTS:-eager,compile_cudagraphs_chunked,compile_cudagraphs} \
   --iters 4 --warmup 1 --loss-check ${B_LOSS_STEPS:-8} --deadline ${B_TRAIN_DEADLINE:-760}

@@ -99,8 +99,8 @@ PRUNE = ("gsplat/cuda/csrc/third_party/glm/doc", "gsplat/cuda/csrc/third_party/g
 SLIM_DROP = ("fontTools", "fonttools-", "matplotlib", "mpl_toolkits", "kiwisolver", "bm3d", "bm4d", "IPython",
              "ipython-", "contourpy", "gsplat", "pygments", "prompt_toolkit", "wcwidth", "rich", "zmq", "pyzmq",
              "tornado", "ipykernel", "jedi", "parso")
-# ``--slim --keep-3dgs``: the slim site plus gsplat and what its one CUDA build imports (rich, which imports
-# pygments), for job N of scripts/device_session.sh (the 3DGS fits, the pairs, NiFi, evaluate: none of them imports
+# ``--slim --keep-3dgs``: the slim site plus gsplat and what its one CUDA build imports (rich; pygments, which
+# rich may load for tracebacks), for job N of scripts/device_session.sh (the 3DGS fits, the pairs, NiFi, evaluate: none of them imports
 # the plotting, BM3D or notebook packages; checked on the tiny chain with those imports blocked, 2026-12-06).
 KEEP_3DGS = ("gsplat", "rich", "pygments")
 
