@@ -100,8 +100,9 @@ SLIM_DROP = ("fontTools", "fonttools-", "matplotlib", "mpl_toolkits", "kiwisolve
              "ipython-", "contourpy", "gsplat", "pygments", "prompt_toolkit", "wcwidth", "rich", "zmq", "pyzmq",
              "tornado", "ipykernel", "jedi", "parso")
 # ``--slim --keep-3dgs``: the slim site plus gsplat and what its one CUDA build imports (rich; pygments, which
-# rich may load for tracebacks), for job N of scripts/device_session.sh (the 3DGS fits, the pairs, NiFi, evaluate: none of them imports
-# the plotting, BM3D or notebook packages; checked on the tiny chain with those imports blocked, 2026-12-06).
+# rich may load for tracebacks), for job N of scripts/device_session.sh: the 3DGS fits, the pairs, NiFi and
+# evaluate import none of the plotting, BM3D or notebook packages (checked on the tiny chain with those imports
+# blocked, 2026-12-06).
 KEEP_3DGS = ("gsplat", "rich", "pygments")
 
 
