@@ -33,8 +33,8 @@ def lpips_to(lp, images: torch.Tensor, clean: torch.Tensor) -> float:
 
 def fresh_frames(n_worlds: int, seed: int, folder: Path) -> torch.Tensor:
     """Frames of ``n_worlds`` generated worlds (8 views each, 128 px) from ``1000 * seed + i``."""
-    SP.PRESETS["fresh"] = SP.Preset("fresh", [], [f"fresh_{i}" for i in range(n_worlds)], n_views=8)
-    SP.build_preset("fresh", folder, seed=seed, progress=False, frames_only=True)
+    fresh = SP.Preset("fresh", [], [f"fresh_{i}" for i in range(n_worlds)], n_views=8)
+    SP.build_preset(fresh, folder, seed=seed, progress=False, frames_only=True)
     return torch.stack([load_image(p) for p in sorted(folder.glob("heldout/*/images/*.png"))])
 
 

@@ -100,3 +100,26 @@ def test_prior_views_render_fewer_views_of_the_unpaired_prior_worlds(tmp_path):
     assert again["built_now"] == []                                # resumes with its own view count
     with pytest.raises(ValueError, match="prior_views=0"):
         build_preset("tiny", tmp_path, progress=False, prior_views=0)
+
+
+def test_a_preset_object_builds_without_registering(tmp_path):
+    """``build_preset`` takes a :class:`Preset` itself (a measurement's own worlds, scripts/vae_generalisation.py):
+    its worlds are built frames-only, the registry is unchanged, and the frames equal the named preset's world of
+    the same seed (the same generator, the same settings)."""
+    from nifi_lib.gs.scene_presets import Preset, get_preset
+
+    before = dict(PRESETS)
+    tiny = get_preset("tiny")
+    own = Preset("adhoc", [], ["world_0"], size=tiny.size, n_views=3, iterations=tiny.iterations,
+                 max_gaussians=tiny.max_gaussians, init_points=tiny.init_points, texture_size=tiny.texture_size)
+    assert get_preset(own, n_views=2).n_views == 2 and own.n_views == 3        # overrides copy, never mutate
+    m = build_preset(own, tmp_path / "own", progress=False, frames_only=True)
+    assert PRESETS == before and m["preset"] == "adhoc" and m["built_now"] == ["world_0"]
+    imgs = sorted((tmp_path / "own" / "heldout" / "world_0" / "images").glob("*.png"))
+    assert len(imgs) == 3 and not (tmp_path / "own" / "heldout" / "world_0" / "point_cloud.ply").exists()
+    # the named preset's first world has the same name and seed (1000 * 0 + 0): the same ground truth
+    ref = build_preset(get_preset("tiny", n_views=3, prior_worlds=0), tmp_path / "ref", progress=False,
+                       frames_only=True)
+    assert ref["built_now"][0] == "world_0"
+    assert [p.read_bytes() for p in imgs] == [(tmp_path / "ref" / "train" / "world_0" / "images" / p.name).read_bytes()
+                                              for p in imgs]

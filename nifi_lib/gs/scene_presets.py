@@ -155,7 +155,11 @@ def paired_prior_names(preset: Preset) -> list[str]:
     return [f"prior_{k}" for k in range(preset.paired_prior_worlds)]
 
 
-def get_preset(name: str, **overrides) -> Preset:
+def get_preset(name: str | Preset, **overrides) -> Preset:
+    """Preset ``name`` of :data:`PRESETS` (or a :class:`Preset` itself, e.g. one made for a measurement) with
+    ``overrides`` applied."""
+    if isinstance(name, Preset):
+        return replace(name, **overrides)
     if name not in PRESETS:
         raise ValueError(f"unknown scene preset '{name}'; available: {list(PRESETS)}")
     return replace(PRESETS[name], **overrides)
@@ -172,9 +176,10 @@ def _is_built(folder: Path, seed: int, settings: dict, fit: bool = True) -> bool
             and (not fit or (folder / "point_cloud.ply").is_file()))
 
 
-def build_preset(name: str, out: str | Path, seed: int = 0, progress: bool = True, device: str = "cpu",
+def build_preset(name: str | Preset, out: str | Path, seed: int = 0, progress: bool = True, device: str = "cpu",
                  backend: str = "torch", frames_only: bool = False, **overrides) -> dict:
-    """Build every scene of preset ``name`` (``overrides``: its size fields) under ``out``; returns the
+    """Build every scene of preset ``name`` (a name of :data:`PRESETS` or a :class:`Preset`; ``overrides``: its
+    size fields) under ``out``; returns the
     manifest written to ``out/preset.json``. ``frames_only``: the ground truth of every world and no 3DGS fit
     (all the prior needs); a later full build fits the worlds and leaves those frames as they are."""
     preset = get_preset(name, **overrides)
