@@ -18,7 +18,7 @@ import torch
 
 from nifi_lib.io.atomic import atomic_write_json
 from nifi_lib.metrics.metrics import lpips_loss_module, psnr
-from nifi_lib.restoration.restorer import Restorer
+from nifi_lib.restoration.restorer import Restorer, check_size_bucket
 from nifi_lib.synthesis.pairs import load_pair, read_pairs
 
 
@@ -40,7 +40,7 @@ def main() -> int:
     seeds = list(range(len(deg)))
 
     def restore(bucket):
-        r.size_bucket = bucket
+        r.size_bucket = check_size_bucket(r.backbone, bucket)    # the constructor's check for each bucket
         with torch.no_grad():
             return torch.cat([(r.restore(deg[i:i + 8] * 2 - 1, seed=seeds[i:i + 8]) + 1) / 2
                               for i in range(0, len(deg), 8)]).clamp(0, 1)

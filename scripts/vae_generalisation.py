@@ -5,8 +5,9 @@
 For each backbone: LPIPS-alex of the VAE round trip D(E(x)) (latent mean, ``experiments.latent_checks.
 vae_reconstruction``) against the clean frame, (1) on the test pairs of each ``--pairs`` root (``<root>/<world>/
 rate_<r>/test/{clean,degraded}``): the clean frame through the VAE, the compressed input as it is (``none``) and the
-compressed input through the VAE, per rate (what any method that decodes through this VAE starts from), and (2) on
-frames of fresh generated worlds (``scene_presets.generated_scene`` with seeds no preset uses: ``--fresh`` worlds of
+compressed input through the VAE, per rate (what any method that decodes through this VAE starts from), and the
+round trip's high-frequency ratio and patch grid at periods 2, 4 and 8 on those clean views (``sharpness``), and
+(2) on frames of fresh generated worlds (``scene_presets.generated_scene`` with seeds no preset uses: ``--fresh`` worlds of
 8 views, rendered here, frames only).
 """
 from __future__ import annotations
@@ -24,11 +25,21 @@ from nifi_lib.gs import scene_presets as SP
 from nifi_lib.io.atomic import atomic_write_json
 from nifi_lib.io.images import load_image
 from nifi_lib.metrics.metrics import lpips_loss_module
+from nifi_lib.metrics.sharpness import high_frequency_ratio, patch_grid_artefact
 from nifi_lib.synthesis.pairs import load_pair, read_pairs
 
 
 def lpips_to(lp, images: torch.Tensor, clean: torch.Tensor) -> float:
     return float(lp(images * 2 - 1, clean * 2 - 1).mean())
+
+
+def round_trip_sharpness(rec: torch.Tensor, clean: torch.Tensor, periods=(2, 4, 8)) -> dict:
+    """What the VAE round trip keeps of the clean views' high frequencies (``metrics.sharpness``) and the periodic
+    grid it adds: the ceiling of every method that decodes through this VAE (docs/embedded_assets.md, run 5)."""
+    rec = rec.clamp(0, 1)
+    return {"hf_ratio": float(high_frequency_ratio(rec, clean).mean()),
+            "patch_grid": {str(k): {"vae(clean)": float(patch_grid_artefact(rec, k).mean()),
+                                    "clean": float(patch_grid_artefact(clean, k).mean())} for k in periods}}
 
 
 def fresh_frames(n_worlds: int, seed: int, folder: Path) -> torch.Tensor:
@@ -60,9 +71,11 @@ def main() -> int:
                 items = read_pairs(root, "test", layout="scene")
                 for rate in sorted({it.rate for it in items}, key=float):
                     clean, deg = (torch.stack(t) for t in zip(*(load_pair(it) for it in items if it.rate == rate)))
-                    res[label][rate] = {"pairs": len(clean), "vae(clean)": lpips_to(lp, vae_reconstruction(bb, clean)[0], clean),
+                    rec = vae_reconstruction(bb, clean)[0]
+                    res[label][rate] = {"pairs": len(clean), "vae(clean)": lpips_to(lp, rec, clean),
                                         "none": lpips_to(lp, deg, clean),
                                         "vae(degraded)": lpips_to(lp, vae_reconstruction(bb, deg)[0], clean)}
+                    res[label].setdefault("sharpness", round_trip_sharpness(rec, clean))   # the same views per rate
             if fresh is not None:
                 rec, psnr = vae_reconstruction(bb, fresh)
                 res["fresh"] = {"vae(clean)": lpips_to(lp, rec, fresh), "psnr": psnr}
